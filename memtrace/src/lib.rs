@@ -1,0 +1,9 @@
+//! memtrace: watch the Linux kernel's memory allocators live.
+//!
+//! The binary is a thin CLI over this library; the integration tests drive the same code.
+
+pub mod btf;
+pub mod check;
+pub mod layout;
+pub mod probes;
+pub mod tracefs;

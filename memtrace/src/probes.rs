@@ -1,0 +1,446 @@
+//! Loading memtrace's eBPF object and attaching its probes, each the best way this kernel
+//! allows: BTF tracepoint first (cheaper, needs no tracefs), classic tracepoint as fallback.
+//! A probe the kernel lacks is reported, not fatal.
+
+use std::{collections::BTreeMap, fmt};
+
+use anyhow::{Context as _, anyhow};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    programs::{BtfTracePoint, FEntry, TracePoint},
+    util::nr_cpus,
+};
+use memtrace_common::{
+    Allocator, COUNTERS_LEN, GFP_OVERFLOW, GLOBAL_FILTER_TGID, GLOBAL_FILTER_TID, GLOBAL_LAYOUTS,
+    GfpKey, Layouts, MAP_COUNTERS, MAP_FAILURES, MAP_SIZE_STATS, PROBES, ProbeSpec, SizeStats,
+};
+use serde::Serialize;
+
+use crate::{btf::Btf, layout, tracefs};
+
+/// The eBPF object, built by build.rs and embedded in the binary.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/memtrace"));
+
+/// How a probe is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum AttachMode {
+    /// BTF tracepoint (tp_btf).
+    Btf,
+    /// Classic tracepoint (needs tracefs).
+    Tracepoint,
+}
+
+impl fmt::Display for AttachMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AttachMode::Btf => "tp_btf",
+            AttachMode::Tracepoint => "tracepoint",
+        })
+    }
+}
+
+/// Which attach modes to try.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttachPreference {
+    /// tp_btf where the kernel has it, classic tracepoint otherwise.
+    #[default]
+    Auto,
+    /// Only tp_btf.
+    Btf,
+    /// Only classic tracepoints.
+    Tracepoint,
+}
+
+/// How one probe fared.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeStatus {
+    /// `category:event`
+    pub probe: String,
+    /// How it is attached, or `None` when it is not.
+    pub mode: Option<AttachMode>,
+    /// Why it is not attached, or why the preferred mode was not used.
+    pub note: Option<String>,
+}
+
+impl ProbeStatus {
+    pub fn attached(&self) -> bool {
+        self.mode.is_some()
+    }
+}
+
+/// Options for [`Tracer::start`].
+#[derive(Debug, Clone, Default)]
+pub struct TracerOptions {
+    /// Count only this process's events (0: all).
+    pub filter_tgid: u32,
+    /// Count only this thread's events (0: all). Used by tests for exact counts.
+    pub filter_tid: u32,
+    pub attach: AttachPreference,
+}
+
+/// Loaded and attached programs with their maps.
+pub struct Tracer {
+    ebpf: Ebpf,
+    probes: Vec<ProbeStatus>,
+    nr_cpus: usize,
+}
+
+/// A short, one-line description of an error chain (aya's load errors embed the whole
+/// verifier log; the first line of each cause is what a person needs).
+pub fn one_line(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = Vec::new();
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        let s = e.to_string();
+        let first = s.lines().next().unwrap_or("").trim();
+        let first = first.split(". Verifier output").next().unwrap_or(first);
+        if !first.is_empty() && !parts.iter().any(|p: &String| p.contains(first)) {
+            parts.push(first.to_string());
+        }
+        cur = e.source();
+    }
+    parts.join(": ")
+}
+
+/// Aggregates read from the kernel maps, summed over CPUs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// (allocator, raw gfp) → sizes
+    pub sizes: BTreeMap<(Allocator, u64), SizeStats>,
+    /// (allocator, raw gfp) → failed allocations
+    pub failures: BTreeMap<(Allocator, u64), u64>,
+    /// [`memtrace_common::Counter`] slots
+    pub counters: Vec<u64>,
+}
+
+impl Snapshot {
+    /// All sizes of one allocator, over every gfp value.
+    pub fn total(&self, allocator: Allocator) -> SizeStats {
+        let mut t = SizeStats::ZERO;
+        for ((a, _), s) in &self.sizes {
+            if *a == allocator {
+                t.add(s);
+            }
+        }
+        t
+    }
+
+    pub fn failures_of(&self, allocator: Allocator) -> u64 {
+        self.failures
+            .iter()
+            .filter(|((a, _), _)| *a == allocator)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    pub fn counter(&self, c: memtrace_common::Counter) -> u64 {
+        self.counters.get(c as usize).copied().unwrap_or(0)
+    }
+}
+
+fn check_privileges() -> anyhow::Result<()> {
+    let caps = crate::check::effective_caps().unwrap_or(0);
+    let has = |bit: u32| caps & (1u64 << bit) != 0;
+    if has(crate::check::CAP_SYS_ADMIN)
+        || (has(crate::check::CAP_BPF) && has(crate::check::CAP_PERFMON))
+    {
+        Ok(())
+    } else {
+        Err(anyhow!(
+            "memtrace needs root (or CAP_BPF and CAP_PERFMON) to load eBPF programs: run it with sudo"
+        ))
+    }
+}
+
+impl Tracer {
+    /// Loads the object and attaches every probe this kernel offers.
+    /// Fails only when nothing can work (no privileges, object refused, no probe attached).
+    pub fn start(opts: &TracerOptions) -> anyhow::Result<Tracer> {
+        check_privileges()?;
+        bump_memlock_rlimit();
+
+        let btf = Btf::from_sys().ok();
+        let aya_btf = aya::Btf::from_sys_fs().ok();
+        // Classic tracepoints need tracefs; mount it only if a probe needs it.
+        let want_btf = opts.attach != AttachPreference::Tracepoint && aya_btf.is_some();
+        let mut tracefs_dir = tracefs::mounted();
+        let mut tracefs_note = None;
+        let needs_tracefs = !want_btf
+            || PROBES.iter().any(|p| {
+                btf.as_ref()
+                    .and_then(|b| b.tracepoint_args(p.event))
+                    .is_none()
+            });
+        if tracefs_dir.is_none() && needs_tracefs {
+            match tracefs::ensure_mounted() {
+                Ok((dir, _)) => tracefs_dir = Some(dir),
+                Err(e) => tracefs_note = Some(e.to_string()),
+            }
+        }
+
+        let layouts = layout::resolve(btf.as_ref(), tracefs_dir.as_deref());
+        let mut ebpf = load_object(&layouts.layouts, opts.filter_tgid, opts.filter_tid)?;
+
+        let mut probes = Vec::new();
+        for spec in PROBES {
+            probes.push(attach_one(
+                &mut ebpf,
+                spec,
+                opts.attach,
+                aya_btf.as_ref(),
+                &layouts,
+                tracefs_dir.as_deref(),
+                tracefs_note.as_deref(),
+            ));
+        }
+        if !probes.iter().any(ProbeStatus::attached) {
+            let why: Vec<String> = probes
+                .iter()
+                .map(|p| format!("{}: {}", p.probe, p.note.as_deref().unwrap_or("?")))
+                .collect();
+            return Err(anyhow!("no probe could be attached ({})", why.join("; ")));
+        }
+
+        let nr_cpus = nr_cpus().map_err(|(_, e)| anyhow!("cannot count possible CPUs: {e}"))?;
+        let mut tracer = Tracer {
+            ebpf,
+            probes,
+            nr_cpus,
+        };
+        tracer.insert_overflow_keys()?;
+        Ok(tracer)
+    }
+
+    pub fn probes(&self) -> &[ProbeStatus] {
+        &self.probes
+    }
+
+    fn insert_overflow_keys(&mut self) -> anyhow::Result<()> {
+        let n = self.nr_cpus;
+        {
+            let mut sizes: PerCpuHashMap<&mut MapData, GfpKey, SizeStats> =
+                PerCpuHashMap::try_from(
+                    self.ebpf
+                        .map_mut(MAP_SIZE_STATS)
+                        .context("map SIZE_STATS missing")?,
+                )?;
+            for a in Allocator::ALL {
+                let key = overflow_key(a);
+                let v = PerCpuValues::try_from(vec![SizeStats::ZERO; n])?;
+                sizes
+                    .insert(key, v, 0)
+                    .context("pre-insert SIZE_STATS overflow key")?;
+            }
+        }
+        let mut fails: PerCpuHashMap<&mut MapData, GfpKey, u64> = PerCpuHashMap::try_from(
+            self.ebpf
+                .map_mut(MAP_FAILURES)
+                .context("map FAILURES missing")?,
+        )?;
+        for a in Allocator::ALL {
+            let v = PerCpuValues::try_from(vec![0u64; n])?;
+            fails
+                .insert(overflow_key(a), v, 0)
+                .context("pre-insert FAILURES overflow key")?;
+        }
+        Ok(())
+    }
+
+    /// Reads every aggregate map and sums CPUs. Map read errors are returned, never swallowed.
+    pub fn snapshot(&self) -> anyhow::Result<Snapshot> {
+        let mut snap = Snapshot::default();
+        let sizes: PerCpuHashMap<&MapData, GfpKey, SizeStats> = PerCpuHashMap::try_from(
+            self.ebpf
+                .map(MAP_SIZE_STATS)
+                .context("map SIZE_STATS missing")?,
+        )?;
+        for item in sizes.iter() {
+            let (key, per_cpu) = item.context("reading SIZE_STATS")?;
+            let Some(a) = Allocator::from_u32(key.allocator) else {
+                continue;
+            };
+            let mut total = SizeStats::ZERO;
+            for v in per_cpu.iter() {
+                total.add(v);
+            }
+            if key.gfp == GFP_OVERFLOW && total.count() == 0 {
+                continue;
+            }
+            snap.sizes.insert((a, key.gfp), total);
+        }
+        let fails: PerCpuHashMap<&MapData, GfpKey, u64> = PerCpuHashMap::try_from(
+            self.ebpf
+                .map(MAP_FAILURES)
+                .context("map FAILURES missing")?,
+        )?;
+        for item in fails.iter() {
+            let (key, per_cpu) = item.context("reading FAILURES")?;
+            let Some(a) = Allocator::from_u32(key.allocator) else {
+                continue;
+            };
+            let n: u64 = per_cpu.iter().sum();
+            if key.gfp == GFP_OVERFLOW && n == 0 {
+                continue;
+            }
+            snap.failures.insert((a, key.gfp), n);
+        }
+        let counters: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
+            self.ebpf
+                .map(MAP_COUNTERS)
+                .context("map COUNTERS missing")?,
+        )?;
+        for i in 0..COUNTERS_LEN {
+            let v = counters.get(&i, 0).context("reading COUNTERS")?;
+            snap.counters.push(v.iter().sum());
+        }
+        Ok(snap)
+    }
+}
+
+/// Loads (creates maps, relocates) the embedded object with its load-time globals.
+pub(crate) fn load_object(
+    layouts: &Layouts,
+    filter_tgid: u32,
+    filter_tid: u32,
+) -> anyhow::Result<Ebpf> {
+    EbpfLoader::new()
+        .override_global(GLOBAL_LAYOUTS, layouts, true)
+        .override_global(GLOBAL_FILTER_TGID, &filter_tgid, true)
+        .override_global(GLOBAL_FILTER_TID, &filter_tid, true)
+        .load(EBPF_OBJECT)
+        .map_err(|e| {
+            anyhow!(
+                "the kernel refused memtrace's eBPF object: {}",
+                one_line(&e)
+            )
+        })
+}
+
+fn overflow_key(a: Allocator) -> GfpKey {
+    GfpKey {
+        allocator: a as u32,
+        _pad: 0,
+        gfp: GFP_OVERFLOW,
+    }
+}
+
+fn attach_one(
+    ebpf: &mut Ebpf,
+    spec: &ProbeSpec,
+    pref: AttachPreference,
+    aya_btf: Option<&aya::Btf>,
+    layouts: &layout::Resolved,
+    tracefs_dir: Option<&std::path::Path>,
+    tracefs_note: Option<&str>,
+) -> ProbeStatus {
+    let probe = format!("{}:{}", spec.category, spec.event);
+    let mut notes = Vec::new();
+    if pref != AttachPreference::Tracepoint {
+        match (aya_btf, layouts.btf_missing(spec.event)) {
+            (None, _) => notes.push("tp_btf: kernel BTF unavailable".to_string()),
+            (Some(_), Some(missing)) => notes.push(format!("tp_btf: {missing}")),
+            (Some(btf), None) => match attach_btf(ebpf, spec, btf, true) {
+                Ok(()) => {
+                    return ProbeStatus {
+                        probe,
+                        mode: Some(AttachMode::Btf),
+                        note: None,
+                    };
+                }
+                Err(e) => notes.push(format!("tp_btf: {e}")),
+            },
+        }
+    }
+    if pref != AttachPreference::Btf {
+        match (tracefs_dir, layouts.tp_missing(spec.event)) {
+            (None, _) => notes.push(format!(
+                "tracepoint: {}",
+                tracefs_note.unwrap_or("tracefs not mounted")
+            )),
+            (Some(_), Some(missing)) => notes.push(format!("tracepoint: {missing}")),
+            (Some(_), None) => match attach_tp(ebpf, spec, true) {
+                Ok(()) => {
+                    return ProbeStatus {
+                        probe,
+                        mode: Some(AttachMode::Tracepoint),
+                        note: if notes.is_empty() {
+                            None
+                        } else {
+                            Some(notes.join("; "))
+                        },
+                    };
+                }
+                Err(e) => notes.push(format!("tracepoint: {e}")),
+            },
+        }
+    }
+    ProbeStatus {
+        probe,
+        mode: None,
+        note: Some(notes.join("; ")),
+    }
+}
+
+pub(crate) fn attach_btf(
+    ebpf: &mut Ebpf,
+    spec: &ProbeSpec,
+    btf: &aya::Btf,
+    attach: bool,
+) -> Result<(), String> {
+    let prog: &mut BtfTracePoint = ebpf
+        .program_mut(spec.btf_program)
+        .ok_or_else(|| format!("program {} missing from the object", spec.btf_program))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| one_line(&e))?;
+    prog.load(spec.event, btf).map_err(|e| one_line(&e))?;
+    if attach {
+        prog.attach().map_err(|e| one_line(&e))?;
+    }
+    Ok(())
+}
+
+pub(crate) fn attach_tp(ebpf: &mut Ebpf, spec: &ProbeSpec, attach: bool) -> Result<(), String> {
+    let prog: &mut TracePoint = ebpf
+        .program_mut(spec.tp_program)
+        .ok_or_else(|| format!("program {} missing from the object", spec.tp_program))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| one_line(&e))?;
+    prog.load().map_err(|e| one_line(&e))?;
+    if attach {
+        prog.attach(spec.category, spec.event)
+            .map_err(|e| one_line(&e))?;
+    }
+    Ok(())
+}
+
+/// Whether this kernel lets fentry programs load (optional probes may use them).
+/// Loads a tiny fentry program from a fresh copy of the object; nothing is attached.
+pub fn probe_fentry(btf: &aya::Btf) -> Result<(), String> {
+    let mut ebpf = EbpfLoader::new()
+        .load(EBPF_OBJECT)
+        .map_err(|e| one_line(&e))?;
+    let prog: &mut FEntry = ebpf
+        .program_mut("fentry_probe")
+        .ok_or("program fentry_probe missing from the object")?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| one_line(&e))?;
+    prog.load("kfree", btf).map_err(|e| one_line(&e))
+}
+
+/// Raises RLIMIT_MEMLOCK for kernels that still charge BPF maps against it (before 5.11).
+fn bump_memlock_rlimit() {
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: a valid rlimit struct.
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
+    if rc != 0 {
+        tracing::debug!(
+            "could not raise RLIMIT_MEMLOCK: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}

@@ -1,0 +1,258 @@
+//! Shared helpers of the kernel integration tests: the privilege gate, a private ftrace
+//! instance as the reference, and a worker thread whose syscalls are the workload.
+#![allow(dead_code)]
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{Mutex, MutexGuard, mpsc},
+    thread::JoinHandle,
+};
+
+/// Kernel state is shared: tests that touch it run one at a time even if the harness is
+/// started with several threads.
+static KERNEL: Mutex<()> = Mutex::new(());
+
+/// Returns a guard when this machine can load eBPF; otherwise skips loudly, or, when `CI` is
+/// set, fails: in CI these tests must run.
+pub fn require_kernel() -> Option<MutexGuard<'static, ()>> {
+    let guard = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut why = Vec::new();
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        why.push("not running as root".to_string());
+    }
+    if !std::path::Path::new(memtrace::btf::VMLINUX).exists() {
+        why.push(format!(
+            "{} is missing (no kernel BTF)",
+            memtrace::btf::VMLINUX
+        ));
+    }
+    if why.is_empty() {
+        return Some(guard);
+    }
+    let msg = format!(
+        "kernel integration tests cannot run: {}; run `cargo xtask test` as root on a kernel with BPF and BTF",
+        why.join(", ")
+    );
+    if std::env::var_os("CI").is_some() {
+        panic!("{msg} (CI is set, so this is a failure, not a skip)");
+    }
+    eprintln!("SKIPPED: {msg}");
+    None
+}
+
+/// One event line of an ftrace buffer.
+#[derive(Debug, Clone)]
+pub struct TraceEvent {
+    pub pid: u32,
+    pub name: String,
+    pub fields: HashMap<String, String>,
+}
+
+impl TraceEvent {
+    pub fn u64(&self, key: &str) -> u64 {
+        let v = self
+            .fields
+            .get(key)
+            .unwrap_or_else(|| panic!("ftrace event {self:?} has no field {key}"));
+        v.parse()
+            .unwrap_or_else(|_| panic!("ftrace field {key}={v} is not a number"))
+    }
+
+    pub fn str(&self, key: &str) -> &str {
+        self.fields.get(key).map(String::as_str).unwrap_or("")
+    }
+
+    /// Whether a `%p` field printed a NULL pointer.
+    pub fn is_null(&self, key: &str) -> bool {
+        let v = self.str(key);
+        v == "(null)" || (!v.is_empty() && v.chars().all(|c| c == '0'))
+    }
+}
+
+/// A private ftrace instance (its own buffer, leaving the global one alone) recording some
+/// events of one thread: the reference memtrace's numbers are compared with.
+pub struct Ftrace {
+    dir: PathBuf,
+    events: Vec<(String, String)>,
+}
+
+impl Ftrace {
+    pub fn start(events: &[(&str, &str)], tid: u32) -> Ftrace {
+        let (tracefs, _) = memtrace::tracefs::ensure_mounted().expect("tracefs");
+        let dir = tracefs
+            .join("instances")
+            .join(format!("memtrace-test-{}-{tid}", std::process::id()));
+        let _ = std::fs::remove_dir(&dir);
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        let f = Ftrace {
+            dir,
+            events: events
+                .iter()
+                .map(|(c, e)| (c.to_string(), e.to_string()))
+                .collect(),
+        };
+        f.write("buffer_size_kb", "8192");
+        for (c, e) in &f.events {
+            f.write(
+                &format!("events/{c}/{e}/filter"),
+                &format!("common_pid == {tid}"),
+            );
+            f.write(&format!("events/{c}/{e}/enable"), "1");
+        }
+        f.write("tracing_on", "1");
+        f
+    }
+
+    fn write(&self, rel: &str, value: &str) {
+        let p = self.dir.join(rel);
+        std::fs::write(&p, value)
+            .unwrap_or_else(|e| panic!("write {value:?} to {}: {e}", p.display()));
+    }
+
+    /// Stops recording and returns every event recorded, checking nothing was overwritten.
+    pub fn stop(&self) -> Vec<TraceEvent> {
+        self.write("tracing_on", "0");
+        for (c, e) in &self.events {
+            self.write(&format!("events/{c}/{e}/enable"), "0");
+        }
+        let per_cpu = self.dir.join("per_cpu");
+        for cpu in std::fs::read_dir(&per_cpu).expect("per_cpu").flatten() {
+            let stats = std::fs::read_to_string(cpu.path().join("stats")).unwrap_or_default();
+            for line in stats.lines() {
+                if let Some(n) = line.strip_prefix("overrun:") {
+                    assert_eq!(
+                        n.trim(),
+                        "0",
+                        "ftrace buffer overran: the reference lost events"
+                    );
+                }
+            }
+        }
+        let text = std::fs::read_to_string(self.dir.join("trace")).expect("read trace");
+        text.lines().filter_map(parse_trace_line).collect()
+    }
+}
+
+impl Drop for Ftrace {
+    fn drop(&mut self) {
+        for (c, e) in &self.events {
+            let _ = std::fs::write(self.dir.join(format!("events/{c}/{e}/enable")), "0");
+        }
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// Parses `comm-123 [001] ..... 12.34: kmalloc: a=1 b=x ...`.
+fn parse_trace_line(line: &str) -> Option<TraceEvent> {
+    if line.starts_with('#') {
+        return None;
+    }
+    let bracket = line.find(" [")?;
+    let task = line[..bracket].trim();
+    let pid: u32 = task.rsplit('-').next()?.parse().ok()?;
+    let rest = &line[bracket..];
+    // after the timestamp: ": name: fields"
+    let colon = rest.find(": ")?;
+    let rest = &rest[colon + 2..];
+    let (name, fields) = rest
+        .split_once(": ")
+        .unwrap_or((rest.trim_end_matches(':'), ""));
+    let fields = fields
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Some(TraceEvent {
+        pid,
+        name: name.to_string(),
+        fields,
+    })
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A thread that runs workloads on request; its thread id is known before any workload
+/// runs, so programs and ftrace can be set to count exactly its events.
+pub struct Worker {
+    pub tid: u32,
+    jobs: Option<mpsc::Sender<(Job, mpsc::Sender<()>)>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Worker {
+    pub fn spawn() -> Worker {
+        let (tid_tx, tid_rx) = mpsc::channel();
+        let (jobs_tx, jobs_rx) = mpsc::channel::<(Job, mpsc::Sender<()>)>();
+        let handle = std::thread::Builder::new()
+            .name("memtrace-work".into())
+            .spawn(move || {
+                // SAFETY: gettid cannot fail.
+                tid_tx.send(unsafe { libc::gettid() } as u32).unwrap();
+                for (job, done) in jobs_rx {
+                    job();
+                    let _ = done.send(());
+                }
+            })
+            .expect("spawn worker");
+        Worker {
+            tid: tid_rx.recv().expect("worker tid"),
+            jobs: Some(jobs_tx),
+            handle: Some(handle),
+        }
+    }
+
+    /// Runs `job` on the worker and waits for it to finish.
+    pub fn run(&self, job: impl FnOnce() + Send + 'static) {
+        let (done_tx, done_rx) = mpsc::channel();
+        self.jobs
+            .as_ref()
+            .unwrap()
+            .send((Box::new(job), done_tx))
+            .expect("worker alive");
+        done_rx.recv().expect("worker finished the job");
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// `setxattr(2)` copies the value from userspace with `vmemdup_user(value, size)`, a kmalloc
+/// of exactly `size` bytes (kvmalloc above the slab sizes) before the filesystem is asked:
+/// a syscall whose kmalloc is known, whatever the filesystem then answers.
+pub fn setxattr_kmalloc(path: &std::path::Path, size: usize) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let value = vec![0x5au8; size];
+    // SAFETY: valid path, name and buffer; the result does not matter.
+    unsafe {
+        libc::setxattr(
+            c.as_ptr(),
+            c"user.memtrace".as_ptr(),
+            value.as_ptr().cast(),
+            size,
+            0,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_trace_lines() {
+        let l = "           <...>-7194    [000] .....  1063.053932: kmalloc: call_site=vmemdup_user+0x2e/0xb0 ptr=000000008cf313d4 bytes_req=100 bytes_alloc=128 gfp_flags=GFP_USER node=-1 accounted=false";
+        let e = parse_trace_line(l).unwrap();
+        assert_eq!(e.pid, 7194);
+        assert_eq!(e.name, "kmalloc");
+        assert_eq!(e.u64("bytes_alloc"), 128);
+        assert!(!e.is_null("ptr"));
+    }
+}

@@ -1,0 +1,373 @@
+//! memtrace's developer tasks. `cargo xtask --help` lists them.
+
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, anyhow, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "memtrace's developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install what building and testing need (idempotent): nightly rust-src, bpf-linker
+    /// built against the nightly's own LLVM, and the Debian packages the tests use.
+    Setup,
+    /// Build the release binary (the eBPF object is embedded by memtrace/build.rs).
+    Build,
+    /// Build and run memtrace with root privileges: `cargo xtask run -- check`.
+    Run {
+        /// Arguments for memtrace.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Set up, then run every test exactly as CI does: unit tests, then the kernel
+    /// integration tests single-threaded in both the dev and release profiles.
+    Test,
+    /// rustfmt --check and clippy -D warnings on the whole workspace.
+    Lint,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let res = match cli.command {
+        Task::Setup => setup(),
+        Task::Build => setup().and_then(|()| cargo(&["build", "--release"])),
+        Task::Run { args } => setup().and_then(|()| run(&args)),
+        Task::Test => setup().and_then(|()| test()),
+        Task::Lint => setup().and_then(|()| lint()),
+    };
+    if let Err(e) = res {
+        eprintln!("xtask: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn status(cmd: &mut Command) -> anyhow::Result<()> {
+    eprintln!("xtask: running {cmd:?}");
+    let st = cmd
+        .status()
+        .with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
+    if !st.success() {
+        bail!("{cmd:?} failed with {st}");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed with {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    status(
+        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .args(args)
+            .current_dir(workspace_root()),
+    )
+}
+
+fn is_root() -> bool {
+    // `id -u` avoids a libc dependency for one call.
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// The bpf-linker version setup installs; 0.13 supports LLVM 20 to 23 through features.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Debian packages the tests use.
+const DEBIAN_PACKAGES: &[&str] = &[];
+
+fn setup() -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    // 1. The nightly toolchain with rust-src, for -Z build-std=core on bpfel-unknown-none.
+    let toolchains = output(Command::new("rustup").args(["toolchain", "list"]))?;
+    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
+        status(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
+    }
+    let sysroot = PathBuf::from(
+        output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?.trim(),
+    );
+    if !sysroot.join("lib/rustlib/src/rust/library/core").is_dir() {
+        status(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+
+    // 2. bpf-linker, linked against the nightly's own LLVM (its default LLVM is too new).
+    let (llvm_lib, major) = nightly_llvm(&sysroot)?;
+    let feature = format!("llvm-{major}");
+    if !bpf_linker_installed_with(&feature) {
+        // bpf-linker keeps this directory as its RUNPATH: it must outlive `cargo clean`, so it
+        // lives beside the installed binary, in CARGO_HOME.
+        let prefix = cargo_home()?.join(format!("memtrace-llvm-prefix/{major}"));
+        let lib = prefix.join("lib");
+        std::fs::create_dir_all(&lib)?;
+        let file_name = llvm_lib.file_name().context("libLLVM has a file name")?;
+        for name in [OsString::from("libLLVM.so"), file_name.to_os_string()] {
+            let link = lib.join(&name);
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(&llvm_lib, &link)
+                .with_context(|| format!("symlink {}", link.display()))?;
+        }
+        status(
+            Command::new("rustup")
+                .args([
+                    "run",
+                    "nightly",
+                    "cargo",
+                    "install",
+                    "bpf-linker",
+                    "--version",
+                    BPF_LINKER_VERSION,
+                    "--locked",
+                    "--force",
+                    "--no-default-features",
+                    "--features",
+                    &feature,
+                ])
+                .env("LLVM_PREFIX", &prefix),
+        )?;
+    }
+
+    // 3. Debian packages the tests need.
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            !Command::new("dpkg")
+                .args(["-s", p])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        })
+        .collect();
+    if !missing.is_empty() {
+        if !is_root() {
+            bail!(
+                "Debian packages {missing:?} are missing; install them as root: apt-get install {}",
+                missing.join(" ")
+            );
+        }
+        status(Command::new("apt-get").arg("update"))?;
+        status(
+            Command::new("apt-get")
+                .args(["install", "-y", "--no-install-recommends"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
+    }
+    eprintln!(
+        "xtask: setup complete in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The nightly's libLLVM and its major version, from the file name
+/// (`libLLVM.so.22.1-rust-1.97.0-nightly` or `libLLVM-22-rust-1.97.0-nightly.so`).
+fn nightly_llvm(sysroot: &Path) -> anyhow::Result<(PathBuf, u32)> {
+    let dir = sysroot.join("lib");
+    let mut found = None;
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("read {}", dir.display()))? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(major) = llvm_major(&name) {
+            // Prefer the real file over symlinks pointing at it.
+            let is_link = entry.file_type()?.is_symlink();
+            if found.as_ref().is_none_or(|(_, _, link)| *link && !is_link) {
+                found = Some((entry.path(), major, is_link));
+            }
+        }
+    }
+    found.map(|(p, m, _)| (p, m)).ok_or_else(|| {
+        anyhow!(
+            "no libLLVM in {}: is the nightly toolchain complete?",
+            dir.display()
+        )
+    })
+}
+
+fn llvm_major(name: &str) -> Option<u32> {
+    let rest = name
+        .strip_prefix("libLLVM.so.")
+        .or_else(|| name.strip_prefix("libLLVM-"))?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// Whether cargo's install record shows bpf-linker built with `feature`, and it runs.
+fn bpf_linker_installed_with(feature: &str) -> bool {
+    let Ok(home) = cargo_home() else {
+        return false;
+    };
+    let Ok(record) = std::fs::read_to_string(home.join(".crates2.json")) else {
+        return false;
+    };
+    let Ok(json) = serde_json::from_str::<serde_json::Value>(&record) else {
+        return false;
+    };
+    let recorded = json["installs"].as_object().is_some_and(|installs| {
+        installs.iter().any(|(k, v)| {
+            k.starts_with(&format!("bpf-linker {BPF_LINKER_VERSION} "))
+                && v["features"]
+                    .as_array()
+                    .is_some_and(|f| f.iter().any(|x| x == feature))
+        })
+    });
+    recorded
+        && Command::new("bpf-linker")
+            .arg("--version")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+}
+
+fn cargo_home() -> anyhow::Result<PathBuf> {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .context("neither CARGO_HOME nor HOME is set")
+}
+
+fn run(args: &[OsString]) -> anyhow::Result<()> {
+    cargo(&["build", "--release", "--package", "memtrace"])?;
+    let bin = workspace_root().join("target/release/memtrace");
+    let mut cmd = if is_root() {
+        Command::new(&bin)
+    } else {
+        let mut c = Command::new("sudo");
+        c.arg("-E").arg(&bin);
+        c
+    };
+    cmd.args(args);
+    eprintln!("xtask: running {cmd:?}");
+    let st = cmd
+        .status()
+        .context("cannot start memtrace (is sudo installed?)")?;
+    std::process::exit(st.code().unwrap_or(1));
+}
+
+fn test() -> anyhow::Result<()> {
+    // Kernel tests need root; when not root, cargo runs test binaries through sudo.
+    let runner =
+        (!is_root()).then_some(("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER", "sudo -E"));
+    let run_cargo = |args: &[&str]| -> anyhow::Result<()> {
+        let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+        cmd.args(args)
+            .current_dir(workspace_root())
+            .env("RUST_BACKTRACE", "1")
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            );
+        if let Some((k, v)) = runner {
+            cmd.env(k, v);
+        }
+        status(&mut cmd)
+    };
+    // Unit tests and binary smoke tests of every default member, then the kernel tests,
+    // one at a time (the kernel is shared), in both profiles.
+    run_cargo(&[
+        "test",
+        "--workspace",
+        "--exclude",
+        "memtrace-ebpf",
+        "--",
+        "--test-threads=1",
+    ])?;
+    run_cargo(&[
+        "test",
+        "--release",
+        "--package",
+        "memtrace",
+        "--test",
+        "kernel",
+        "--",
+        "--test-threads=1",
+    ])?;
+    Ok(())
+}
+
+fn lint() -> anyhow::Result<()> {
+    cargo(&["fmt", "--all", "--check"])?;
+    // The host crates, then the eBPF crate for its own target (a host build of a
+    // `no_std`/`no_main` BPF binary is meaningless).
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "memtrace-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    status(Command::new("rustup").current_dir(workspace_root()).args([
+        "run",
+        "nightly",
+        "cargo",
+        "clippy",
+        "--package",
+        "memtrace-ebpf",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+        "--release",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn llvm_major_from_file_names() {
+        assert_eq!(llvm_major("libLLVM.so.22.1-rust-1.97.0-nightly"), Some(22));
+        assert_eq!(llvm_major("libLLVM-22-rust-1.97.0-nightly.so"), Some(22));
+        assert_eq!(llvm_major("libLLVM.so.23.0"), Some(23));
+        assert_eq!(llvm_major("librustc_driver-b5a965480ee51f9a.so"), None);
+        assert_eq!(llvm_major("libLLVM.so"), None);
+    }
+}
