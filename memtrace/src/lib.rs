@@ -4,6 +4,9 @@
 
 pub mod btf;
 pub mod check;
+pub mod daemon;
+pub mod gfp;
 pub mod layout;
+pub mod metrics;
 pub mod probes;
 pub mod tracefs;

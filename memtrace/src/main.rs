@@ -19,6 +19,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Attach the probes and serve Prometheus metrics until SIGINT or SIGTERM.
+    Daemon(memtrace::daemon::DaemonArgs),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +50,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match run(cli) {
         Ok(code) => code,
@@ -75,6 +78,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Daemon(args) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(memtrace::daemon::run(args))?;
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -1,0 +1,201 @@
+//! `memtrace daemon`: attach the probes and serve Prometheus metrics until SIGINT/SIGTERM.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use anyhow::anyhow;
+use axum::{
+    Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::{Html, IntoResponse, Response},
+    routing::get,
+};
+use prometheus::{Encoder as _, Registry, TextEncoder};
+
+use crate::{
+    check::kernel_release,
+    gfp::GfpTable,
+    metrics,
+    probes::{AttachPreference, Tracer, TracerOptions},
+    tracefs,
+};
+
+/// Flags of `memtrace daemon`; each has an environment-variable equivalent.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DaemonArgs {
+    /// Address and port to serve metrics on.
+    #[arg(
+        long = "web.listen-address",
+        env = "MEMTRACE_WEB_LISTEN_ADDRESS",
+        default_value = "0.0.0.0:9701",
+        value_name = "ADDR:PORT"
+    )]
+    pub listen_address: SocketAddr,
+    /// Path under which metrics are served.
+    #[arg(
+        long = "web.telemetry-path",
+        env = "MEMTRACE_WEB_TELEMETRY_PATH",
+        default_value = "/metrics",
+        value_parser = parse_telemetry_path,
+        value_name = "PATH"
+    )]
+    pub telemetry_path: String,
+    /// How to attach probes: tp_btf where possible (auto), or only one kind.
+    #[arg(long, env = "MEMTRACE_ATTACH", value_enum, default_value_t = AttachPreference::Auto)]
+    pub attach: AttachPreference,
+}
+
+fn parse_telemetry_path(s: &str) -> Result<String, String> {
+    if !s.starts_with('/') || s == "/" || s == "/healthz" || s.contains(char::is_whitespace) {
+        return Err(format!(
+            "{s:?} must be an absolute path other than / and /healthz, without spaces"
+        ));
+    }
+    Ok(s.to_string())
+}
+
+struct AppState {
+    tracer: Mutex<Tracer>,
+    gfp: Option<GfpTable>,
+    registry: Registry,
+    kernel: String,
+    telemetry_path: String,
+}
+
+/// Runs the daemon until SIGINT or SIGTERM; returns once programs are detached.
+pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
+    // Bind first: an occupied port is reported before anything is loaded into the kernel.
+    let listener = tokio::net::TcpListener::bind(args.listen_address)
+        .await
+        .map_err(|e| {
+            anyhow!(
+                "cannot listen on {}: {e}; choose another address with --web.listen-address",
+                args.listen_address
+            )
+        })?;
+
+    let tracer = Tracer::start(&TracerOptions {
+        attach: args.attach,
+        ..Default::default()
+    })?;
+    for p in tracer.probes() {
+        match (&p.mode, &p.note) {
+            (Some(mode), _) => tracing::info!(probe = %p.probe, %mode, "probe attached"),
+            (None, note) => tracing::warn!(
+                probe = %p.probe,
+                reason = note.as_deref().unwrap_or("unknown"),
+                "probe not attached; its metrics stay empty"
+            ),
+        }
+    }
+
+    let gfp = match gfp_table() {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::warn!("GFP flags cannot be decoded ({e}); gfp labels will read \"other\"");
+            None
+        }
+    };
+    let registry = Registry::new();
+    registry.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ))?;
+
+    let state = Arc::new(AppState {
+        tracer: Mutex::new(tracer),
+        gfp,
+        registry,
+        kernel: kernel_release(),
+        telemetry_path: args.telemetry_path.clone(),
+    });
+    let app = Router::new()
+        .route("/", get(landing))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(&args.telemetry_path, get(serve_metrics))
+        .with_state(state.clone());
+
+    tracing::info!(
+        address = %args.listen_address,
+        path = %args.telemetry_path,
+        "serving metrics"
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(|e| anyhow!("HTTP server failed: {e}"))?;
+    drop(state); // detaches every program
+    tracing::info!("stopped; programs detached");
+    Ok(())
+}
+
+/// The kernel's own GFP table, from the kmalloc event's format file (tracefs is mounted if
+/// it is absent).
+fn gfp_table() -> anyhow::Result<GfpTable> {
+    let (dir, _) = tracefs::ensure_mounted()?;
+    let fmt = tracefs::Format::read(&dir, "kmem", "kmalloc")?;
+    Ok(GfpTable::from_print_fmt(&fmt.print_fmt)?)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot watch SIGTERM: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+    }
+}
+
+async fn landing(State(state): State<Arc<AppState>>) -> Html<String> {
+    let path = &state.telemetry_path;
+    Html(format!(
+        "<!doctype html><html><head><title>memtrace</title></head><body>\
+         <h1>memtrace</h1><p>Kernel memory allocator metrics for Linux {}.</p>\
+         <ul><li><a href=\"{path}\">{path}</a>: Prometheus metrics</li>\
+         <li><a href=\"/healthz\">/healthz</a>: health</li></ul></body></html>",
+        state.kernel
+    ))
+}
+
+async fn serve_metrics(State(state): State<Arc<AppState>>) -> Response {
+    let snapshot = {
+        let tracer = state.tracer.lock().unwrap_or_else(|p| p.into_inner());
+        tracer.snapshot().map(|s| (s, tracer.probes().to_vec()))
+    };
+    let (snap, probes) = match snapshot {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::error!("reading kernel maps failed: {e:#}");
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("reading kernel maps failed: {e:#}\n"),
+            )
+                .into_response();
+        }
+    };
+    let mut families = metrics::families(&snap, &probes, state.gfp.as_ref(), &state.kernel);
+    families.extend(state.registry.gather());
+    let encoder = TextEncoder::new();
+    let mut buf = Vec::new();
+    if let Err(e) = encoder.encode(&families, &mut buf) {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding failed: {e}\n"),
+        )
+            .into_response();
+    }
+    (
+        [(header::CONTENT_TYPE, encoder.format_type().to_string())],
+        buf,
+    )
+        .into_response()
+}
