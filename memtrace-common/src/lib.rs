@@ -78,14 +78,18 @@ impl Allocator {
 /// pre-inserts this key so that counting goes on, and reports it as `gfp="other"`.
 pub const GFP_OVERFLOW: u64 = u64::MAX;
 
+/// The `gfp` value of aggregates whose tracepoint carries no GFP flags (vmalloc areas,
+/// percpu failures); reported as `gfp="unknown"`.
+pub const GFP_UNKNOWN: u64 = u64::MAX - 1;
+
 /// Key of [`MAP_SIZE_STATS`] and [`MAP_FAILURES`]: one allocator and one raw gfp value.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct GfpKey {
     /// An [`Allocator`] as `u32`.
     pub allocator: u32,
-    /// Explicit padding; always zero.
-    pub _pad: u32,
+    /// The page order for [`Allocator::Page`] failures; 0 otherwise.
+    pub order: u32,
     /// The raw `gfp_flags` the kernel passed, or [`GFP_OVERFLOW`].
     pub gfp: u64,
 }
@@ -127,17 +131,112 @@ impl SizeStats {
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
-    /// `kmem:kfree` events.
+    /// `kmem:kfree` events of non-NULL pointers.
     KmallocFrees = 0,
     /// An aggregate could not get its own map entry (map full) and counted under the
     /// overflow key instead.
     MapFull = 1,
     /// A notable event could not be reserved in the ring buffer.
     RingbufFull = 2,
+    /// `kmem:kmem_cache_free` events of non-NULL pointers.
+    KmemCacheFrees = 3,
+    /// `vmalloc:purge_vmap_area_lazy` events.
+    VmallocPurges = 4,
+    /// Sum of `npurged` over `vmalloc:purge_vmap_area_lazy` events.
+    VmallocPurgedAreas = 5,
 }
 
+/// Orders are counted in slots `0..ORDER_SLOTS`; a higher order (none exists on
+/// mainstream configurations, where MAX_PAGE_ORDER is at most 10) counts in the last slot.
+pub const ORDER_SLOTS: u32 = 16;
+/// `COUNTERS[PAGE_FREES_BASE + order]`: pages freed, by order (`mm_page_free`, and
+/// `mm_page_free_batched` as order 0).
+pub const PAGE_FREES_BASE: u32 = 16;
+/// `COUNTERS[EXTFRAG_BASE + fallback_order]`: `mm_page_alloc_extfrag` events by the order of
+/// the block the allocator fell back to (below pageblock order means it fragments).
+pub const EXTFRAG_BASE: u32 = 32;
 /// Number of slots in [`MAP_COUNTERS`].
-pub const COUNTERS_LEN: u32 = 16;
+pub const COUNTERS_LEN: u32 = 48;
+
+// The counter ranges must not overlap.
+const _: () = assert!((Counter::VmallocPurgedAreas as u32) < PAGE_FREES_BASE);
+const _: () = assert!(PAGE_FREES_BASE + ORDER_SLOTS <= EXTFRAG_BASE);
+const _: () = assert!(EXTFRAG_BASE + ORDER_SLOTS <= COUNTERS_LEN);
+
+/// Clamps an order into a counter slot.
+#[inline(always)]
+pub fn order_slot(order: u64) -> u32 {
+    if order >= ORDER_SLOTS as u64 {
+        ORDER_SLOTS - 1
+    } else {
+        order as u32
+    }
+}
+
+/// Key of [`MAP_PAGE_ALLOCS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PageKey {
+    pub order: u32,
+    /// The kernel's `enum migratetype` value.
+    pub migratetype: u32,
+    /// Raw gfp flags, or [`GFP_OVERFLOW`].
+    pub gfp: u64,
+}
+
+/// Longest slab cache name kept (longer names are truncated; real ones are shorter).
+pub const CACHE_NAME_LEN: usize = 32;
+
+/// Value of [`MAP_CACHE_STATS`]: allocations from one slab cache.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheStats {
+    pub allocations: u64,
+    pub requested_bytes: u64,
+    pub allocated_bytes: u64,
+}
+
+impl CacheStats {
+    pub const ZERO: CacheStats = CacheStats {
+        allocations: 0,
+        requested_bytes: 0,
+        allocated_bytes: 0,
+    };
+
+    pub fn add(&mut self, o: &CacheStats) {
+        self.allocations = self.allocations.wrapping_add(o.allocations);
+        self.requested_bytes = self.requested_bytes.wrapping_add(o.requested_bytes);
+        self.allocated_bytes = self.allocated_bytes.wrapping_add(o.allocated_bytes);
+    }
+}
+
+/// Value of [`MAP_CACHE_NAMES`]: the NUL-padded name of a cache id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheName {
+    pub name: [u8; CACHE_NAME_LEN],
+}
+
+/// The cache id under which caches count when [`MAP_CACHE_STATS`] is full.
+pub const CACHE_OVERFLOW: u64 = 0;
+
+/// FNV-1a over a NUL-terminated name: the cache id of a classic tracepoint event, whose
+/// record carries the cache's name but not its address. Never returns [`CACHE_OVERFLOW`].
+#[inline(always)]
+pub fn cache_name_id(name: &[u8; CACHE_NAME_LEN]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut i = 0;
+    while i < CACHE_NAME_LEN {
+        let b = name[i];
+        if b == 0 {
+            break;
+        }
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        i += 1;
+    }
+    if h == CACHE_OVERFLOW { 1 } else { h }
+}
 
 /// Where one tracepoint field lives in a program's context.
 ///
@@ -175,59 +274,164 @@ pub struct KmallocLayout {
     pub gfp_flags: FieldLoc,
 }
 
-/// Layout of the `kmem:kfree` event.
+/// Layout of a free event (`kmem:kfree`, `kmem:kmem_cache_free`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct KfreeLayout {
-    pub call_site: FieldLoc,
+pub struct FreeLayout {
     pub ptr: FieldLoc,
 }
 
-/// Every event layout the programs need, resolved from the running kernel at start-up and
-/// handed to the programs as the load-time global [`GLOBAL_LAYOUTS`]. A program attached as a
-/// classic tracepoint reads `tp`, one attached as a BTF tracepoint reads `btf`.
+/// Layout of `kmem:kmem_cache_alloc`. The classic record has the cache's `name` (a
+/// `__data_loc` string) and sizes; the BTF tracepoint has the `struct kmem_cache *` argument
+/// `s` instead, read through [`KmemCacheOffsets`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KmemCacheAllocLayout {
+    pub ptr: FieldLoc,
+    pub gfp_flags: FieldLoc,
+    pub name: FieldLoc,
+    pub bytes_req: FieldLoc,
+    pub bytes_alloc: FieldLoc,
+    pub s: FieldLoc,
+}
+
+/// Member offsets of `struct kmem_cache`, from the running kernel's BTF.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KmemCacheOffsets {
+    pub name: FieldLoc,
+    pub object_size: FieldLoc,
+    pub size: FieldLoc,
+}
+
+/// Layout of `kmem:mm_page_alloc`: the record has `pfn` (-1 on failure), the BTF
+/// tracepoint `page` (NULL on failure).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PageAllocLayout {
+    pub pfn: FieldLoc,
+    pub page: FieldLoc,
+    pub order: FieldLoc,
+    pub gfp_flags: FieldLoc,
+    pub migratetype: FieldLoc,
+}
+
+/// Layout of `kmem:mm_page_free` (`mm_page_free_batched` has no order: order 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PageFreeLayout {
+    pub order: FieldLoc,
+}
+
+/// Layout of `kmem:mm_page_alloc_extfrag`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExtfragLayout {
+    pub fallback_order: FieldLoc,
+}
+
+/// Layout of `vmalloc:alloc_vmap_area`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VmapAreaLayout {
+    pub size: FieldLoc,
+    pub failed: FieldLoc,
+}
+
+/// Layout of `vmalloc:purge_vmap_area_lazy`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PurgeLayout {
+    pub npurged: FieldLoc,
+}
+
+/// Layout of `percpu:percpu_alloc_percpu`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PercpuAllocLayout {
+    pub size: FieldLoc,
+    pub bytes_alloc: FieldLoc,
+    pub gfp_flags: FieldLoc,
+}
+
+/// Every event layout the programs need, resolved from the running kernel at start-up.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EventLayouts {
     pub kmalloc: KmallocLayout,
-    pub kfree: KfreeLayout,
+    pub kfree: FreeLayout,
+    pub kmem_cache_alloc: KmemCacheAllocLayout,
+    pub kmem_cache_free: FreeLayout,
+    pub mm_page_alloc: PageAllocLayout,
+    pub mm_page_free: PageFreeLayout,
+    pub mm_page_alloc_extfrag: ExtfragLayout,
+    pub alloc_vmap_area: VmapAreaLayout,
+    pub purge_vmap_area_lazy: PurgeLayout,
+    pub percpu_alloc_percpu: PercpuAllocLayout,
 }
 
-/// The two layout sets: one per way of attaching.
+const NO: FieldLoc = FieldLoc::ABSENT;
+
+impl EventLayouts {
+    pub const ZERO: EventLayouts = EventLayouts {
+        kmalloc: KmallocLayout {
+            call_site: NO,
+            ptr: NO,
+            bytes_req: NO,
+            bytes_alloc: NO,
+            gfp_flags: NO,
+        },
+        kfree: FreeLayout { ptr: NO },
+        kmem_cache_alloc: KmemCacheAllocLayout {
+            ptr: NO,
+            gfp_flags: NO,
+            name: NO,
+            bytes_req: NO,
+            bytes_alloc: NO,
+            s: NO,
+        },
+        kmem_cache_free: FreeLayout { ptr: NO },
+        mm_page_alloc: PageAllocLayout {
+            pfn: NO,
+            page: NO,
+            order: NO,
+            gfp_flags: NO,
+            migratetype: NO,
+        },
+        mm_page_free: PageFreeLayout { order: NO },
+        mm_page_alloc_extfrag: ExtfragLayout { fallback_order: NO },
+        alloc_vmap_area: VmapAreaLayout {
+            size: NO,
+            failed: NO,
+        },
+        purge_vmap_area_lazy: PurgeLayout { npurged: NO },
+        percpu_alloc_percpu: PercpuAllocLayout {
+            size: NO,
+            bytes_alloc: NO,
+            gfp_flags: NO,
+        },
+    };
+}
+
+/// The two layout sets, one per way of attaching, and the struct offsets the BTF programs
+/// dereference. A program attached as a classic tracepoint reads `tp`, one attached as a
+/// BTF tracepoint reads `btf`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Layouts {
     pub tp: EventLayouts,
     pub btf: EventLayouts,
+    pub kmem_cache: KmemCacheOffsets,
 }
 
 impl Layouts {
     pub const ZERO: Layouts = Layouts {
-        tp: EventLayouts {
-            kmalloc: KmallocLayout {
-                call_site: FieldLoc::ABSENT,
-                ptr: FieldLoc::ABSENT,
-                bytes_req: FieldLoc::ABSENT,
-                bytes_alloc: FieldLoc::ABSENT,
-                gfp_flags: FieldLoc::ABSENT,
-            },
-            kfree: KfreeLayout {
-                call_site: FieldLoc::ABSENT,
-                ptr: FieldLoc::ABSENT,
-            },
-        },
-        btf: EventLayouts {
-            kmalloc: KmallocLayout {
-                call_site: FieldLoc::ABSENT,
-                ptr: FieldLoc::ABSENT,
-                bytes_req: FieldLoc::ABSENT,
-                bytes_alloc: FieldLoc::ABSENT,
-                gfp_flags: FieldLoc::ABSENT,
-            },
-            kfree: KfreeLayout {
-                call_site: FieldLoc::ABSENT,
-                ptr: FieldLoc::ABSENT,
-            },
+        tp: EventLayouts::ZERO,
+        btf: EventLayouts::ZERO,
+        kmem_cache: KmemCacheOffsets {
+            name: NO,
+            object_size: NO,
+            size: NO,
         },
     };
 }
@@ -245,8 +449,20 @@ pub const GLOBAL_FILTER_TID: &str = "FILTER_TID";
 pub const MAP_SIZE_STATS: &str = "SIZE_STATS";
 /// Per-CPU hash: [`GfpKey`] → `u64` failed allocations.
 pub const MAP_FAILURES: &str = "FAILURES";
-/// Per-CPU array of `u64`, indexed by [`Counter`].
+/// Per-CPU array of `u64`, indexed by [`Counter`], [`PAGE_FREES_BASE`], [`EXTFRAG_BASE`].
 pub const MAP_COUNTERS: &str = "COUNTERS";
+/// Per-CPU hash: [`PageKey`] → `u64` successful page allocations.
+pub const MAP_PAGE_ALLOCS: &str = "PAGE_ALLOCS";
+/// Per-CPU hash: cache id (`u64`: the cache's address for BTF tracepoints, a hash of its
+/// name for classic ones; it never leaves memtrace) → [`CacheStats`].
+pub const MAP_CACHE_STATS: &str = "CACHE_STATS";
+/// Hash: cache id → [`CacheName`], written when a cache id is first seen.
+pub const MAP_CACHE_NAMES: &str = "CACHE_NAMES";
+
+/// Capacity of [`MAP_PAGE_ALLOCS`]: orders × migratetypes × gfp values.
+pub const PAGE_KEYS_MAX: u32 = 4096;
+/// Capacity of [`MAP_CACHE_STATS`] and [`MAP_CACHE_NAMES`]: slab caches (a few hundred exist).
+pub const CACHES_MAX: u32 = 2048;
 
 /// Capacity of [`MAP_SIZE_STATS`] and [`MAP_FAILURES`]: distinct (allocator, gfp) pairs.
 /// A busy server shows a few dozen; what does not fit counts under [`GFP_OVERFLOW`].
@@ -274,6 +490,66 @@ pub const PROBES: &[ProbeSpec] = &[
         tp_program: "kfree_tp",
         btf_program: "kfree_btf",
     },
+    ProbeSpec {
+        category: "kmem",
+        event: "kmem_cache_alloc",
+        tp_program: "kmem_cache_alloc_tp",
+        btf_program: "kmem_cache_alloc_btf",
+    },
+    ProbeSpec {
+        category: "kmem",
+        event: "kmem_cache_free",
+        tp_program: "kmem_cache_free_tp",
+        btf_program: "kmem_cache_free_btf",
+    },
+    ProbeSpec {
+        category: "kmem",
+        event: "mm_page_alloc",
+        tp_program: "mm_page_alloc_tp",
+        btf_program: "mm_page_alloc_btf",
+    },
+    ProbeSpec {
+        category: "kmem",
+        event: "mm_page_free",
+        tp_program: "mm_page_free_tp",
+        btf_program: "mm_page_free_btf",
+    },
+    ProbeSpec {
+        category: "kmem",
+        event: "mm_page_free_batched",
+        tp_program: "mm_page_free_batched_tp",
+        btf_program: "mm_page_free_batched_btf",
+    },
+    ProbeSpec {
+        category: "kmem",
+        event: "mm_page_alloc_extfrag",
+        tp_program: "mm_page_alloc_extfrag_tp",
+        btf_program: "mm_page_alloc_extfrag_btf",
+    },
+    ProbeSpec {
+        category: "vmalloc",
+        event: "alloc_vmap_area",
+        tp_program: "alloc_vmap_area_tp",
+        btf_program: "alloc_vmap_area_btf",
+    },
+    ProbeSpec {
+        category: "vmalloc",
+        event: "purge_vmap_area_lazy",
+        tp_program: "purge_vmap_area_lazy_tp",
+        btf_program: "purge_vmap_area_lazy_btf",
+    },
+    ProbeSpec {
+        category: "percpu",
+        event: "percpu_alloc_percpu",
+        tp_program: "percpu_alloc_percpu_tp",
+        btf_program: "percpu_alloc_percpu_btf",
+    },
+    ProbeSpec {
+        category: "percpu",
+        event: "percpu_alloc_percpu_fail",
+        tp_program: "percpu_alloc_percpu_fail_tp",
+        btf_program: "percpu_alloc_percpu_fail_btf",
+    },
 ];
 
 #[cfg(feature = "user")]
@@ -281,6 +557,9 @@ mod pod {
     use super::*;
     // SAFETY: all are #[repr(C)], made only of integers, with explicit padding.
     unsafe impl aya::Pod for GfpKey {}
+    unsafe impl aya::Pod for PageKey {}
+    unsafe impl aya::Pod for CacheStats {}
+    unsafe impl aya::Pod for CacheName {}
     unsafe impl aya::Pod for SizeStats {}
     unsafe impl aya::Pod for FieldLoc {}
     unsafe impl aya::Pod for Layouts {}
@@ -319,6 +598,29 @@ mod tests {
         assert_eq!(core::mem::size_of::<SizeStats>(), 8 * (SIZE_BUCKETS + 2));
         assert_eq!(core::mem::size_of::<FieldLoc>(), 4);
         assert_eq!(core::mem::size_of::<KmallocLayout>(), 20);
+        assert_eq!(core::mem::size_of::<PageKey>(), 16);
+        assert_eq!(core::mem::size_of::<CacheName>(), CACHE_NAME_LEN);
+        assert_eq!(core::mem::size_of::<Layouts>() % 4, 0);
+    }
+
+    #[test]
+    fn cache_ids_depend_on_the_name_only_up_to_nul() {
+        let mut a = [0u8; CACHE_NAME_LEN];
+        a[..4].copy_from_slice(b"filp");
+        let mut b = a;
+        b[10] = b'x'; // after the NUL: ignored
+        assert_eq!(cache_name_id(&a), cache_name_id(&b));
+        let mut c = a;
+        c[0] = b'F';
+        assert_ne!(cache_name_id(&a), cache_name_id(&c));
+        assert_ne!(cache_name_id(&[0; CACHE_NAME_LEN]), CACHE_OVERFLOW);
+    }
+
+    #[test]
+    fn orders_clamp_into_slots() {
+        assert_eq!(order_slot(0), 0);
+        assert_eq!(order_slot(10), 10);
+        assert_eq!(order_slot(99), ORDER_SLOTS - 1);
     }
 
     #[test]

@@ -5,21 +5,26 @@
 //! from the argument array). Userspace attaches whichever the running kernel allows and hands
 //! both field layouts, resolved from that kernel, in the load-time global `LAYOUTS`.
 //!
-//! Hot paths only touch per-CPU maps: no allocation, no loop, no lock.
+//! Hot paths only touch per-CPU maps: no allocation, no unbounded loop, no lock.
 #![no_std]
 #![no_main]
+
+use core::ffi::c_void;
 
 use aya_ebpf::{
     EbpfContext,
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes},
     macros::{btf_tracepoint, fentry, map, tracepoint},
-    maps::{PerCpuArray, PerCpuHashMap},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap},
     programs::{BtfTracePointContext, FEntryContext, TracePointContext},
 };
 use memtrace_common::{
-    Allocator, COUNTERS_LEN, Counter, FieldLoc, GFP_KEYS_MAX, GFP_OVERFLOW, GfpKey, KfreeLayout,
-    KmallocLayout, Layouts, SIZE_BUCKETS, SizeStats, size_bucket,
+    Allocator, CACHE_NAME_LEN, CACHE_OVERFLOW, CACHES_MAX, COUNTERS_LEN, CacheName, CacheStats,
+    Counter, EXTFRAG_BASE, ExtfragLayout, FieldLoc, FreeLayout, GFP_KEYS_MAX, GFP_OVERFLOW,
+    GFP_UNKNOWN, GfpKey, KmallocLayout, KmemCacheAllocLayout, Layouts, PAGE_FREES_BASE,
+    PAGE_KEYS_MAX, PageAllocLayout, PageFreeLayout, PageKey, PercpuAllocLayout, PurgeLayout,
+    SIZE_BUCKETS, SizeStats, VmapAreaLayout, cache_name_id, order_slot, size_bucket,
 };
 
 #[unsafe(no_mangle)]
@@ -39,16 +44,24 @@ static SIZE_STATS: PerCpuHashMap<GfpKey, SizeStats> =
 static FAILURES: PerCpuHashMap<GfpKey, u64> = PerCpuHashMap::with_max_entries(GFP_KEYS_MAX, 0);
 
 #[map]
+static PAGE_ALLOCS: PerCpuHashMap<PageKey, u64> = PerCpuHashMap::with_max_entries(PAGE_KEYS_MAX, 0);
+
+#[map]
+static CACHE_STATS: PerCpuHashMap<u64, CacheStats> = PerCpuHashMap::with_max_entries(CACHES_MAX, 0);
+
+#[map]
+static CACHE_NAMES: HashMap<u64, CacheName> = HashMap::with_max_entries(CACHES_MAX, 0);
+
+#[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);
 
-/// Reads an unsigned field of 1, 2, 4 or 8 bytes at `loc` in the context; 0 if absent.
-/// The layout is a read-only global, so the verifier sees `loc` as constants and keeps one
-/// branch.
+/// Reads an unsigned value of 1, 2, 4 or 8 bytes at `base + loc.offset`; 0 if absent or
+/// unreadable. The layout is a read-only global, so the verifier sees `loc` as constants.
 #[inline(always)]
-fn field(ctx: *mut core::ffi::c_void, loc: FieldLoc) -> u64 {
+fn read(base: *const u8, loc: FieldLoc) -> u64 {
     // SAFETY: bpf_probe_read_kernel checks the address; a failed read yields 0.
     unsafe {
-        let p = (ctx as *const u8).add(loc.offset as usize);
+        let p = base.add(loc.offset as usize);
         match loc.size {
             8 => bpf_probe_read_kernel(p as *const u64).unwrap_or(0),
             4 => bpf_probe_read_kernel(p as *const u32).map_or(0, u64::from),
@@ -59,9 +72,13 @@ fn field(ctx: *mut core::ffi::c_void, loc: FieldLoc) -> u64 {
     }
 }
 
+#[inline(always)]
+fn field(ctx: *mut c_void, loc: FieldLoc) -> u64 {
+    read(ctx as *const u8, loc)
+}
+
 /// The layout of one event for classic (`tp`) or BTF (`btf`) tracepoints. Read volatile:
-/// userspace rewrites the zero initialiser at load time, so the compiler must not fold it;
-/// the verifier still sees the values as constants of a frozen read-only map.
+/// userspace rewrites the zero initialiser at load time, so the compiler must not fold it.
 macro_rules! layout {
     ($kind:ident, $event:ident) => {
         // SAFETY: a plain read of a global.
@@ -71,7 +88,7 @@ macro_rules! layout {
 
 #[inline(always)]
 fn wanted() -> bool {
-    // SAFETY: as above.
+    // SAFETY: plain reads of globals.
     let (tgid, tid) = unsafe {
         (
             core::ptr::read_volatile(&FILTER_TGID),
@@ -86,11 +103,16 @@ fn wanted() -> bool {
 }
 
 #[inline(always)]
-fn bump(counter: Counter) {
-    if let Some(p) = COUNTERS.get_ptr_mut(counter as u32) {
+fn add_counter(index: u32, n: u64) {
+    if let Some(p) = COUNTERS.get_ptr_mut(index) {
         // SAFETY: a per-CPU slot; programs do not nest on one CPU.
-        unsafe { *p += 1 };
+        unsafe { *p += n };
     }
+}
+
+#[inline(always)]
+fn bump(counter: Counter) {
+    add_counter(counter as u32, 1);
 }
 
 /// The per-CPU slot of `key` in `map`, created (zeroed) on first use. When the map is full,
@@ -110,18 +132,18 @@ fn slot<K: Copy, V>(map: &PerCpuHashMap<K, V>, key: K, zero: &V, overflow: K) ->
 }
 
 #[inline(always)]
-fn gfp_key(allocator: Allocator, gfp: u64) -> GfpKey {
+fn gfp_key(allocator: Allocator, order: u32, gfp: u64) -> GfpKey {
     GfpKey {
         allocator: allocator as u32,
-        _pad: 0,
+        order,
         gfp,
     }
 }
 
 #[inline(always)]
-fn count_failure(allocator: Allocator, gfp: u64) {
-    let key = gfp_key(allocator, gfp);
-    let overflow = gfp_key(allocator, GFP_OVERFLOW);
+fn count_failure(allocator: Allocator, order: u32, gfp: u64) {
+    let key = gfp_key(allocator, order, gfp);
+    let overflow = gfp_key(allocator, order, GFP_OVERFLOW);
     if let Some(p) = slot(&FAILURES, key, &0, overflow) {
         // SAFETY: per-CPU value.
         unsafe { *p += 1 };
@@ -130,8 +152,8 @@ fn count_failure(allocator: Allocator, gfp: u64) {
 
 #[inline(always)]
 fn record_size(allocator: Allocator, gfp: u64, requested: u64, allocated: u64) {
-    let key = gfp_key(allocator, gfp);
-    let overflow = gfp_key(allocator, GFP_OVERFLOW);
+    let key = gfp_key(allocator, 0, gfp);
+    let overflow = gfp_key(allocator, 0, GFP_OVERFLOW);
     if let Some(p) = slot(&SIZE_STATS, key, &SizeStats::ZERO, overflow) {
         let bucket = size_bucket(allocated);
         // SAFETY: per-CPU value; the bounds check satisfies the verifier.
@@ -146,13 +168,13 @@ fn record_size(allocator: Allocator, gfp: u64, requested: u64, allocated: u64) {
 }
 
 #[inline(always)]
-fn on_kmalloc(ctx: *mut core::ffi::c_void, l: &KmallocLayout) {
+fn on_kmalloc(ctx: *mut c_void, l: &KmallocLayout) {
     if !wanted() {
         return;
     }
     let gfp = field(ctx, l.gfp_flags);
     if field(ctx, l.ptr) == 0 {
-        count_failure(Allocator::Kmalloc, gfp);
+        count_failure(Allocator::Kmalloc, 0, gfp);
         return;
     }
     record_size(
@@ -164,37 +186,272 @@ fn on_kmalloc(ctx: *mut core::ffi::c_void, l: &KmallocLayout) {
 }
 
 #[inline(always)]
-fn on_kfree(ctx: *mut core::ffi::c_void, l: &KfreeLayout) {
+fn on_free(ctx: *mut c_void, l: &FreeLayout, counter: Counter) {
+    // Freeing NULL is legal and frees nothing.
+    if wanted() && field(ctx, l.ptr) != 0 {
+        bump(counter);
+    }
+}
+
+/// Reads a NUL-terminated kernel string into `buf` (zero-padded, possibly truncated).
+#[inline(always)]
+fn read_name(src: *const u8, buf: &mut [u8; CACHE_NAME_LEN]) {
+    // SAFETY: the helper bounds the read by the buffer and checks the address.
+    let _ = unsafe { bpf_probe_read_kernel_str_bytes(src, buf) };
+}
+
+#[inline(always)]
+fn on_kmem_cache_alloc(ctx: *mut c_void, l: &KmemCacheAllocLayout) {
     if !wanted() {
         return;
     }
-    // kfree(NULL) is legal and frees nothing.
-    if field(ctx, l.ptr) != 0 {
-        bump(Counter::KmallocFrees);
+    let gfp = field(ctx, l.gfp_flags);
+    if field(ctx, l.ptr) == 0 {
+        count_failure(Allocator::KmemCache, 0, gfp);
+        return;
+    }
+    let mut name = CacheName {
+        name: [0; CACHE_NAME_LEN],
+    };
+    let (id, requested, allocated, cache) = if l.s.is_present() {
+        // BTF tracepoint: the cache itself; its name is read only when first seen.
+        let s = field(ctx, l.s) as *const u8;
+        // SAFETY: a plain read of a global.
+        let off = unsafe { core::ptr::read_volatile(&LAYOUTS.kmem_cache) };
+        (s as u64, read(s, off.object_size), read(s, off.size), s)
+    } else {
+        // Classic tracepoint: the record holds the name as a __data_loc string.
+        let loc = field(ctx, l.name);
+        let src = (ctx as *const u8).wrapping_add((loc & 0xffff) as usize);
+        read_name(src, &mut name.name);
+        (
+            cache_name_id(&name.name),
+            field(ctx, l.bytes_req),
+            field(ctx, l.bytes_alloc),
+            core::ptr::null(),
+        )
+    };
+    record_size(Allocator::KmemCache, gfp, requested, allocated);
+
+    let p = match CACHE_STATS.get_ptr_mut(id) {
+        Some(p) => Some(p),
+        None => {
+            if !cache.is_null() {
+                // SAFETY: a plain read of a global.
+                let off = unsafe { core::ptr::read_volatile(&LAYOUTS.kmem_cache) };
+                let name_ptr = read(cache, off.name) as *const u8;
+                read_name(name_ptr, &mut name.name);
+            }
+            let _ = CACHE_NAMES.insert(id, name, BPF_NOEXIST as u64);
+            slot(&CACHE_STATS, id, &CacheStats::ZERO, CACHE_OVERFLOW)
+        }
+    };
+    if let Some(p) = p {
+        // SAFETY: per-CPU value.
+        unsafe {
+            (*p).allocations += 1;
+            (*p).requested_bytes += requested;
+            (*p).allocated_bytes += allocated;
+        }
     }
 }
 
+#[inline(always)]
+fn on_mm_page_alloc(ctx: *mut c_void, l: &PageAllocLayout) {
+    if !wanted() {
+        return;
+    }
+    let order = order_slot(field(ctx, l.order));
+    let gfp = field(ctx, l.gfp_flags);
+    let failed = if l.pfn.is_present() {
+        field(ctx, l.pfn) == u64::MAX
+    } else {
+        field(ctx, l.page) == 0
+    };
+    if failed {
+        count_failure(Allocator::Page, order, gfp);
+        return;
+    }
+    let key = PageKey {
+        order,
+        migratetype: field(ctx, l.migratetype) as u32,
+        gfp,
+    };
+    let overflow = PageKey {
+        order,
+        migratetype: u32::MAX,
+        gfp: GFP_OVERFLOW,
+    };
+    if let Some(p) = slot(&PAGE_ALLOCS, key, &0, overflow) {
+        // SAFETY: per-CPU value.
+        unsafe { *p += 1 };
+    }
+}
+
+#[inline(always)]
+fn on_mm_page_free(ctx: *mut c_void, l: &PageFreeLayout) {
+    if wanted() {
+        add_counter(PAGE_FREES_BASE + order_slot(field(ctx, l.order)), 1);
+    }
+}
+
+#[inline(always)]
+fn on_extfrag(ctx: *mut c_void, l: &ExtfragLayout) {
+    if wanted() {
+        add_counter(EXTFRAG_BASE + order_slot(field(ctx, l.fallback_order)), 1);
+    }
+}
+
+#[inline(always)]
+fn on_alloc_vmap_area(ctx: *mut c_void, l: &VmapAreaLayout) {
+    if !wanted() {
+        return;
+    }
+    if field(ctx, l.failed) != 0 {
+        count_failure(Allocator::Vmalloc, 0, GFP_UNKNOWN);
+        return;
+    }
+    let size = field(ctx, l.size);
+    record_size(Allocator::Vmalloc, GFP_UNKNOWN, size, size);
+}
+
+#[inline(always)]
+fn on_purge(ctx: *mut c_void, l: &PurgeLayout) {
+    if wanted() {
+        bump(Counter::VmallocPurges);
+        add_counter(Counter::VmallocPurgedAreas as u32, field(ctx, l.npurged));
+    }
+}
+
+#[inline(always)]
+fn on_percpu_alloc(ctx: *mut c_void, l: &PercpuAllocLayout) {
+    if wanted() {
+        record_size(
+            Allocator::Percpu,
+            field(ctx, l.gfp_flags),
+            field(ctx, l.size),
+            field(ctx, l.bytes_alloc),
+        );
+    }
+}
+
+/// Defines the classic and the BTF tracepoint program of one event around one body.
+macro_rules! probe {
+    ($event:ident, $name:literal, $tp:ident, $btf:ident, |$ctx:ident, $l:ident| $body:expr) => {
+        #[tracepoint]
+        pub fn $tp(ctx: TracePointContext) -> u32 {
+            let $ctx = ctx.as_ptr();
+            let $l = layout!(tp, $event);
+            $body;
+            0
+        }
+
+        #[btf_tracepoint(function = $name)]
+        pub fn $btf(ctx: BtfTracePointContext) -> i32 {
+            let $ctx = ctx.as_ptr();
+            let $l = layout!(btf, $event);
+            $body;
+            0
+        }
+    };
+}
+
+probe!(kmalloc, "kmalloc", kmalloc_tp, kmalloc_btf, |c, l| {
+    on_kmalloc(c, &l)
+});
+probe!(kfree, "kfree", kfree_tp, kfree_btf, |c, l| on_free(
+    c,
+    &l,
+    Counter::KmallocFrees
+));
+probe!(
+    kmem_cache_alloc,
+    "kmem_cache_alloc",
+    kmem_cache_alloc_tp,
+    kmem_cache_alloc_btf,
+    |c, l| on_kmem_cache_alloc(c, &l)
+);
+probe!(
+    kmem_cache_free,
+    "kmem_cache_free",
+    kmem_cache_free_tp,
+    kmem_cache_free_btf,
+    |c, l| on_free(c, &l, Counter::KmemCacheFrees)
+);
+probe!(
+    mm_page_alloc,
+    "mm_page_alloc",
+    mm_page_alloc_tp,
+    mm_page_alloc_btf,
+    |c, l| { on_mm_page_alloc(c, &l) }
+);
+probe!(
+    mm_page_free,
+    "mm_page_free",
+    mm_page_free_tp,
+    mm_page_free_btf,
+    |c, l| { on_mm_page_free(c, &l) }
+);
+probe!(
+    mm_page_alloc_extfrag,
+    "mm_page_alloc_extfrag",
+    mm_page_alloc_extfrag_tp,
+    mm_page_alloc_extfrag_btf,
+    |c, l| on_extfrag(c, &l)
+);
+probe!(
+    alloc_vmap_area,
+    "alloc_vmap_area",
+    alloc_vmap_area_tp,
+    alloc_vmap_area_btf,
+    |c, l| on_alloc_vmap_area(c, &l)
+);
+probe!(
+    purge_vmap_area_lazy,
+    "purge_vmap_area_lazy",
+    purge_vmap_area_lazy_tp,
+    purge_vmap_area_lazy_btf,
+    |c, l| on_purge(c, &l)
+);
+probe!(
+    percpu_alloc_percpu,
+    "percpu_alloc_percpu",
+    percpu_alloc_percpu_tp,
+    percpu_alloc_percpu_btf,
+    |c, l| on_percpu_alloc(c, &l)
+);
+
+/// `mm_page_free_batched` frees one order-0 page and has no field memtrace needs.
 #[tracepoint]
-pub fn kmalloc_tp(ctx: TracePointContext) -> u32 {
-    on_kmalloc(ctx.as_ptr(), &layout!(tp, kmalloc));
+pub fn mm_page_free_batched_tp(_ctx: TracePointContext) -> u32 {
+    if wanted() {
+        add_counter(PAGE_FREES_BASE, 1);
+    }
     0
 }
 
-#[btf_tracepoint(function = "kmalloc")]
-pub fn kmalloc_btf(ctx: BtfTracePointContext) -> i32 {
-    on_kmalloc(ctx.as_ptr(), &layout!(btf, kmalloc));
+#[btf_tracepoint(function = "mm_page_free_batched")]
+pub fn mm_page_free_batched_btf(_ctx: BtfTracePointContext) -> i32 {
+    if wanted() {
+        add_counter(PAGE_FREES_BASE, 1);
+    }
     0
 }
 
+/// `percpu_alloc_percpu_fail` carries no GFP flags.
 #[tracepoint]
-pub fn kfree_tp(ctx: TracePointContext) -> u32 {
-    on_kfree(ctx.as_ptr(), &layout!(tp, kfree));
+pub fn percpu_alloc_percpu_fail_tp(_ctx: TracePointContext) -> u32 {
+    if wanted() {
+        count_failure(Allocator::Percpu, 0, GFP_UNKNOWN);
+    }
     0
 }
 
-#[btf_tracepoint(function = "kfree")]
-pub fn kfree_btf(ctx: BtfTracePointContext) -> i32 {
-    on_kfree(ctx.as_ptr(), &layout!(btf, kfree));
+#[btf_tracepoint(function = "percpu_alloc_percpu_fail")]
+pub fn percpu_alloc_percpu_fail_btf(_ctx: BtfTracePointContext) -> i32 {
+    if wanted() {
+        count_failure(Allocator::Percpu, 0, GFP_UNKNOWN);
+    }
     0
 }
 

@@ -151,14 +151,30 @@ impl Btf {
                         off += 12;
                     }
                 }
-                KIND_ENUM => off += 8 * vlen,
+                KIND_ENUM => {
+                    for _ in 0..vlen {
+                        items.push((u32_at(tdata, off)?, 0, u32_at(tdata, off + 4)?));
+                        off += 8;
+                    }
+                }
                 KIND_FUNC_PROTO => {
                     for _ in 0..vlen {
                         items.push((u32_at(tdata, off)?, u32_at(tdata, off + 4)?, 0));
                         off += 8;
                     }
                 }
-                KIND_DATASEC | KIND_ENUM64 => off += 12 * vlen,
+                KIND_ENUM64 => {
+                    for _ in 0..vlen {
+                        // (name, high 32 bits, low 32 bits)
+                        items.push((
+                            u32_at(tdata, off)?,
+                            u32_at(tdata, off + 8)?,
+                            u32_at(tdata, off + 4)?,
+                        ));
+                        off += 12;
+                    }
+                }
+                KIND_DATASEC => off += 12 * vlen,
                 _ => return Err(BtfError::Malformed("unknown type kind")),
             }
             types.push(Type {
@@ -273,6 +289,27 @@ impl Btf {
         )
     }
 
+    /// The enumerators of `enum name`, in declaration order, with their values.
+    pub fn enum_values(&self, name: &str) -> Option<Vec<(String, i64)>> {
+        let id = self
+            .find(name, KIND_ENUM)
+            .or_else(|| self.find(name, KIND_ENUM64))?;
+        let t = &self.types[id as usize];
+        Some(
+            t.items
+                .iter()
+                .map(|&(n, hi, lo)| {
+                    let v = if t.kind == KIND_ENUM {
+                        i64::from(lo as i32)
+                    } else {
+                        ((u64::from(hi) << 32) | u64::from(lo)) as i64
+                    };
+                    (self.str_at(n).to_string(), v)
+                })
+                .collect(),
+        )
+    }
+
     /// The members of `struct name` (not descending into anonymous members).
     pub fn struct_members(&self, name: &str) -> Option<Vec<Member>> {
         let id = self.find(name, KIND_STRUCT)?;
@@ -299,7 +336,9 @@ mod tests {
 
     /// Builds a small BTF blob by hand: int, ptr, typedef btf_trace_x -> ptr -> proto.
     fn blob() -> Vec<u8> {
-        let strings = b"\0int\0btf_trace_x\0__data\0size\0ptr\0s\0a\0b\0__bpf_trace_x\0".to_vec();
+        let strings =
+            b"\0int\0btf_trace_x\0__data\0size\0ptr\0s\0a\0b\0__bpf_trace_x\0mt\0M_A\0M_B\0"
+                .to_vec();
         let s = |name: &str| -> u32 {
             let needle = format!("\0{name}\0");
             strings
@@ -333,6 +372,9 @@ mod tests {
         push(&[s("__data"), 2, s("size"), 1, s("ptr"), 2]);
         // 8: func __bpf_trace_x -> 7
         push(&[s("__bpf_trace_x"), KIND_FUNC << 24, 7]);
+        // 9: enum mt { M_A = 0, M_B = -1 }
+        push(&[s("mt"), (KIND_ENUM << 24) | 2, 4]);
+        push(&[s("M_A"), 0, s("M_B"), u32::MAX]);
         let mut out = Vec::new();
         out.extend_from_slice(&[0x9f, 0xeb, 1, 0]);
         for w in [
@@ -372,6 +414,10 @@ mod tests {
         let m = btf.struct_members("s").unwrap();
         assert_eq!(m[1].name, "b");
         assert_eq!(m[1].byte_offset, 8);
+        assert_eq!(
+            btf.enum_values("mt").unwrap(),
+            vec![("M_A".to_string(), 0), ("M_B".to_string(), -1)]
+        );
     }
 
     #[test]

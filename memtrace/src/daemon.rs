@@ -16,9 +16,11 @@ use axum::{
 use prometheus::{Encoder as _, Registry, TextEncoder};
 
 use crate::{
+    btf::Btf,
     check::kernel_release,
     gfp::GfpTable,
-    metrics,
+    kernel,
+    metrics::Exporter,
     probes::{AttachPreference, Tracer, TracerOptions},
     tracefs,
 };
@@ -46,6 +48,15 @@ pub struct DaemonArgs {
     /// How to attach probes: tp_btf where possible (auto), or only one kind.
     #[arg(long, env = "MEMTRACE_ATTACH", value_enum, default_value_t = AttachPreference::Auto)]
     pub attach: AttachPreference,
+    /// Most slab caches exported with their own `cache` label; the rest count in `other`.
+    #[arg(
+        long = "caches.max",
+        env = "MEMTRACE_CACHES_MAX",
+        default_value_t = 50,
+        value_parser = clap::value_parser!(u32).range(1..=10_000),
+        value_name = "N"
+    )]
+    pub caches_max: u32,
 }
 
 fn parse_telemetry_path(s: &str) -> Result<String, String> {
@@ -58,8 +69,8 @@ fn parse_telemetry_path(s: &str) -> Result<String, String> {
 }
 
 struct AppState {
-    tracer: Mutex<Tracer>,
-    gfp: Option<GfpTable>,
+    /// The programs and the label state; one scrape at a time reads the maps.
+    inner: Mutex<(Tracer, Exporter)>,
     registry: Registry,
     kernel: String,
     telemetry_path: String,
@@ -104,9 +115,18 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         prometheus::process_collector::ProcessCollector::for_self(),
     ))?;
 
-    let state = Arc::new(AppState {
-        tracer: Mutex::new(tracer),
+    let migratetypes = Btf::from_sys()
+        .map(|b| kernel::migratetype_names(&b))
+        .unwrap_or_default();
+    let exporter = Exporter::new(
         gfp,
+        migratetypes,
+        kernel::pageblock_order(),
+        kernel_release(),
+        args.caches_max as usize,
+    );
+    let state = Arc::new(AppState {
+        inner: Mutex::new((tracer, exporter)),
         registry,
         kernel: kernel_release(),
         telemetry_path: args.telemetry_path.clone(),
@@ -167,11 +187,14 @@ async fn landing(State(state): State<Arc<AppState>>) -> Html<String> {
 }
 
 async fn serve_metrics(State(state): State<Arc<AppState>>) -> Response {
-    let snapshot = {
-        let tracer = state.tracer.lock().unwrap_or_else(|p| p.into_inner());
-        tracer.snapshot().map(|s| (s, tracer.probes().to_vec()))
+    let families = {
+        let mut inner = state.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let (tracer, exporter) = &mut *inner;
+        tracer
+            .snapshot()
+            .map(|snap| exporter.families(&snap, tracer.probes()))
     };
-    let (snap, probes) = match snapshot {
+    let mut families = match families {
         Ok(v) => v,
         Err(e) => {
             tracing::error!("reading kernel maps failed: {e:#}");
@@ -182,7 +205,6 @@ async fn serve_metrics(State(state): State<Arc<AppState>>) -> Response {
                 .into_response();
         }
     };
-    let mut families = metrics::families(&snap, &probes, state.gfp.as_ref(), &state.kernel);
     families.extend(state.registry.gather());
     let encoder = TextEncoder::new();
     let mut buf = Vec::new();

@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeMap, path::Path};
 
-use memtrace_common::{EventLayouts, FieldLoc, KfreeLayout, KmallocLayout, Layouts};
+use memtrace_common::{EventLayouts, FieldLoc, KmemCacheOffsets, Layouts, PROBES};
 
 use crate::{btf::Btf, tracefs::Format};
 
@@ -69,31 +69,91 @@ fn fill<const N: usize>(
     missing
 }
 
-fn kmalloc(src: &dyn Source, l: &mut KmallocLayout) -> Vec<String> {
-    fill(
-        src,
-        ["call_site", "ptr", "bytes_req", "bytes_alloc", "gfp_flags"],
-        [
-            &mut l.call_site,
-            &mut l.ptr,
-            &mut l.bytes_req,
-            &mut l.bytes_alloc,
-            &mut l.gfp_flags,
-        ],
-    )
+/// Whether a layout is for classic or BTF tracepoints.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Tp,
+    Btf,
 }
 
-fn kfree(src: &dyn Source, l: &mut KfreeLayout) -> Vec<String> {
-    fill(src, ["call_site", "ptr"], [&mut l.call_site, &mut l.ptr])
+/// Fills one event's layout; returns the names of required fields that are missing.
+fn fill_event(event: &str, src: &dyn Source, mode: Mode, l: &mut EventLayouts) -> Vec<String> {
+    match event {
+        "kmalloc" => {
+            let k = &mut l.kmalloc;
+            fill(
+                src,
+                ["call_site", "ptr", "bytes_req", "bytes_alloc", "gfp_flags"],
+                [
+                    &mut k.call_site,
+                    &mut k.ptr,
+                    &mut k.bytes_req,
+                    &mut k.bytes_alloc,
+                    &mut k.gfp_flags,
+                ],
+            )
+        }
+        "kfree" => fill(src, ["ptr"], [&mut l.kfree.ptr]),
+        "kmem_cache_alloc" => {
+            let k = &mut l.kmem_cache_alloc;
+            match mode {
+                Mode::Tp => fill(
+                    src,
+                    ["ptr", "gfp_flags", "name", "bytes_req", "bytes_alloc"],
+                    [
+                        &mut k.ptr,
+                        &mut k.gfp_flags,
+                        &mut k.name,
+                        &mut k.bytes_req,
+                        &mut k.bytes_alloc,
+                    ],
+                ),
+                Mode::Btf => fill(
+                    src,
+                    ["ptr", "gfp_flags", "s"],
+                    [&mut k.ptr, &mut k.gfp_flags, &mut k.s],
+                ),
+            }
+        }
+        "kmem_cache_free" => fill(src, ["ptr"], [&mut l.kmem_cache_free.ptr]),
+        "mm_page_alloc" => {
+            let k = &mut l.mm_page_alloc;
+            let first = match mode {
+                Mode::Tp => fill(src, ["pfn"], [&mut k.pfn]),
+                Mode::Btf => fill(src, ["page"], [&mut k.page]),
+            };
+            let mut missing = first;
+            missing.extend(fill(
+                src,
+                ["order", "gfp_flags", "migratetype"],
+                [&mut k.order, &mut k.gfp_flags, &mut k.migratetype],
+            ));
+            missing
+        }
+        "mm_page_free" => fill(src, ["order"], [&mut l.mm_page_free.order]),
+        "mm_page_alloc_extfrag" => fill(
+            src,
+            ["fallback_order"],
+            [&mut l.mm_page_alloc_extfrag.fallback_order],
+        ),
+        "alloc_vmap_area" => {
+            let k = &mut l.alloc_vmap_area;
+            fill(src, ["size", "failed"], [&mut k.size, &mut k.failed])
+        }
+        "purge_vmap_area_lazy" => fill(src, ["npurged"], [&mut l.purge_vmap_area_lazy.npurged]),
+        "percpu_alloc_percpu" => {
+            let k = &mut l.percpu_alloc_percpu;
+            fill(
+                src,
+                ["size", "bytes_alloc", "gfp_flags"],
+                [&mut k.size, &mut k.bytes_alloc, &mut k.gfp_flags],
+            )
+        }
+        // Events whose programs read no field.
+        "mm_page_free_batched" | "percpu_alloc_percpu_fail" => Vec::new(),
+        other => vec![format!("(memtrace has no layout for {other})")],
+    }
 }
-
-type Filler = fn(&dyn Source, &mut EventLayouts) -> Vec<String>;
-
-/// Every event the programs read: (category, event, filler).
-const EVENTS: &[(&str, &str, Filler)] = &[
-    ("kmem", "kmalloc", |s, l| kmalloc(s, &mut l.kmalloc)),
-    ("kmem", "kfree", |s, l| kfree(s, &mut l.kfree)),
-];
 
 fn describe(missing: Vec<String>) -> Option<String> {
     if missing.is_empty() {
@@ -106,13 +166,40 @@ fn describe(missing: Vec<String>) -> Option<String> {
     }
 }
 
+/// `struct kmem_cache` member offsets the BTF `kmem_cache_alloc` program dereferences.
+fn kmem_cache_offsets(btf: &Btf, out: &mut KmemCacheOffsets) -> Option<String> {
+    let Some(members) = btf.struct_members("kmem_cache") else {
+        return Some("no struct kmem_cache in the kernel's BTF".into());
+    };
+    let mut missing = Vec::new();
+    for (name, slot) in [
+        ("name", &mut out.name),
+        ("object_size", &mut out.object_size),
+        ("size", &mut out.size),
+    ] {
+        match members.iter().find(|m| m.name == name) {
+            Some(m) if (1..=8).contains(&m.size) && m.byte_offset <= u16::MAX as u32 => {
+                *slot = FieldLoc::new(m.byte_offset as u16, m.size as u16)
+            }
+            _ => missing.push(name),
+        }
+    }
+    if missing.is_empty() {
+        None
+    } else {
+        Some(format!("struct kmem_cache lacks {}", missing.join(", ")))
+    }
+}
+
 /// Resolves every event's layout from what this kernel offers.
 pub fn resolve(btf: Option<&Btf>, tracefs: Option<&Path>) -> Resolved {
     let mut r = Resolved {
         layouts: Layouts::ZERO,
         ..Default::default()
     };
-    for &(category, event, filler) in EVENTS {
+    let cache_offsets = btf.and_then(|b| kmem_cache_offsets(b, &mut r.layouts.kmem_cache));
+    for spec in PROBES {
+        let (category, event) = (spec.category, spec.event);
         match tracefs.map(|dir| Format::read(dir, category, event)) {
             None => {
                 r.tp_missing.insert(event, "tracefs not mounted".into());
@@ -121,7 +208,8 @@ pub fn resolve(btf: Option<&Btf>, tracefs: Option<&Path>) -> Resolved {
                 r.tp_missing.insert(event, e.to_string());
             }
             Some(Ok(fmt)) => {
-                if let Some(why) = describe(filler(&Record(&fmt), &mut r.layouts.tp)) {
+                let missing = fill_event(event, &Record(&fmt), Mode::Tp, &mut r.layouts.tp);
+                if let Some(why) = describe(missing) {
                     r.tp_missing.insert(event, why);
                 }
             }
@@ -135,8 +223,13 @@ pub fn resolve(btf: Option<&Btf>, tracefs: Option<&Path>) -> Resolved {
                     .insert(event, format!("no btf_trace_{event} in the kernel's BTF"));
             }
             Some(Some(args)) => {
-                if let Some(why) = describe(filler(&Args(args), &mut r.layouts.btf)) {
+                let missing = fill_event(event, &Args(args), Mode::Btf, &mut r.layouts.btf);
+                if let Some(why) = describe(missing) {
                     r.btf_missing.insert(event, why);
+                } else if event == "kmem_cache_alloc" {
+                    if let Some(why) = &cache_offsets {
+                        r.btf_missing.insert(event, why.clone());
+                    }
                 }
             }
         }
@@ -152,10 +245,46 @@ mod tests {
     #[test]
     fn classic_layout_from_format() {
         let fmt = Format::parse(crate::tracefs::tests_support::KMALLOC_FORMAT).unwrap();
-        let mut l = KmallocLayout::default();
-        assert!(kmalloc(&Record(&fmt), &mut l).is_empty());
-        assert_eq!(l.ptr, FieldLoc::new(16, 8));
-        assert_eq!(l.gfp_flags, FieldLoc::new(40, 8));
+        let mut l = EventLayouts::default();
+        assert!(fill_event("kmalloc", &Record(&fmt), Mode::Tp, &mut l).is_empty());
+        assert_eq!(l.kmalloc.ptr, FieldLoc::new(16, 8));
+        assert_eq!(l.kmalloc.gfp_flags, FieldLoc::new(40, 8));
+    }
+
+    /// Every captured 6.18 format file yields a complete classic layout.
+    #[test]
+    fn every_captured_format_resolves() {
+        for spec in PROBES {
+            let path = format!(
+                "{}/testdata/linux-6.18/{}_{}.format",
+                env!("CARGO_MANIFEST_DIR"),
+                spec.category,
+                spec.event
+            );
+            let text = std::fs::read_to_string(&path).unwrap();
+            let fmt = Format::parse(&text).unwrap();
+            let mut l = EventLayouts::default();
+            let missing = fill_event(spec.event, &Record(&fmt), Mode::Tp, &mut l);
+            assert!(missing.is_empty(), "{}: {missing:?}", spec.event);
+        }
+        let text = include_str!("../testdata/linux-6.18/kmem_kmem_cache_alloc.format");
+        let mut l = EventLayouts::default();
+        fill_event(
+            "kmem_cache_alloc",
+            &Record(&Format::parse(text).unwrap()),
+            Mode::Tp,
+            &mut l,
+        );
+        assert_eq!(l.kmem_cache_alloc.name, FieldLoc::new(24, 4));
+        let text = include_str!("../testdata/linux-6.18/kmem_mm_page_alloc.format");
+        fill_event(
+            "mm_page_alloc",
+            &Record(&Format::parse(text).unwrap()),
+            Mode::Tp,
+            &mut l,
+        );
+        assert_eq!(l.mm_page_alloc.pfn, FieldLoc::new(8, 8));
+        assert_eq!(l.mm_page_alloc.migratetype, FieldLoc::new(32, 4));
     }
 
     #[test]
@@ -172,14 +301,24 @@ mod tests {
             p("gfp_flags", 4),
             p("node", 4),
         ]);
-        let mut l = KmallocLayout::default();
-        assert!(kmalloc(&args, &mut l).is_empty());
-        assert_eq!(l.gfp_flags, FieldLoc::new(32, 4));
+        let mut l = EventLayouts::default();
+        assert!(fill_event("kmalloc", &args, Mode::Btf, &mut l).is_empty());
+        assert_eq!(l.kmalloc.gfp_flags, FieldLoc::new(32, 4));
         let old = Args(vec![p("call_site", 8), p("ptr", 8)]);
-        let mut l = KmallocLayout::default();
+        let mut l = EventLayouts::default();
         assert_eq!(
-            kmalloc(&old, &mut l),
+            fill_event("kmalloc", &old, Mode::Btf, &mut l),
             vec!["bytes_req", "bytes_alloc", "gfp_flags"]
         );
+        // kmem_cache_alloc's BTF tracepoint passes the cache, not its name and sizes.
+        let args = Args(vec![
+            p("call_site", 8),
+            p("ptr", 8),
+            p("s", 8),
+            p("gfp_flags", 4),
+            p("node", 4),
+        ]);
+        assert!(fill_event("kmem_cache_alloc", &args, Mode::Btf, &mut l).is_empty());
+        assert_eq!(l.kmem_cache_alloc.s, FieldLoc::new(16, 8));
     }
 }

@@ -3,9 +3,11 @@
 //! The binary is a thin CLI over this library; the integration tests drive the same code.
 
 pub mod btf;
+pub mod cardinality;
 pub mod check;
 pub mod daemon;
 pub mod gfp;
+pub mod kernel;
 pub mod layout;
 pub mod metrics;
 pub mod probes;

@@ -4,10 +4,13 @@
 
 use std::collections::BTreeMap;
 
-use memtrace_common::{Allocator, Counter, SIZE_BUCKETS, SizeStats, size_bucket_upper};
+use memtrace_common::{
+    Allocator, Counter, ORDER_SLOTS, SIZE_BUCKETS, SizeStats, size_bucket_upper,
+};
 use prometheus::proto::{self, LabelPair, MetricFamily, MetricType};
 
 use crate::{
+    cardinality::Limiter,
     gfp::GfpTable,
     probes::{ProbeStatus, Snapshot},
 };
@@ -80,57 +83,238 @@ fn histogram(pairs: &[(&str, &str)], s: &SizeStats) -> proto::Metric {
     m
 }
 
-/// Builds every kernel-derived metric family from one snapshot.
-pub fn families(
-    snap: &Snapshot,
-    probes: &[ProbeStatus],
-    gfp: Option<&GfpTable>,
-    kernel: &str,
-) -> Vec<MetricFamily> {
-    // Several raw gfp values share one composite label: sum them.
-    let mut kmalloc: BTreeMap<String, SizeStats> = BTreeMap::new();
-    for ((a, raw), s) in &snap.sizes {
-        if *a == Allocator::Kmalloc {
-            kmalloc
-                .entry(gfp_label(gfp, *raw))
+/// What turns raw kernel aggregates into labelled series: the running kernel's names for
+/// GFP values and migrate types, its page-block order, and the bounded `cache` label.
+pub struct Exporter {
+    pub gfp: Option<GfpTable>,
+    pub migratetypes: BTreeMap<u32, String>,
+    pub pageblock_order: Option<u32>,
+    pub kernel: String,
+    caches: Limiter,
+}
+
+impl Exporter {
+    pub fn new(
+        gfp: Option<GfpTable>,
+        migratetypes: BTreeMap<u32, String>,
+        pageblock_order: Option<u32>,
+        kernel: String,
+        max_caches: usize,
+    ) -> Self {
+        Exporter {
+            gfp,
+            migratetypes,
+            pageblock_order,
+            kernel,
+            caches: Limiter::new(max_caches),
+        }
+    }
+
+    fn gfp_label(&self, raw: u64) -> String {
+        match raw {
+            memtrace_common::GFP_OVERFLOW => "other".into(),
+            memtrace_common::GFP_UNKNOWN => "unknown".into(),
+            _ => gfp_label(self.gfp.as_ref(), raw),
+        }
+    }
+
+    fn migratetype_label(&self, mt: u32) -> String {
+        if mt == u32::MAX {
+            return "other".into();
+        }
+        self.migratetypes
+            .get(&mt)
+            .cloned()
+            .unwrap_or_else(|| mt.to_string())
+    }
+
+    /// Builds every kernel-derived metric family from one snapshot.
+    pub fn families(&mut self, snap: &Snapshot, probes: &[ProbeStatus]) -> Vec<MetricFamily> {
+        let mut out = Vec::new();
+
+        // Sizes, grouped by the allocator's composite GFP name (several raw values share one).
+        let mut sizes: BTreeMap<(Allocator, String), SizeStats> = BTreeMap::new();
+        for ((a, raw), s) in &snap.sizes {
+            sizes
+                .entry((*a, self.gfp_label(*raw)))
                 .or_insert(SizeStats::ZERO)
                 .add(s);
         }
-    }
-    let mut failures: BTreeMap<(Allocator, String), u64> = BTreeMap::new();
-    for ((a, raw), n) in &snap.failures {
-        *failures.entry((*a, gfp_label(gfp, *raw))).or_default() += n;
-    }
-
-    let mut out = vec![
-        family(
+        let of = |a: Allocator| sizes.iter().filter(move |((x, _), _)| *x == a);
+        out.push(family(
             "memtrace_kmalloc_size_bytes",
             "Sizes of successful kmalloc allocations in bytes allocated (after slab rounding).",
             MetricType::HISTOGRAM,
-            kmalloc
-                .iter()
-                .map(|(g, s)| histogram(&[("gfp", g)], s))
+            of(Allocator::Kmalloc)
+                .map(|((_, g), s)| histogram(&[("gfp", g)], s))
                 .collect(),
-        ),
-        family(
+        ));
+        out.push(family(
             "memtrace_kmalloc_requested_bytes_total",
             "Bytes callers asked kmalloc for; allocated minus requested is slab rounding waste.",
             MetricType::COUNTER,
-            kmalloc
-                .iter()
-                .map(|(g, s)| counter(&[("gfp", g)], s.requested_bytes as f64))
+            of(Allocator::Kmalloc)
+                .map(|((_, g), s)| counter(&[("gfp", g)], s.requested_bytes as f64))
                 .collect(),
-        ),
-        family(
+        ));
+        out.push(family(
             "memtrace_kmalloc_allocated_bytes_total",
             "Bytes kmalloc handed out, after rounding up to the slab object size.",
             MetricType::COUNTER,
-            kmalloc
-                .iter()
-                .map(|(g, s)| counter(&[("gfp", g)], s.allocated_bytes as f64))
+            of(Allocator::Kmalloc)
+                .map(|((_, g), s)| counter(&[("gfp", g)], s.allocated_bytes as f64))
                 .collect(),
-        ),
-        family(
+        ));
+        let total = |a: Allocator| {
+            let mut t = SizeStats::ZERO;
+            for (_, s) in of(a) {
+                t.add(s);
+            }
+            t
+        };
+        out.push(family(
+            "memtrace_vmalloc_size_bytes",
+            "Sizes of vmalloc address-space areas reserved (alloc_vmap_area; includes the guard page).",
+            MetricType::HISTOGRAM,
+            vec![histogram(&[], &total(Allocator::Vmalloc))],
+        ));
+        out.push(family(
+            "memtrace_percpu_size_bytes",
+            "Sizes of percpu allocations in bytes allocated over all CPUs.",
+            MetricType::HISTOGRAM,
+            vec![histogram(&[], &total(Allocator::Percpu))],
+        ));
+
+        // Slab caches, top-N by allocations plus `other`.
+        let current: BTreeMap<String, Vec<u64>> = snap
+            .caches
+            .iter()
+            .map(|(k, c)| {
+                (
+                    k.clone(),
+                    vec![c.allocations, c.allocated_bytes, c.requested_bytes],
+                )
+            })
+            .collect();
+        let caches = self.caches.apply(&current, 0);
+        for (i, (name, help)) in [
+            (
+                "memtrace_kmem_cache_allocations_total",
+                "Allocations from each slab cache (kmem_cache_alloc), top caches plus other.",
+            ),
+            (
+                "memtrace_kmem_cache_allocated_bytes_total",
+                "Bytes allocated from each slab cache (object size including metadata and padding).",
+            ),
+            (
+                "memtrace_kmem_cache_requested_bytes_total",
+                "Bytes requested from each slab cache (the cache's object size).",
+            ),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            out.push(family(
+                name,
+                help,
+                MetricType::COUNTER,
+                caches
+                    .iter()
+                    .map(|(c, v)| counter(&[("cache", c)], v[i] as f64))
+                    .collect(),
+            ));
+        }
+
+        // The page allocator.
+        let mut pages: BTreeMap<(u32, String, String), u64> = BTreeMap::new();
+        for ((order, mt, raw), n) in &snap.pages {
+            *pages
+                .entry((*order, self.migratetype_label(*mt), self.gfp_label(*raw)))
+                .or_default() += n;
+        }
+        out.push(family(
+            "memtrace_page_allocations_total",
+            "Successful page allocations, by order, migrate type and GFP flags.",
+            MetricType::COUNTER,
+            pages
+                .iter()
+                .map(|((o, mt, g), n)| {
+                    counter(
+                        &[("order", &o.to_string()), ("migratetype", mt), ("gfp", g)],
+                        *n as f64,
+                    )
+                })
+                .collect(),
+        ));
+        out.push(family(
+            "memtrace_page_frees_total",
+            "Page frees (mm_page_free, and mm_page_free_batched as order 0), by order.",
+            MetricType::COUNTER,
+            (0..ORDER_SLOTS)
+                .filter(|o| snap.page_frees(*o) > 0)
+                .map(|o| counter(&[("order", &o.to_string())], snap.page_frees(o) as f64))
+                .collect(),
+        ));
+        let (mut frag, mut nonfrag, mut unknown) = (0u64, 0u64, 0u64);
+        for o in 0..ORDER_SLOTS {
+            let n = snap.extfrag(o);
+            match self.pageblock_order {
+                Some(pb) if o < pb => frag += n,
+                Some(_) => nonfrag += n,
+                None => unknown += n,
+            }
+        }
+        let mut fallbacks = vec![
+            counter(&[("fragmenting", "true")], frag as f64),
+            counter(&[("fragmenting", "false")], nonfrag as f64),
+        ];
+        if self.pageblock_order.is_none() {
+            fallbacks.push(counter(&[("fragmenting", "unknown")], unknown as f64));
+        }
+        out.push(family(
+            "memtrace_page_fallbacks_total",
+            "Allocations that fell back to another migrate type's free block (mm_page_alloc_extfrag); fragmenting=\"true\" when the block was smaller than a page block.",
+            MetricType::COUNTER,
+            fallbacks,
+        ));
+
+        // vmalloc purges.
+        out.push(family(
+            "memtrace_vmalloc_purges_total",
+            "Lazy purges of freed vmalloc areas (purge_vmap_area_lazy).",
+            MetricType::COUNTER,
+            vec![counter(&[], snap.counter(Counter::VmallocPurges) as f64)],
+        ));
+        out.push(family(
+            "memtrace_vmalloc_purged_areas_total",
+            "vmalloc areas released by lazy purges.",
+            MetricType::COUNTER,
+            vec![counter(
+                &[],
+                snap.counter(Counter::VmallocPurgedAreas) as f64,
+            )],
+        ));
+
+        // Frees and failures across allocators.
+        let page_frees: u64 = (0..ORDER_SLOTS).map(|o| snap.page_frees(o)).sum();
+        out.push(family(
+            "memtrace_frees_total",
+            "Frees seen, by allocator (page: page frees of any order).",
+            MetricType::COUNTER,
+            [
+                (Allocator::Kmalloc, snap.counter(Counter::KmallocFrees)),
+                (Allocator::KmemCache, snap.counter(Counter::KmemCacheFrees)),
+                (Allocator::Page, page_frees),
+            ]
+            .iter()
+            .map(|(a, n)| counter(&[("allocator", a.name())], *n as f64))
+            .collect(),
+        ));
+        let mut failures: BTreeMap<(Allocator, String), u64> = BTreeMap::new();
+        for ((a, _order, raw), n) in &snap.failures {
+            *failures.entry((*a, self.gfp_label(*raw))).or_default() += n;
+        }
+        out.push(family(
             "memtrace_allocation_failures_total",
             "Allocations the kernel could not satisfy, by allocator and GFP flags.",
             MetricType::COUNTER,
@@ -138,32 +322,22 @@ pub fn families(
                 .iter()
                 .map(|((a, g), n)| counter(&[("allocator", a.name()), ("gfp", g)], *n as f64))
                 .collect(),
-        ),
-        family(
-            "memtrace_frees_total",
-            "Frees seen, by allocator.",
-            MetricType::COUNTER,
-            vec![counter(
-                &[("allocator", Allocator::Kmalloc.name())],
-                snap.counter(Counter::KmallocFrees) as f64,
-            )],
-        ),
-        family(
+        ));
+
+        // memtrace itself.
+        out.push(family(
             "memtrace_events_lost_total",
-            "Events memtrace could not record as usual: map_full (counted under gfp=\"other\" instead), ringbuf_full (notable event dropped).",
+            "Events memtrace could not record as usual: map_full (counted under an \"other\" label instead), ringbuf_full (notable event dropped).",
             MetricType::COUNTER,
             vec![
-                counter(
-                    &[("reason", "map_full")],
-                    snap.counter(Counter::MapFull) as f64,
-                ),
+                counter(&[("reason", "map_full")], snap.counter(Counter::MapFull) as f64),
                 counter(
                     &[("reason", "ringbuf_full")],
                     snap.counter(Counter::RingbufFull) as f64,
                 ),
             ],
-        ),
-        family(
+        ));
+        out.push(family(
             "memtrace_probe_attached",
             "1 if the probe is attached, 0 if this kernel does not offer it.",
             MetricType::GAUGE,
@@ -171,19 +345,22 @@ pub fn families(
                 .iter()
                 .map(|p| gauge(&[("probe", &p.probe)], if p.attached() { 1.0 } else { 0.0 }))
                 .collect(),
-        ),
-        family(
+        ));
+        out.push(family(
             "memtrace_build_info",
             "Always 1; labels say which memtrace runs on which kernel.",
             MetricType::GAUGE,
             vec![gauge(
-                &[("version", env!("CARGO_PKG_VERSION")), ("kernel", kernel)],
+                &[
+                    ("version", env!("CARGO_PKG_VERSION")),
+                    ("kernel", &self.kernel),
+                ],
                 1.0,
             )],
-        ),
-    ];
-    out.retain(|f| !f.get_metric().is_empty());
-    out
+        ));
+        out.retain(|f| !f.get_metric().is_empty());
+        out
+    }
 }
 
 #[cfg(test)]
@@ -214,10 +391,31 @@ mod tests {
         snap.sizes.insert((Allocator::Kmalloc, 0xcc0 | 0x100), s); // GFP_KERNEL|__GFP_ZERO
         snap.sizes
             .insert((Allocator::Kmalloc, memtrace_common::GFP_OVERFLOW), s);
-        snap.failures.insert((Allocator::Kmalloc, 0x820), 3); // GFP_ATOMIC
-        snap.counters = vec![0; 16];
-        let t = table();
-        let text = render(&families(&snap, &[], Some(&t), "6.18"));
+        snap.failures.insert((Allocator::Kmalloc, 0, 0x820), 3); // GFP_ATOMIC
+        snap.failures.insert((Allocator::Page, 4, 0x820), 1);
+        snap.failures.insert((Allocator::Page, 5, 0x820), 1);
+        snap.pages.insert((0, 1, 0x100cca), 7); // movable, GFP_HIGHUSER_MOVABLE
+        snap.pages
+            .insert((3, u32::MAX, memtrace_common::GFP_OVERFLOW), 2);
+        for i in 0..3u64 {
+            snap.caches.insert(
+                format!("cache{i}"),
+                memtrace_common::CacheStats {
+                    allocations: 10 * (i + 1),
+                    requested_bytes: 0,
+                    allocated_bytes: 100,
+                },
+            );
+        }
+        snap.counters = vec![0; memtrace_common::COUNTERS_LEN as usize];
+        snap.counters[memtrace_common::EXTFRAG_BASE as usize + 2] = 4; // fragmenting
+        snap.counters[memtrace_common::EXTFRAG_BASE as usize + 9] = 1; // whole page block
+        snap.counters[memtrace_common::PAGE_FREES_BASE as usize] = 5;
+        let mut mts = BTreeMap::new();
+        mts.insert(0, "unmovable".to_string());
+        mts.insert(1, "movable".to_string());
+        let mut e = Exporter::new(Some(table()), mts, Some(9), "6.18".into(), 2);
+        let text = render(&e.families(&snap, &[]));
         assert!(
             text.contains("memtrace_kmalloc_size_bytes_bucket{gfp=\"GFP_KERNEL\",le=\"8\"} 0"),
             "{text}"
@@ -239,6 +437,22 @@ mod tests {
             "memtrace_allocation_failures_total{allocator=\"kmalloc\",gfp=\"GFP_ATOMIC\"} 3"
         ));
         assert!(text.contains("le=\"4194304\""));
+        assert!(text.contains(
+            "memtrace_allocation_failures_total{allocator=\"page\",gfp=\"GFP_ATOMIC\"} 2"
+        ));
+        assert!(text.contains("memtrace_page_allocations_total{order=\"0\",migratetype=\"movable\",gfp=\"GFP_HIGHUSER_MOVABLE\"} 7"), "{text}");
+        assert!(text.contains(
+            "memtrace_page_allocations_total{order=\"3\",migratetype=\"other\",gfp=\"other\"} 2"
+        ));
+        assert!(text.contains("memtrace_page_fallbacks_total{fragmenting=\"true\"} 4"));
+        assert!(text.contains("memtrace_page_fallbacks_total{fragmenting=\"false\"} 1"));
+        assert!(text.contains("memtrace_page_frees_total{order=\"0\"} 5"));
+        assert!(text.contains("memtrace_frees_total{allocator=\"page\"} 5"));
+        // Two cache slots: the two heaviest, the third in other.
+        assert!(text.contains("memtrace_kmem_cache_allocations_total{cache=\"cache2\"} 30"));
+        assert!(text.contains("memtrace_kmem_cache_allocations_total{cache=\"cache1\"} 20"));
+        assert!(text.contains("memtrace_kmem_cache_allocations_total{cache=\"other\"} 10"));
+        assert!(text.contains("# TYPE memtrace_vmalloc_size_bytes histogram"));
         assert!(!text.to_lowercase().contains("0xffff"));
     }
 }

@@ -7,13 +7,15 @@ use std::{collections::BTreeMap, fmt};
 use anyhow::{Context as _, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
     programs::{BtfTracePoint, FEntry, TracePoint},
     util::nr_cpus,
 };
 use memtrace_common::{
-    Allocator, COUNTERS_LEN, GFP_OVERFLOW, GLOBAL_FILTER_TGID, GLOBAL_FILTER_TID, GLOBAL_LAYOUTS,
-    GfpKey, Layouts, MAP_COUNTERS, MAP_FAILURES, MAP_SIZE_STATS, PROBES, ProbeSpec, SizeStats,
+    Allocator, CACHE_OVERFLOW, COUNTERS_LEN, CacheName, CacheStats, GFP_OVERFLOW,
+    GLOBAL_FILTER_TGID, GLOBAL_FILTER_TID, GLOBAL_LAYOUTS, GfpKey, Layouts, MAP_CACHE_NAMES,
+    MAP_CACHE_STATS, MAP_COUNTERS, MAP_FAILURES, MAP_PAGE_ALLOCS, MAP_SIZE_STATS, ORDER_SLOTS,
+    PROBES, PageKey, ProbeSpec, SizeStats,
 };
 use serde::Serialize;
 
@@ -109,9 +111,15 @@ pub fn one_line(err: &(dyn std::error::Error + 'static)) -> String {
 pub struct Snapshot {
     /// (allocator, raw gfp) → sizes
     pub sizes: BTreeMap<(Allocator, u64), SizeStats>,
-    /// (allocator, raw gfp) → failed allocations
-    pub failures: BTreeMap<(Allocator, u64), u64>,
-    /// [`memtrace_common::Counter`] slots
+    /// (allocator, page order or 0, raw gfp) → failed allocations
+    pub failures: BTreeMap<(Allocator, u32, u64), u64>,
+    /// (order, migratetype, raw gfp) → successful page allocations; the overflow slot of an
+    /// order has migratetype `u32::MAX` and gfp [`GFP_OVERFLOW`].
+    pub pages: BTreeMap<(u32, u32, u64), u64>,
+    /// slab cache name → allocations (caches sharing a name are summed; `other` holds what
+    /// did not fit in the map)
+    pub caches: BTreeMap<String, CacheStats>,
+    /// [`memtrace_common::Counter`], page-free and extfrag slots
     pub counters: Vec<u64>,
 }
 
@@ -130,13 +138,27 @@ impl Snapshot {
     pub fn failures_of(&self, allocator: Allocator) -> u64 {
         self.failures
             .iter()
-            .filter(|((a, _), _)| *a == allocator)
+            .filter(|((a, _, _), _)| *a == allocator)
             .map(|(_, n)| n)
             .sum()
     }
 
     pub fn counter(&self, c: memtrace_common::Counter) -> u64 {
-        self.counters.get(c as usize).copied().unwrap_or(0)
+        self.counter_at(c as u32)
+    }
+
+    pub fn counter_at(&self, index: u32) -> u64 {
+        self.counters.get(index as usize).copied().unwrap_or(0)
+    }
+
+    /// Pages freed of `order`.
+    pub fn page_frees(&self, order: u32) -> u64 {
+        self.counter_at(memtrace_common::PAGE_FREES_BASE + order)
+    }
+
+    /// Extfrag fallbacks to a block of `fallback_order`.
+    pub fn extfrag(&self, fallback_order: u32) -> u64 {
+        self.counter_at(memtrace_common::EXTFRAG_BASE + fallback_order)
     }
 }
 
@@ -217,6 +239,7 @@ impl Tracer {
         &self.probes
     }
 
+    /// Pre-inserts the overflow slots the programs count in when a map is full.
     fn insert_overflow_keys(&mut self) -> anyhow::Result<()> {
         let n = self.nr_cpus;
         {
@@ -227,24 +250,55 @@ impl Tracer {
                         .context("map SIZE_STATS missing")?,
                 )?;
             for a in Allocator::ALL {
-                let key = overflow_key(a);
                 let v = PerCpuValues::try_from(vec![SizeStats::ZERO; n])?;
                 sizes
-                    .insert(key, v, 0)
+                    .insert(gfp_key(a, 0, GFP_OVERFLOW), v, 0)
                     .context("pre-insert SIZE_STATS overflow key")?;
             }
         }
-        let mut fails: PerCpuHashMap<&mut MapData, GfpKey, u64> = PerCpuHashMap::try_from(
-            self.ebpf
-                .map_mut(MAP_FAILURES)
-                .context("map FAILURES missing")?,
-        )?;
-        for a in Allocator::ALL {
-            let v = PerCpuValues::try_from(vec![0u64; n])?;
-            fails
-                .insert(overflow_key(a), v, 0)
-                .context("pre-insert FAILURES overflow key")?;
+        {
+            let mut fails: PerCpuHashMap<&mut MapData, GfpKey, u64> = PerCpuHashMap::try_from(
+                self.ebpf
+                    .map_mut(MAP_FAILURES)
+                    .context("map FAILURES missing")?,
+            )?;
+            for a in Allocator::ALL {
+                let orders = if a == Allocator::Page { ORDER_SLOTS } else { 1 };
+                for order in 0..orders {
+                    let v = PerCpuValues::try_from(vec![0u64; n])?;
+                    fails
+                        .insert(gfp_key(a, order, GFP_OVERFLOW), v, 0)
+                        .context("pre-insert FAILURES overflow key")?;
+                }
+            }
         }
+        {
+            let mut pages: PerCpuHashMap<&mut MapData, PageKey, u64> = PerCpuHashMap::try_from(
+                self.ebpf
+                    .map_mut(MAP_PAGE_ALLOCS)
+                    .context("map PAGE_ALLOCS missing")?,
+            )?;
+            for order in 0..ORDER_SLOTS {
+                let v = PerCpuValues::try_from(vec![0u64; n])?;
+                let key = PageKey {
+                    order,
+                    migratetype: u32::MAX,
+                    gfp: GFP_OVERFLOW,
+                };
+                pages
+                    .insert(key, v, 0)
+                    .context("pre-insert PAGE_ALLOCS overflow key")?;
+            }
+        }
+        let mut caches: PerCpuHashMap<&mut MapData, u64, CacheStats> = PerCpuHashMap::try_from(
+            self.ebpf
+                .map_mut(MAP_CACHE_STATS)
+                .context("map CACHE_STATS missing")?,
+        )?;
+        let v = PerCpuValues::try_from(vec![CacheStats::ZERO; n])?;
+        caches
+            .insert(CACHE_OVERFLOW, v, 0)
+            .context("pre-insert CACHE_STATS overflow key")?;
         Ok(())
     }
 
@@ -265,10 +319,9 @@ impl Tracer {
             for v in per_cpu.iter() {
                 total.add(v);
             }
-            if key.gfp == GFP_OVERFLOW && total.count() == 0 {
-                continue;
+            if total.count() > 0 {
+                snap.sizes.insert((a, key.gfp), total);
             }
-            snap.sizes.insert((a, key.gfp), total);
         }
         let fails: PerCpuHashMap<&MapData, GfpKey, u64> = PerCpuHashMap::try_from(
             self.ebpf
@@ -281,10 +334,55 @@ impl Tracer {
                 continue;
             };
             let n: u64 = per_cpu.iter().sum();
-            if key.gfp == GFP_OVERFLOW && n == 0 {
+            if n > 0 {
+                snap.failures.insert((a, key.order, key.gfp), n);
+            }
+        }
+        let pages: PerCpuHashMap<&MapData, PageKey, u64> = PerCpuHashMap::try_from(
+            self.ebpf
+                .map(MAP_PAGE_ALLOCS)
+                .context("map PAGE_ALLOCS missing")?,
+        )?;
+        for item in pages.iter() {
+            let (key, per_cpu) = item.context("reading PAGE_ALLOCS")?;
+            let n: u64 = per_cpu.iter().sum();
+            if n > 0 {
+                snap.pages.insert((key.order, key.migratetype, key.gfp), n);
+            }
+        }
+        let names: BpfHashMap<&MapData, u64, CacheName> = BpfHashMap::try_from(
+            self.ebpf
+                .map(MAP_CACHE_NAMES)
+                .context("map CACHE_NAMES missing")?,
+        )?;
+        let caches: PerCpuHashMap<&MapData, u64, CacheStats> = PerCpuHashMap::try_from(
+            self.ebpf
+                .map(MAP_CACHE_STATS)
+                .context("map CACHE_STATS missing")?,
+        )?;
+        for item in caches.iter() {
+            let (id, per_cpu) = item.context("reading CACHE_STATS")?;
+            let mut total = CacheStats::ZERO;
+            for v in per_cpu.iter() {
+                total.add(v);
+            }
+            if total.allocations == 0 {
                 continue;
             }
-            snap.failures.insert((a, key.gfp), n);
+            let name = if id == CACHE_OVERFLOW {
+                "other".to_string()
+            } else {
+                match names.get(&id, 0) {
+                    Ok(n) => cache_name(&n),
+                    // Counted before its name landed (a race on first sight): unnamed.
+                    Err(aya::maps::MapError::KeyNotFound) => "unknown".to_string(),
+                    Err(e) => return Err(e).context("reading CACHE_NAMES"),
+                }
+            };
+            snap.caches
+                .entry(name)
+                .or_insert(CacheStats::ZERO)
+                .add(&total);
         }
         let counters: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
             self.ebpf
@@ -318,12 +416,19 @@ pub(crate) fn load_object(
         })
 }
 
-fn overflow_key(a: Allocator) -> GfpKey {
+fn gfp_key(a: Allocator, order: u32, gfp: u64) -> GfpKey {
     GfpKey {
         allocator: a as u32,
-        _pad: 0,
-        gfp: GFP_OVERFLOW,
+        order,
+        gfp,
     }
+}
+
+/// A cache name from its NUL-padded bytes.
+fn cache_name(n: &CacheName) -> String {
+    let end = n.name.iter().position(|&b| b == 0).unwrap_or(n.name.len());
+    let s = String::from_utf8_lossy(&n.name[..end]).into_owned();
+    if s.is_empty() { "unknown".into() } else { s }
 }
 
 fn attach_one(

@@ -12,7 +12,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::{require_kernel, setxattr_kmalloc};
+use support::{
+    BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_PERCPU_ARRAY, bpf_map_create_close, open_close, pipe_pages,
+    require_kernel, setxattr_kmalloc,
+};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -168,6 +171,16 @@ fn daemon_serves_metrics_that_move_with_load_and_stops_on_sigterm() {
     for _ in 0..200 {
         setxattr_kmalloc(&file, 3000);
     }
+    // And every other allocator: slab objects, order-0 and order-4 pages, vmalloc, percpu.
+    open_close(&file, 100);
+    pipe_pages(64);
+    for _ in 0..10 {
+        setxattr_kmalloc(&file, 65536);
+    }
+    for _ in 0..5 {
+        bpf_map_create_close(BPF_MAP_TYPE_ARRAY, 4096, 64);
+        bpf_map_create_close(BPF_MAP_TYPE_PERCPU_ARRAY, 64, 16);
+    }
     let _ = std::fs::remove_dir_all(&dir);
 
     let after = d.scrape();
@@ -182,6 +195,53 @@ fn daemon_serves_metrics_that_move_with_load_and_stops_on_sigterm() {
     assert!(delta("memtrace_kmalloc_requested_bytes_total{gfp=\"GFP_USER\"}") >= 600_000.0);
     assert!(delta("memtrace_kmalloc_allocated_bytes_total{gfp=\"GFP_USER\"}") >= 819_200.0);
     assert!(delta("memtrace_frees_total{allocator=\"kmalloc\"}") >= 200.0);
+    assert!(delta("memtrace_kmem_cache_allocations_total{cache=\"filp\"}") >= 100.0);
+    assert!(delta("memtrace_kmem_cache_allocated_bytes_total{cache=\"filp\"}") >= 100.0);
+    assert!(delta("memtrace_frees_total{allocator=\"kmem_cache\"}") >= 100.0);
+    let sum_where = |m: &HashMap<String, f64>, prefix: &str, needle: &str| -> f64 {
+        m.iter()
+            .filter(|(k, _)| k.starts_with(prefix) && k.contains(needle))
+            .map(|(_, v)| v)
+            .sum()
+    };
+    let pages = |needle: &str| {
+        sum_where(&after, "memtrace_page_allocations_total{", needle)
+            - sum_where(&before, "memtrace_page_allocations_total{", needle)
+    };
+    assert!(pages("order=\"0\"") >= 64.0, "order-0 pages");
+    assert!(pages("order=\"4\"") >= 10.0, "order-4 pages");
+    assert!(delta("memtrace_frees_total{allocator=\"page\"}") >= 64.0);
+    assert!(delta("memtrace_vmalloc_size_bytes_count") >= 5.0);
+    assert!(
+        delta("memtrace_vmalloc_size_bytes_bucket{le=\"+Inf\"}")
+            - delta("memtrace_vmalloc_size_bytes_bucket{le=\"262144\"}")
+            >= 5.0,
+        "256 KiB arrays plus a guard page land above 256 KiB"
+    );
+    assert!(delta("memtrace_percpu_size_bytes_count") >= 80.0);
+    for probe in [
+        "kmem:kmalloc",
+        "kmem:kfree",
+        "kmem:kmem_cache_alloc",
+        "kmem:kmem_cache_free",
+        "kmem:mm_page_alloc",
+        "kmem:mm_page_free",
+        "kmem:mm_page_free_batched",
+        "kmem:mm_page_alloc_extfrag",
+        "vmalloc:alloc_vmap_area",
+        "vmalloc:purge_vmap_area_lazy",
+        "percpu:percpu_alloc_percpu",
+        "percpu:percpu_alloc_percpu_fail",
+    ] {
+        assert_eq!(
+            metric(
+                &after,
+                &format!("memtrace_probe_attached{{probe=\"{probe}\"}}")
+            ),
+            1.0,
+            "{probe}"
+        );
+    }
     // Counters never go backwards between scrapes.
     for (k, v) in &before {
         if k.contains("_total") || k.contains("_bucket") || k.ends_with("_count") {

@@ -1,44 +1,68 @@
 //! Integration tests on the real kernel: load memtrace's eBPF programs, drive the kernel with
 //! syscalls whose allocations are known, and compare memtrace's counts with the kernel's own
-//! ftrace event stream for the same thread over the same window. Counts must match exactly.
+//! ftrace event stream for the same thread over the same window. Counts must match exactly:
+//! both sides filter on the worker thread's id, so the rest of the machine cannot disturb
+//! them, and the ftrace buffer is checked for overruns.
 //!
+//! Every allocator is checked in both attach modes (tp_btf and classic tracepoint).
 //! Run as root by `cargo xtask test` (single-threaded: kernel state is shared).
 
 mod support;
 
-use memtrace::probes::{AttachMode, AttachPreference, Tracer, TracerOptions};
-use memtrace_common::{Allocator, Counter, SIZE_BUCKETS, size_bucket};
-use support::{Ftrace, TraceEvent, Worker, require_kernel, setxattr_kmalloc};
+use std::collections::BTreeMap;
 
-/// Sizes spread over several histogram buckets, from a sub-16-byte object to a
-/// page-allocator-backed 64 KiB kvmalloc.
-const SIZES: [usize; 8] = [10, 100, 1000, 3000, 5000, 9000, 20000, 65536];
-const REPS: usize = 25;
+use memtrace::{
+    gfp::GfpTable,
+    probes::{AttachMode, AttachPreference, Snapshot, Tracer, TracerOptions},
+    tracefs,
+};
+use memtrace_common::{Allocator, Counter, SizeStats, size_bucket};
+use support::{
+    BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_PERCPU_ARRAY, Ftrace, Memcg, TraceEvent, Worker,
+    bpf_map_create_close, enter_tasks, ftrace_gfp_label, open_close, pipe_pages, require_kernel,
+    setxattr_kmalloc,
+};
 
-fn kmalloc_workload(dir: &std::path::Path) -> impl FnOnce() + Send + 'static {
-    let file = dir.join("xattr-target");
-    std::fs::write(&file, b"x").expect("create xattr target");
-    move || {
-        for _ in 0..REPS {
-            for size in SIZES {
-                setxattr_kmalloc(&file, size);
-            }
+const BOTH: [(AttachPreference, AttachMode); 2] = [
+    (AttachPreference::Btf, AttachMode::Btf),
+    (AttachPreference::Tracepoint, AttachMode::Tracepoint),
+];
+
+/// What one observation window saw, on both sides.
+struct Window {
+    snap: Snapshot,
+    events: Vec<TraceEvent>,
+    gfp: GfpTable,
+}
+
+impl Window {
+    fn of(&self, name: &str) -> impl Iterator<Item = &TraceEvent> {
+        self.events.iter().filter(move |e| e.name == name)
+    }
+
+    fn label(&self, raw: u64) -> String {
+        match raw {
+            memtrace_common::GFP_OVERFLOW => "other".into(),
+            memtrace_common::GFP_UNKNOWN => "unknown".into(),
+            _ => self.gfp.label(raw).to_string(),
         }
     }
 }
 
-fn tempdir() -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("memtrace-test-{}", std::process::id()));
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
+fn gfp_table() -> GfpTable {
+    let (dir, _) = tracefs::ensure_mounted().expect("tracefs");
+    let fmt = tracefs::Format::read(&dir, "kmem", "kmalloc").expect("kmalloc format");
+    GfpTable::from_print_fmt(&fmt.print_fmt).expect("GFP table")
 }
 
-/// Runs the kmalloc workload with programs attached in `mode` and asserts that memtrace's
-/// histogram, byte sums, failures and frees equal what ftrace recorded.
-fn kmalloc_matches_ftrace(pref: AttachPreference, expect: AttachMode) {
-    let Some(_guard) = require_kernel() else {
-        return;
-    };
+/// Attaches memtrace (filtered to a fresh worker thread) and ftrace for `events`, runs
+/// `job` on the worker, and returns both sides' view of exactly that job.
+fn observe(
+    pref: AttachPreference,
+    expect: AttachMode,
+    events: &[(&str, &str)],
+    job: impl FnOnce() + Send + 'static,
+) -> Window {
     let worker = Worker::spawn();
     let tracer = Tracer::start(&TracerOptions {
         filter_tid: worker.tid,
@@ -46,36 +70,90 @@ fn kmalloc_matches_ftrace(pref: AttachPreference, expect: AttachMode) {
         ..Default::default()
     })
     .unwrap_or_else(|e| panic!("memtrace could not start: {e:#}"));
-    for name in ["kmem:kmalloc", "kmem:kfree"] {
+    for (c, e) in events {
+        let name = format!("{c}:{e}");
         let st = tracer
             .probes()
             .iter()
             .find(|p| p.probe == name)
-            .unwrap_or_else(|| panic!("no status for {name}"));
+            .unwrap_or_else(|| panic!("memtrace has no probe {name}"));
         assert_eq!(st.mode, Some(expect), "{name} attached as {st:?}");
     }
-    let before = tracer.snapshot().expect("snapshot");
+    let idle = tracer.snapshot().expect("snapshot");
     assert_eq!(
-        before.total(Allocator::Kmalloc).count(),
+        idle.total(Allocator::Kmalloc).count(),
         0,
-        "worker idle so far"
+        "the worker is idle so far"
     );
 
-    let dir = tempdir();
-    let ftrace = Ftrace::start(&[("kmem", "kmalloc"), ("kmem", "kfree")], worker.tid);
-    worker.run(kmalloc_workload(&dir));
+    let ftrace = Ftrace::start(events, worker.tid);
+    worker.run(job);
     let events = ftrace.stop();
     let snap = tracer.snapshot().expect("snapshot");
+    assert_eq!(snap.counter(Counter::MapFull), 0, "no map overflowed");
+    Window {
+        snap,
+        events,
+        gfp: gfp_table(),
+    }
+}
+
+fn tempdir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("memtrace-test-{}-{tag}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+/// A size histogram built from ftrace events the way memtrace builds its own.
+fn histogram<'a>(
+    events: impl Iterator<Item = &'a TraceEvent>,
+    req: &str,
+    alloc: &str,
+) -> SizeStats {
+    let mut s = SizeStats::ZERO;
+    for e in events {
+        let a = e.u64(alloc);
+        s.buckets[size_bucket(a)] += 1;
+        s.requested_bytes += e.u64(req);
+        s.allocated_bytes += a;
+    }
+    s
+}
+
+// ---------------------------------------------------------------------------------------
+// kmalloc / kfree
+
+/// Sizes spread over several histogram buckets, from a sub-16-byte object to a
+/// page-allocator-backed 64 KiB kvmalloc.
+const SIZES: [usize; 8] = [10, 100, 1000, 3000, 5000, 9000, 20000, 65536];
+const REPS: usize = 25;
+
+fn kmalloc_matches_ftrace(pref: AttachPreference, expect: AttachMode) {
+    let dir = tempdir("kmalloc");
+    let file = dir.join("xattr-target");
+    std::fs::write(&file, b"x").expect("create xattr target");
+    let w = observe(
+        pref,
+        expect,
+        &[("kmem", "kmalloc"), ("kmem", "kfree")],
+        move || {
+            for _ in 0..REPS {
+                for size in SIZES {
+                    setxattr_kmalloc(&file, size);
+                }
+            }
+        },
+    );
     let _ = std::fs::remove_dir_all(&dir);
 
-    let kmallocs: Vec<&TraceEvent> = events.iter().filter(|e| e.name == "kmalloc").collect();
-    let ok: Vec<&&TraceEvent> = kmallocs.iter().filter(|e| !e.is_null("ptr")).collect();
     // The workload really did what it claims: every setxattr value went through vmemdup_user.
     for size in SIZES {
-        let n = ok
-            .iter()
+        let n = w
+            .of("kmalloc")
             .filter(|e| {
-                e.str("call_site").starts_with("vmemdup_user") && e.u64("bytes_req") == size as u64
+                !e.is_null("ptr")
+                    && e.str("call_site").starts_with("vmemdup_user")
+                    && e.u64("bytes_req") == size as u64
             })
             .count();
         assert_eq!(
@@ -84,44 +162,36 @@ fn kmalloc_matches_ftrace(pref: AttachPreference, expect: AttachMode) {
         );
     }
 
-    let mut want = [0u64; SIZE_BUCKETS];
-    let (mut req, mut alloc) = (0u64, 0u64);
-    for e in &ok {
-        want[size_bucket(e.u64("bytes_alloc"))] += 1;
-        req += e.u64("bytes_req");
-        alloc += e.u64("bytes_alloc");
+    // Per GFP label, the whole histogram and both byte sums.
+    let mut want: BTreeMap<String, SizeStats> = BTreeMap::new();
+    for e in w.of("kmalloc").filter(|e| !e.is_null("ptr")) {
+        want.entry(ftrace_gfp_label(e.str("gfp_flags")))
+            .or_insert(SizeStats::ZERO)
+            .add(&histogram(std::iter::once(e), "bytes_req", "bytes_alloc"));
     }
-    let got = snap.total(Allocator::Kmalloc);
+    let mut got: BTreeMap<String, SizeStats> = BTreeMap::new();
+    for ((a, raw), s) in &w.snap.sizes {
+        if *a == Allocator::Kmalloc {
+            got.entry(w.label(*raw)).or_insert(SizeStats::ZERO).add(s);
+        }
+    }
     eprintln!(
-        "{expect}: ftrace {} kmallocs ({} failed), memtrace {}; buckets ftrace {want:?} memtrace {:?}",
-        kmallocs.len(),
-        kmallocs.len() - ok.len(),
-        got.count(),
-        got.buckets
+        "{expect}: kmalloc per gfp, ftrace {:?} memtrace {:?}",
+        want.iter().map(|(k, s)| (k, s.count())).collect::<Vec<_>>(),
+        got.iter().map(|(k, s)| (k, s.count())).collect::<Vec<_>>()
     );
+    assert_eq!(got, want, "kmalloc histograms per gfp differ from ftrace");
+    assert!(got.values().map(SizeStats::count).sum::<u64>() >= (SIZES.len() * REPS) as u64);
+
+    let failed = w.of("kmalloc").filter(|e| e.is_null("ptr")).count() as u64;
     assert_eq!(
-        got.buckets, want,
-        "per-bucket kmalloc counts differ from ftrace"
+        w.snap.failures_of(Allocator::Kmalloc),
+        failed,
+        "failed kmallocs"
     );
+    let frees = w.of("kfree").filter(|e| !e.is_null("ptr")).count() as u64;
     assert_eq!(
-        got.requested_bytes, req,
-        "bytes requested differ from ftrace"
-    );
-    assert_eq!(
-        got.allocated_bytes, alloc,
-        "bytes allocated differ from ftrace"
-    );
-    assert_eq!(
-        snap.failures_of(Allocator::Kmalloc) as usize,
-        kmallocs.len() - ok.len(),
-        "failed kmallocs differ from ftrace"
-    );
-    let frees = events
-        .iter()
-        .filter(|e| e.name == "kfree" && !e.is_null("ptr"))
-        .count() as u64;
-    assert_eq!(
-        snap.counter(Counter::KmallocFrees),
+        w.snap.counter(Counter::KmallocFrees),
         frees,
         "kfree counts differ from ftrace"
     );
@@ -129,18 +199,327 @@ fn kmalloc_matches_ftrace(pref: AttachPreference, expect: AttachMode) {
         frees >= (SIZES.len() * REPS) as u64,
         "every vmemdup_user buffer is freed"
     );
-    assert_eq!(snap.counter(Counter::MapFull), 0);
 }
 
 #[test]
-fn kmalloc_histogram_matches_ftrace_tp_btf() {
-    kmalloc_matches_ftrace(AttachPreference::Btf, AttachMode::Btf);
+fn kmalloc_matches_ftrace_in_both_attach_modes() {
+    let Some(_guard) = require_kernel() else {
+        return;
+    };
+    for (pref, expect) in BOTH {
+        kmalloc_matches_ftrace(pref, expect);
+    }
 }
 
+// ---------------------------------------------------------------------------------------
+// slab caches
+
 #[test]
-fn kmalloc_histogram_matches_ftrace_classic_tracepoint() {
-    kmalloc_matches_ftrace(AttachPreference::Tracepoint, AttachMode::Tracepoint);
+fn slab_caches_by_name_match_ftrace_in_both_attach_modes() {
+    let Some(_guard) = require_kernel() else {
+        return;
+    };
+    for (pref, expect) in BOTH {
+        let dir = tempdir("slab");
+        let file = dir.join("f");
+        std::fs::write(&file, b"x").unwrap();
+        let w = observe(
+            pref,
+            expect,
+            &[("kmem", "kmem_cache_alloc"), ("kmem", "kmem_cache_free")],
+            move || open_close(&file, 100),
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+
+        let mut want: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
+        for e in w.of("kmem_cache_alloc").filter(|e| !e.is_null("ptr")) {
+            let v = want.entry(e.str("name").to_string()).or_default();
+            v.0 += 1;
+            v.1 += e.u64("bytes_req");
+            v.2 += e.u64("bytes_alloc");
+        }
+        let got: BTreeMap<String, (u64, u64, u64)> = w
+            .snap
+            .caches
+            .iter()
+            .map(|(k, c)| {
+                (
+                    k.clone(),
+                    (c.allocations, c.requested_bytes, c.allocated_bytes),
+                )
+            })
+            .collect();
+        eprintln!("{expect}: caches ftrace {want:?} memtrace {got:?}");
+        assert_eq!(got, want, "per-cache allocations differ from ftrace");
+        assert!(
+            want.get("filp").is_some_and(|v| v.0 >= 100),
+            "100 opens, 100 filp objects"
+        );
+
+        let size_total = w.snap.total(Allocator::KmemCache);
+        assert_eq!(size_total.count(), want.values().map(|v| v.0).sum::<u64>());
+        let failed = w
+            .of("kmem_cache_alloc")
+            .filter(|e| e.is_null("ptr"))
+            .count() as u64;
+        assert_eq!(w.snap.failures_of(Allocator::KmemCache), failed);
+        let frees = w
+            .of("kmem_cache_free")
+            .filter(|e| !e.is_null("ptr"))
+            .count() as u64;
+        assert_eq!(
+            w.snap.counter(Counter::KmemCacheFrees),
+            frees,
+            "kmem_cache_free counts"
+        );
+    }
 }
+
+// ---------------------------------------------------------------------------------------
+// the page allocator
+
+#[test]
+fn page_allocations_and_frees_match_ftrace_in_both_attach_modes() {
+    let Some(_guard) = require_kernel() else {
+        return;
+    };
+    for (pref, expect) in BOTH {
+        let dir = tempdir("pages");
+        let file = dir.join("xattr-target");
+        std::fs::write(&file, b"x").unwrap();
+        let w = observe(
+            pref,
+            expect,
+            &[
+                ("kmem", "mm_page_alloc"),
+                ("kmem", "mm_page_free"),
+                ("kmem", "mm_page_free_batched"),
+            ],
+            move || {
+                // Order 0: pipe buffers. Order 4: a 64 KiB kvmalloc is a kmalloc_large.
+                pipe_pages(64);
+                for _ in 0..10 {
+                    setxattr_kmalloc(&file, 65536);
+                }
+            },
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+
+        let mut want: BTreeMap<(u32, u32, String), u64> = BTreeMap::new();
+        for e in w.of("mm_page_alloc").filter(|e| !e.is_null("page")) {
+            *want
+                .entry((
+                    e.u64("order") as u32,
+                    e.u64("migratetype") as u32,
+                    ftrace_gfp_label(e.str("gfp_flags")),
+                ))
+                .or_default() += 1;
+        }
+        let mut got: BTreeMap<(u32, u32, String), u64> = BTreeMap::new();
+        for ((order, mt, raw), n) in &w.snap.pages {
+            *got.entry((*order, *mt, w.label(*raw))).or_default() += n;
+        }
+        eprintln!("{expect}: pages ftrace {want:?} memtrace {got:?}");
+        assert_eq!(
+            got, want,
+            "page allocations per order × migratetype × gfp differ"
+        );
+        let order = |o: u32| {
+            want.iter()
+                .filter(|((x, _, _), _)| *x == o)
+                .map(|(_, n)| n)
+                .sum::<u64>()
+        };
+        assert!(
+            order(0) >= 64,
+            "64 pages written to pipes are 64 order-0 allocations"
+        );
+        assert!(order(4) >= 10, "64 KiB kmallocs allocate order-4 pages");
+
+        let failed = w.of("mm_page_alloc").filter(|e| e.is_null("page")).count() as u64;
+        assert_eq!(w.snap.failures_of(Allocator::Page), failed);
+        for o in 0..memtrace_common::ORDER_SLOTS {
+            let mut frees = w
+                .of("mm_page_free")
+                .filter(|e| e.u64("order") as u32 == o)
+                .count() as u64;
+            if o == 0 {
+                frees += w.of("mm_page_free_batched").count() as u64;
+            }
+            assert_eq!(w.snap.page_frees(o), frees, "page frees of order {o}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// vmalloc and percpu
+
+#[test]
+fn vmalloc_and_percpu_match_ftrace_in_both_attach_modes() {
+    let Some(_guard) = require_kernel() else {
+        return;
+    };
+    for (pref, expect) in BOTH {
+        let w = observe(
+            pref,
+            expect,
+            &[
+                ("vmalloc", "alloc_vmap_area"),
+                ("percpu", "percpu_alloc_percpu"),
+                ("percpu", "percpu_alloc_percpu_fail"),
+            ],
+            || {
+                for _ in 0..5 {
+                    // 256 KiB of array: vmalloc'ed by bpf_map_area_alloc.
+                    bpf_map_create_close(BPF_MAP_TYPE_ARRAY, 4096, 64);
+                    // 16 elements: 16 percpu allocations.
+                    bpf_map_create_close(BPF_MAP_TYPE_PERCPU_ARRAY, 64, 16);
+                }
+            },
+        );
+
+        let vmaps: Vec<&TraceEvent> = w
+            .of("alloc_vmap_area")
+            .filter(|e| e.u64("failed") == 0)
+            .collect();
+        let want = histogram(vmaps.iter().copied(), "size", "size");
+        assert_eq!(
+            w.snap.total(Allocator::Vmalloc),
+            want,
+            "vmalloc areas differ from ftrace"
+        );
+        assert!(
+            vmaps.iter().filter(|e| e.u64("size") >= 256 << 10).count() >= 5,
+            "five 256 KiB array maps were vmalloc'ed"
+        );
+        let vfail = w
+            .of("alloc_vmap_area")
+            .filter(|e| e.u64("failed") != 0)
+            .count() as u64;
+        assert_eq!(w.snap.failures_of(Allocator::Vmalloc), vfail);
+
+        let mut want: BTreeMap<String, SizeStats> = BTreeMap::new();
+        for e in w.of("percpu_alloc_percpu") {
+            want.entry(ftrace_gfp_label(e.str("gfp_flags")))
+                .or_insert(SizeStats::ZERO)
+                .add(&histogram(std::iter::once(e), "size", "bytes_alloc"));
+        }
+        let mut got: BTreeMap<String, SizeStats> = BTreeMap::new();
+        for ((a, raw), s) in &w.snap.sizes {
+            if *a == Allocator::Percpu {
+                got.entry(w.label(*raw)).or_insert(SizeStats::ZERO).add(s);
+            }
+        }
+        eprintln!(
+            "{expect}: vmalloc {} areas; percpu ftrace {:?} memtrace {:?}",
+            vmaps.len(),
+            want.iter().map(|(k, s)| (k, s.count())).collect::<Vec<_>>(),
+            got.iter().map(|(k, s)| (k, s.count())).collect::<Vec<_>>()
+        );
+        assert_eq!(got, want, "percpu allocations differ from ftrace");
+        assert!(
+            want.values().map(SizeStats::count).sum::<u64>() >= 80,
+            "5 × 16 percpu elements"
+        );
+        let pfail = w.of("percpu_alloc_percpu_fail").count() as u64;
+        assert_eq!(w.snap.failures_of(Allocator::Percpu), pfail);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// real allocation failures
+
+/// A thread in a memory cgroup with a 64 KiB limit (OOM killer off) stores 64 KiB extended
+/// attributes on tmpfs: shmem copies each value with kvmalloc(GFP_KERNEL_ACCOUNT), whose
+/// order-5 kmalloc_large cannot be charged. The kernel reports a failed page allocation
+/// and a failed kmalloc (and the vmalloc fallback fails too); memtrace must count exactly
+/// the failures ftrace shows, by allocator and GFP flags.
+#[test]
+fn real_allocation_failures_match_ftrace() {
+    let Some(_guard) = require_kernel() else {
+        return;
+    };
+    let shm = std::path::Path::new("/dev/shm");
+    assert!(shm.is_dir(), "the failure test needs tmpfs at /dev/shm");
+    let file = shm.join(format!("memtrace-test-{}", std::process::id()));
+    std::fs::write(&file, b"x").unwrap();
+    for (pref, expect) in BOTH {
+        let memcg = Memcg::new(64 << 10);
+        let (enter, leave) = memcg.tasks_paths();
+        let path = std::ffi::CString::new(file.as_os_str().as_encoded_bytes()).unwrap();
+        let value = vec![0x5au8; 65536];
+        let worker = Worker::spawn();
+        let tracer = Tracer::start(&TracerOptions {
+            filter_tid: worker.tid,
+            attach: pref,
+            ..Default::default()
+        })
+        .unwrap_or_else(|e| panic!("memtrace could not start: {e:#}"));
+        let events = [("kmem", "kmalloc"), ("kmem", "mm_page_alloc")];
+        let ftrace = Ftrace::start(&events, worker.tid);
+        let finished = worker.run_timeout(
+            move || {
+                enter_tasks(&enter);
+                for _ in 0..5 {
+                    // SAFETY: valid path, name and buffer; ENOMEM is the expected result.
+                    unsafe {
+                        libc::setxattr(
+                            path.as_ptr(),
+                            c"user.memtrace".as_ptr(),
+                            value.as_ptr().cast(),
+                            value.len(),
+                            0,
+                        );
+                    }
+                }
+                enter_tasks(&leave);
+            },
+            std::time::Duration::from_secs(30),
+        );
+        if !finished {
+            memcg.set_limit(u64::MAX / 2); // unstick the worker before failing
+            panic!("the worker stalled in the memory cgroup");
+        }
+        let events = ftrace.stop();
+        let snap = tracer.snapshot().expect("snapshot");
+        let gfp = gfp_table();
+        let label = |raw: u64| gfp.label(raw).to_string();
+
+        let mut want: BTreeMap<(Allocator, String), u64> = BTreeMap::new();
+        for e in &events {
+            let failed = match e.name.as_str() {
+                "kmalloc" if e.is_null("ptr") => Allocator::Kmalloc,
+                "mm_page_alloc" if e.is_null("page") => Allocator::Page,
+                _ => continue,
+            };
+            *want
+                .entry((failed, ftrace_gfp_label(e.str("gfp_flags"))))
+                .or_default() += 1;
+        }
+        let mut got: BTreeMap<(Allocator, String), u64> = BTreeMap::new();
+        for ((a, _order, raw), n) in &snap.failures {
+            if matches!(a, Allocator::Kmalloc | Allocator::Page) {
+                *got.entry((*a, label(*raw))).or_default() += n;
+            }
+        }
+        eprintln!("{expect}: failures ftrace {want:?} memtrace {got:?}");
+        assert_eq!(got, want, "allocation failures differ from ftrace");
+        assert!(
+            want.keys().any(|(a, _)| *a == Allocator::Kmalloc),
+            "a real kmalloc failure"
+        );
+        assert!(
+            want.keys().any(|(a, _)| *a == Allocator::Page),
+            "a real page allocation failure"
+        );
+        drop(ftrace);
+        drop(memcg);
+    }
+    let _ = std::fs::remove_file(&file);
+}
+
+// ---------------------------------------------------------------------------------------
+// the filter itself
 
 /// The thread filter is what makes the exact comparisons possible: events of other threads
 /// must not be counted.
@@ -156,9 +535,18 @@ fn thread_filter_excludes_other_threads() {
         ..Default::default()
     })
     .unwrap_or_else(|e| panic!("memtrace could not start: {e:#}"));
-    let dir = tempdir();
-    busy.run(kmalloc_workload(&dir));
+    let dir = tempdir("filter");
+    let file = dir.join("f");
+    std::fs::write(&file, b"x").unwrap();
+    busy.run(move || {
+        setxattr_kmalloc(&file, 1000);
+        open_close(&file, 10);
+        pipe_pages(4);
+    });
     let snap = tracer.snapshot().expect("snapshot");
-    assert_eq!(snap.total(Allocator::Kmalloc).count(), 0, "{snap:?}");
+    for a in Allocator::ALL {
+        assert_eq!(snap.total(a).count(), 0, "{a:?}: {snap:?}");
+    }
+    assert!(snap.pages.is_empty() && snap.caches.is_empty(), "{snap:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -242,6 +242,181 @@ pub fn setxattr_kmalloc(path: &std::path::Path, size: usize) {
     }
 }
 
+impl Worker {
+    /// Runs `job` on the worker; returns false if it did not finish within `timeout` (it may
+    /// still be running).
+    pub fn run_timeout(
+        &self,
+        job: impl FnOnce() + Send + 'static,
+        timeout: std::time::Duration,
+    ) -> bool {
+        let (done_tx, done_rx) = mpsc::channel();
+        self.jobs
+            .as_ref()
+            .unwrap()
+            .send((Box::new(job), done_tx))
+            .expect("worker alive");
+        done_rx.recv_timeout(timeout).is_ok()
+    }
+}
+
+/// Opens and closes `path` `n` times: each open takes a `struct file` from the `filp` slab
+/// cache (and frees it on close).
+pub fn open_close(path: &std::path::Path, n: usize) {
+    for _ in 0..n {
+        drop(std::fs::File::open(path).expect("open"));
+    }
+}
+
+/// Fills fresh pipes with `n` pages in all (four per pipe, never read, then closed): each
+/// page written is an order-0 page allocation, freed on close.
+pub fn pipe_pages(n: usize) {
+    let buf = vec![7u8; 4096];
+    for _ in 0..n.div_ceil(4) {
+        let mut fds = [0i32; 2];
+        // SAFETY: a valid array for pipe(2); valid fds and buffer.
+        unsafe {
+            assert_eq!(libc::pipe(fds.as_mut_ptr()), 0);
+            for _ in 0..4 {
+                assert_eq!(libc::write(fds[1], buf.as_ptr().cast(), 4096), 4096);
+            }
+            libc::close(fds[0]);
+            libc::close(fds[1]);
+        }
+    }
+}
+
+pub const BPF_MAP_TYPE_ARRAY: u32 = 2;
+pub const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
+
+/// Creates and closes a BPF map: an array above 32 KiB is vmalloc'ed (`bpf_map_area_alloc`),
+/// a per-CPU array takes one percpu allocation per element.
+pub fn bpf_map_create_close(map_type: u32, value_size: u32, max_entries: u32) {
+    let mut attr = [0u32; 32];
+    attr[0] = map_type;
+    attr[1] = 4; // key size
+    attr[2] = value_size;
+    attr[3] = max_entries;
+    // SAFETY: BPF_MAP_CREATE (0) with a zero-padded bpf_attr.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            0,
+            attr.as_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    assert!(
+        fd >= 0,
+        "BPF_MAP_CREATE: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: our own fd.
+    unsafe { libc::close(fd as i32) };
+}
+
+/// A cgroup-v1 memory cgroup with a tiny limit and the OOM killer off, into which one thread
+/// moves itself: its accounted kernel allocations then fail for real (and, with the OOM
+/// killer off, fail rather than kill).
+pub struct Memcg {
+    pub dir: PathBuf,
+    parent_tasks: PathBuf,
+}
+
+impl Memcg {
+    pub fn new(limit_bytes: u64) -> Memcg {
+        let root = PathBuf::from("/sys/fs/cgroup/memory");
+        assert!(
+            root.join("memory.limit_in_bytes").exists(),
+            "the failure test needs the cgroup-v1 memory controller at {}",
+            root.display()
+        );
+        let own = std::fs::read_to_string("/proc/self/cgroup").expect("/proc/self/cgroup");
+        let parent = own
+            .lines()
+            .find_map(|l| {
+                let mut parts = l.splitn(3, ':');
+                let (_, ctrl, path) = (parts.next()?, parts.next()?, parts.next()?);
+                ctrl.split(',')
+                    .any(|c| c == "memory")
+                    .then(|| path.to_string())
+            })
+            .unwrap_or_else(|| "/".into());
+        let parent_dir = root.join(parent.trim_start_matches('/'));
+        let dir = parent_dir.join(format!("memtrace-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir(&dir);
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        let m = Memcg {
+            dir,
+            parent_tasks: parent_dir.join("tasks"),
+        };
+        m.set_limit(limit_bytes);
+        std::fs::write(m.dir.join("memory.oom_control"), "1")
+            .expect("disable the memcg OOM killer");
+        m
+    }
+
+    pub fn set_limit(&self, bytes: u64) {
+        std::fs::write(self.dir.join("memory.limit_in_bytes"), bytes.to_string())
+            .expect("memory.limit_in_bytes");
+    }
+
+    /// NUL-terminated paths of the `tasks` files to enter and to leave this cgroup, for use
+    /// from a worker without allocating.
+    pub fn tasks_paths(&self) -> (std::ffi::CString, std::ffi::CString) {
+        let c =
+            |p: PathBuf| std::ffi::CString::new(p.into_os_string().into_encoded_bytes()).unwrap();
+        (c(self.dir.join("tasks")), c(self.parent_tasks.clone()))
+    }
+}
+
+impl Drop for Memcg {
+    fn drop(&mut self) {
+        self.set_limit(u64::MAX / 2);
+        let _ = std::fs::write(self.dir.join("memory.force_empty"), "0");
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+/// Moves the calling thread into the cgroup whose `tasks` file is `tasks`, without
+/// allocating (safe to call where a page fault could stall).
+pub fn enter_tasks(tasks: &std::ffi::CStr) {
+    // SAFETY: gettid/open/write/close on valid buffers.
+    unsafe {
+        let tid = libc::gettid();
+        let mut buf = [0u8; 16];
+        let mut n = tid as u32;
+        let mut i = buf.len();
+        loop {
+            i -= 1;
+            buf[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        let fd = libc::open(tasks.as_ptr(), libc::O_WRONLY);
+        assert!(fd >= 0, "open tasks");
+        let w = libc::write(fd, buf[i..].as_ptr().cast(), buf.len() - i);
+        libc::close(fd);
+        assert!(w > 0, "write tasks: {}", std::io::Error::last_os_error());
+    }
+}
+
+/// The `gfp` label the kernel's own rendering implies: ftrace prints composite names first,
+/// so the first `|`-separated token is the composite, if it is one.
+pub fn ftrace_gfp_label(printed: &str) -> String {
+    match printed.split('|').next() {
+        Some(t) if t.starts_with("GFP_") => t.to_string(),
+        _ => "other".to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
