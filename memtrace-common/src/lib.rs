@@ -287,6 +287,7 @@ pub struct FreeLayout {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KmemCacheAllocLayout {
+    pub call_site: FieldLoc,
     pub ptr: FieldLoc,
     pub gfp_flags: FieldLoc,
     pub name: FieldLoc,
@@ -383,6 +384,7 @@ impl EventLayouts {
         },
         kfree: FreeLayout { ptr: NO },
         kmem_cache_alloc: KmemCacheAllocLayout {
+            call_site: NO,
             ptr: NO,
             gfp_flags: NO,
             name: NO,
@@ -436,6 +438,37 @@ impl Layouts {
     };
 }
 
+/// A notable allocation event, sent through [`MAP_EVENTS`]: every failure, and allocations
+/// at or above the size / order thresholds ([`GLOBAL_NOTABLE_MIN_BYTES`],
+/// [`GLOBAL_NOTABLE_MIN_ORDER`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NotableEvent {
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC nanoseconds.
+    pub ts_ns: u64,
+    /// The allocating call site: a kernel address. Symbolize it; never print it.
+    pub call_site: u64,
+    pub bytes_req: u64,
+    pub bytes_alloc: u64,
+    /// Raw gfp flags, or [`GFP_UNKNOWN`].
+    pub gfp: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    pub cpu: u32,
+    /// An [`Allocator`] as `u32`.
+    pub allocator: u32,
+    /// Page order (page allocations), else 0.
+    pub order: u32,
+    /// [`EVENT_FAILED`], [`EVENT_LARGE`].
+    pub flags: u32,
+    pub comm: [u8; 16],
+}
+
+/// [`NotableEvent::flags`]: the allocation failed.
+pub const EVENT_FAILED: u32 = 1;
+/// [`NotableEvent::flags`]: the allocation is at or above the notable size or order.
+pub const EVENT_LARGE: u32 = 2;
+
 /// Load-time global: [`Layouts`].
 pub const GLOBAL_LAYOUTS: &str = "LAYOUTS";
 /// Load-time global (`u32`): count only events of this process (thread-group id); 0 counts
@@ -444,6 +477,18 @@ pub const GLOBAL_FILTER_TGID: &str = "FILTER_TGID";
 /// Load-time global (`u32`): count only events of this thread; 0 counts everything. The
 /// integration tests use it so that their counts are exact on a busy machine.
 pub const GLOBAL_FILTER_TID: &str = "FILTER_TID";
+
+/// Load-time global (`u64`): kmalloc and vmalloc allocations of at least this many bytes
+/// are sent as [`NotableEvent`]s; 0 sends none.
+pub const GLOBAL_NOTABLE_MIN_BYTES: &str = "NOTABLE_MIN_BYTES";
+/// Load-time global (`u32`): page allocations of at least this order are sent as
+/// [`NotableEvent`]s; above the highest order sends none.
+pub const GLOBAL_NOTABLE_MIN_ORDER: &str = "NOTABLE_MIN_ORDER";
+
+/// Ring buffer of [`NotableEvent`]s.
+pub const MAP_EVENTS: &str = "EVENTS";
+/// Size of [`MAP_EVENTS`] in bytes (a power of two, a multiple of the page size).
+pub const EVENTS_RING_BYTES: u32 = 256 * 1024;
 
 /// Per-CPU hash: [`GfpKey`] → [`SizeStats`].
 pub const MAP_SIZE_STATS: &str = "SIZE_STATS";
@@ -560,6 +605,7 @@ mod pod {
     unsafe impl aya::Pod for PageKey {}
     unsafe impl aya::Pod for CacheStats {}
     unsafe impl aya::Pod for CacheName {}
+    unsafe impl aya::Pod for NotableEvent {}
     unsafe impl aya::Pod for SizeStats {}
     unsafe impl aya::Pod for FieldLoc {}
     unsafe impl aya::Pod for Layouts {}
@@ -600,6 +646,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<KmallocLayout>(), 20);
         assert_eq!(core::mem::size_of::<PageKey>(), 16);
         assert_eq!(core::mem::size_of::<CacheName>(), CACHE_NAME_LEN);
+        assert_eq!(core::mem::size_of::<NotableEvent>(), 5 * 8 + 6 * 4 + 16);
         assert_eq!(core::mem::size_of::<Layouts>() % 4, 0);
     }
 

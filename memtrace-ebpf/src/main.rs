@@ -14,17 +14,21 @@ use core::ffi::c_void;
 use aya_ebpf::{
     EbpfContext,
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+        bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
+    },
     macros::{btf_tracepoint, fentry, map, tracepoint},
-    maps::{HashMap, PerCpuArray, PerCpuHashMap},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{BtfTracePointContext, FEntryContext, TracePointContext},
 };
 use memtrace_common::{
     Allocator, CACHE_NAME_LEN, CACHE_OVERFLOW, CACHES_MAX, COUNTERS_LEN, CacheName, CacheStats,
-    Counter, EXTFRAG_BASE, ExtfragLayout, FieldLoc, FreeLayout, GFP_KEYS_MAX, GFP_OVERFLOW,
-    GFP_UNKNOWN, GfpKey, KmallocLayout, KmemCacheAllocLayout, Layouts, PAGE_FREES_BASE,
-    PAGE_KEYS_MAX, PageAllocLayout, PageFreeLayout, PageKey, PercpuAllocLayout, PurgeLayout,
-    SIZE_BUCKETS, SizeStats, VmapAreaLayout, cache_name_id, order_slot, size_bucket,
+    Counter, EVENT_FAILED, EVENT_LARGE, EVENTS_RING_BYTES, EXTFRAG_BASE, ExtfragLayout, FieldLoc,
+    FreeLayout, GFP_KEYS_MAX, GFP_OVERFLOW, GFP_UNKNOWN, GfpKey, KmallocLayout,
+    KmemCacheAllocLayout, Layouts, NotableEvent, PAGE_FREES_BASE, PAGE_KEYS_MAX, PageAllocLayout,
+    PageFreeLayout, PageKey, PercpuAllocLayout, PurgeLayout, SIZE_BUCKETS, SizeStats,
+    VmapAreaLayout, cache_name_id, order_slot, size_bucket,
 };
 
 #[unsafe(no_mangle)]
@@ -35,6 +39,15 @@ static FILTER_TGID: u32 = 0;
 
 #[unsafe(no_mangle)]
 static FILTER_TID: u32 = 0;
+
+#[unsafe(no_mangle)]
+static NOTABLE_MIN_BYTES: u64 = 0;
+
+#[unsafe(no_mangle)]
+static NOTABLE_MIN_ORDER: u32 = u32::MAX;
+
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
 
 #[map]
 static SIZE_STATS: PerCpuHashMap<GfpKey, SizeStats> =
@@ -118,12 +131,20 @@ fn bump(counter: Counter) {
 /// The per-CPU slot of `key` in `map`, created (zeroed) on first use. When the map is full,
 /// the slot of `overflow`, which userspace pre-inserts, and the MapFull counter says so:
 /// counting goes on, never silently lost.
+///
+/// `V` must be plain integers (all-zero is a valid value).
 #[inline(always)]
-fn slot<K: Copy, V>(map: &PerCpuHashMap<K, V>, key: K, zero: &V, overflow: K) -> Option<*mut V> {
+fn slot<K: Copy, V>(map: &PerCpuHashMap<K, V>, key: K, overflow: K) -> Option<*mut V> {
     if let Some(p) = map.get_ptr_mut(key) {
         return Some(p);
     }
-    let _ = map.insert(key, zero, BPF_NOEXIST as u64);
+    // The zero value must live on the stack. A reference to a constant (`&0`) would be a
+    // promoted read-only constant, which LLVM may merge with a zero-initialised load-time
+    // global in .rodata: userspace then overwrites the "zero" at load time (seen here: new
+    // entries started at NOTABLE_MIN_BYTES).
+    // SAFETY: V is plain integers, for which all-zero is valid.
+    let zero: V = unsafe { core::mem::zeroed() };
+    let _ = map.insert(key, &zero, BPF_NOEXIST as u64);
     if let Some(p) = map.get_ptr_mut(key) {
         return Some(p);
     }
@@ -144,7 +165,7 @@ fn gfp_key(allocator: Allocator, order: u32, gfp: u64) -> GfpKey {
 fn count_failure(allocator: Allocator, order: u32, gfp: u64) {
     let key = gfp_key(allocator, order, gfp);
     let overflow = gfp_key(allocator, order, GFP_OVERFLOW);
-    if let Some(p) = slot(&FAILURES, key, &0, overflow) {
+    if let Some(p) = slot(&FAILURES, key, overflow) {
         // SAFETY: per-CPU value.
         unsafe { *p += 1 };
     }
@@ -154,7 +175,7 @@ fn count_failure(allocator: Allocator, order: u32, gfp: u64) {
 fn record_size(allocator: Allocator, gfp: u64, requested: u64, allocated: u64) {
     let key = gfp_key(allocator, 0, gfp);
     let overflow = gfp_key(allocator, 0, GFP_OVERFLOW);
-    if let Some(p) = slot(&SIZE_STATS, key, &SizeStats::ZERO, overflow) {
+    if let Some(p) = slot::<_, SizeStats>(&SIZE_STATS, key, overflow) {
         let bucket = size_bucket(allocated);
         // SAFETY: per-CPU value; the bounds check satisfies the verifier.
         unsafe {
@@ -167,22 +188,80 @@ fn record_size(allocator: Allocator, gfp: u64, requested: u64, allocated: u64) {
     }
 }
 
+/// The allocation facts a notable event carries.
+#[derive(Clone, Copy)]
+struct Notable {
+    allocator: Allocator,
+    call_site: u64,
+    bytes_req: u64,
+    bytes_alloc: u64,
+    gfp: u64,
+    order: u32,
+    flags: u32,
+}
+
+/// Sends a notable event; when the ring buffer is full it is counted as lost instead.
+#[inline(always)]
+fn emit(n: Notable) {
+    let Some(mut entry) = EVENTS.reserve::<NotableEvent>(0) else {
+        bump(Counter::RingbufFull);
+        return;
+    };
+    let id = bpf_get_current_pid_tgid();
+    // SAFETY: the helpers take no pointers we own.
+    let (ts_ns, cpu) = unsafe { (bpf_ktime_get_ns(), bpf_get_smp_processor_id()) };
+    entry.write(NotableEvent {
+        ts_ns,
+        call_site: n.call_site,
+        bytes_req: n.bytes_req,
+        bytes_alloc: n.bytes_alloc,
+        gfp: n.gfp,
+        tgid: (id >> 32) as u32,
+        tid: id as u32,
+        cpu,
+        allocator: n.allocator as u32,
+        order: n.order,
+        flags: n.flags,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    });
+    entry.submit(0);
+}
+
+#[inline(always)]
+fn min_bytes() -> u64 {
+    // SAFETY: a plain read of a global.
+    let v = unsafe { core::ptr::read_volatile(&NOTABLE_MIN_BYTES) };
+    if v == 0 { u64::MAX } else { v }
+}
+
 #[inline(always)]
 fn on_kmalloc(ctx: *mut c_void, l: &KmallocLayout) {
     if !wanted() {
         return;
     }
     let gfp = field(ctx, l.gfp_flags);
+    let bytes_req = field(ctx, l.bytes_req);
+    let bytes_alloc = field(ctx, l.bytes_alloc);
+    let mut n = Notable {
+        allocator: Allocator::Kmalloc,
+        call_site: field(ctx, l.call_site),
+        bytes_req,
+        bytes_alloc,
+        gfp,
+        order: 0,
+        flags: 0,
+    };
     if field(ctx, l.ptr) == 0 {
         count_failure(Allocator::Kmalloc, 0, gfp);
+        n.flags = EVENT_FAILED;
+        emit(n);
         return;
     }
-    record_size(
-        Allocator::Kmalloc,
-        gfp,
-        field(ctx, l.bytes_req),
-        field(ctx, l.bytes_alloc),
-    );
+    record_size(Allocator::Kmalloc, gfp, bytes_req, bytes_alloc);
+    if bytes_alloc >= min_bytes() {
+        n.flags = EVENT_LARGE;
+        emit(n);
+    }
 }
 
 #[inline(always)]
@@ -208,6 +287,15 @@ fn on_kmem_cache_alloc(ctx: *mut c_void, l: &KmemCacheAllocLayout) {
     let gfp = field(ctx, l.gfp_flags);
     if field(ctx, l.ptr) == 0 {
         count_failure(Allocator::KmemCache, 0, gfp);
+        emit(Notable {
+            allocator: Allocator::KmemCache,
+            call_site: field(ctx, l.call_site),
+            bytes_req: field(ctx, l.bytes_req),
+            bytes_alloc: field(ctx, l.bytes_alloc),
+            gfp,
+            order: 0,
+            flags: EVENT_FAILED,
+        });
         return;
     }
     let mut name = CacheName {
@@ -243,7 +331,7 @@ fn on_kmem_cache_alloc(ctx: *mut c_void, l: &KmemCacheAllocLayout) {
                 read_name(name_ptr, &mut name.name);
             }
             let _ = CACHE_NAMES.insert(id, name, BPF_NOEXIST as u64);
-            slot(&CACHE_STATS, id, &CacheStats::ZERO, CACHE_OVERFLOW)
+            slot::<_, CacheStats>(&CACHE_STATS, id, CACHE_OVERFLOW)
         }
     };
     if let Some(p) = p {
@@ -268,9 +356,29 @@ fn on_mm_page_alloc(ctx: *mut c_void, l: &PageAllocLayout) {
     } else {
         field(ctx, l.page) == 0
     };
+    let notable = Notable {
+        allocator: Allocator::Page,
+        call_site: 0,
+        bytes_req: 4096 << order,
+        bytes_alloc: 4096 << order,
+        gfp,
+        order,
+        flags: 0,
+    };
     if failed {
         count_failure(Allocator::Page, order, gfp);
+        emit(Notable {
+            flags: EVENT_FAILED,
+            ..notable
+        });
         return;
+    }
+    // SAFETY: a plain read of a global.
+    if order >= unsafe { core::ptr::read_volatile(&NOTABLE_MIN_ORDER) } {
+        emit(Notable {
+            flags: EVENT_LARGE,
+            ..notable
+        });
     }
     let key = PageKey {
         order,
@@ -282,7 +390,7 @@ fn on_mm_page_alloc(ctx: *mut c_void, l: &PageAllocLayout) {
         migratetype: u32::MAX,
         gfp: GFP_OVERFLOW,
     };
-    if let Some(p) = slot(&PAGE_ALLOCS, key, &0, overflow) {
+    if let Some(p) = slot(&PAGE_ALLOCS, key, overflow) {
         // SAFETY: per-CPU value.
         unsafe { *p += 1 };
     }
@@ -307,12 +415,27 @@ fn on_alloc_vmap_area(ctx: *mut c_void, l: &VmapAreaLayout) {
     if !wanted() {
         return;
     }
+    let size = field(ctx, l.size);
+    let mut n = Notable {
+        allocator: Allocator::Vmalloc,
+        call_site: 0,
+        bytes_req: size,
+        bytes_alloc: size,
+        gfp: GFP_UNKNOWN,
+        order: 0,
+        flags: 0,
+    };
     if field(ctx, l.failed) != 0 {
         count_failure(Allocator::Vmalloc, 0, GFP_UNKNOWN);
+        n.flags = EVENT_FAILED;
+        emit(n);
         return;
     }
-    let size = field(ctx, l.size);
     record_size(Allocator::Vmalloc, GFP_UNKNOWN, size, size);
+    if size >= min_bytes() {
+        n.flags = EVENT_LARGE;
+        emit(n);
+    }
 }
 
 #[inline(always)]
@@ -439,19 +562,31 @@ pub fn mm_page_free_batched_btf(_ctx: BtfTracePointContext) -> i32 {
 }
 
 /// `percpu_alloc_percpu_fail` carries no GFP flags.
-#[tracepoint]
-pub fn percpu_alloc_percpu_fail_tp(_ctx: TracePointContext) -> u32 {
+#[inline(always)]
+fn on_percpu_fail() {
     if wanted() {
         count_failure(Allocator::Percpu, 0, GFP_UNKNOWN);
+        emit(Notable {
+            allocator: Allocator::Percpu,
+            call_site: 0,
+            bytes_req: 0,
+            bytes_alloc: 0,
+            gfp: GFP_UNKNOWN,
+            order: 0,
+            flags: EVENT_FAILED,
+        });
     }
+}
+
+#[tracepoint]
+pub fn percpu_alloc_percpu_fail_tp(_ctx: TracePointContext) -> u32 {
+    on_percpu_fail();
     0
 }
 
 #[btf_tracepoint(function = "percpu_alloc_percpu_fail")]
 pub fn percpu_alloc_percpu_fail_btf(_ctx: BtfTracePointContext) -> i32 {
-    if wanted() {
-        count_failure(Allocator::Percpu, 0, GFP_UNKNOWN);
-    }
+    on_percpu_fail();
     0
 }
 

@@ -143,7 +143,10 @@ pub fn run() -> Report {
 
     let resolved = layout::resolve(btf.as_ref(), tracefs_dir.as_deref());
     let mut ebpf = if privileged {
-        Some(probes::load_object(&resolved.layouts, 0, 0))
+        Some(probes::load_object(
+            &resolved.layouts,
+            &probes::TracerOptions::default(),
+        ))
     } else {
         None
     };

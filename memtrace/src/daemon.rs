@@ -1,9 +1,14 @@
 //! `memtrace daemon`: attach the probes and serve Prometheus metrics until SIGINT/SIGTERM.
 
 use std::{
+    collections::BTreeMap,
     net::SocketAddr,
     sync::{Arc, Mutex},
 };
+
+use aya::maps::{MapData, RingBuf};
+use memtrace_common::Allocator;
+use tokio::io::{Interest, unix::AsyncFd};
 
 use anyhow::anyhow;
 use axum::{
@@ -18,8 +23,9 @@ use prometheus::{Encoder as _, Registry, TextEncoder};
 use crate::{
     btf::Btf,
     check::kernel_release,
+    events::{self, Kind},
     gfp::GfpTable,
-    kernel,
+    kernel, metrics,
     metrics::Exporter,
     probes::{AttachPreference, Tracer, TracerOptions},
     tracefs,
@@ -57,6 +63,24 @@ pub struct DaemonArgs {
         value_name = "N"
     )]
     pub caches_max: u32,
+    /// kmalloc and vmalloc allocations of at least this many bytes are notable events
+    /// (counted in memtrace_notable_events_total); 0 turns them off.
+    #[arg(
+        long = "events.min-bytes",
+        env = "MEMTRACE_EVENTS_MIN_BYTES",
+        default_value_t = 1 << 20,
+        value_name = "BYTES"
+    )]
+    pub events_min_bytes: u64,
+    /// Page allocations of at least this order are notable events.
+    #[arg(
+        long = "events.min-order",
+        env = "MEMTRACE_EVENTS_MIN_ORDER",
+        default_value_t = 4,
+        value_parser = clap::value_parser!(u32).range(0..=64),
+        value_name = "ORDER"
+    )]
+    pub events_min_order: u32,
 }
 
 fn parse_telemetry_path(s: &str) -> Result<String, String> {
@@ -71,6 +95,7 @@ fn parse_telemetry_path(s: &str) -> Result<String, String> {
 struct AppState {
     /// The programs and the label state; one scrape at a time reads the maps.
     inner: Mutex<(Tracer, Exporter)>,
+    notable: Arc<NotableCounts>,
     registry: Registry,
     kernel: String,
     telemetry_path: String,
@@ -88,10 +113,14 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
             )
         })?;
 
-    let tracer = Tracer::start(&TracerOptions {
+    let mut tracer = Tracer::start(&TracerOptions {
         attach: args.attach,
+        notable_min_bytes: args.events_min_bytes,
+        notable_min_order: args.events_min_order,
         ..Default::default()
     })?;
+    let notable = Arc::new(NotableCounts::default());
+    let drain = tokio::spawn(drain_events(tracer.take_events()?, notable.clone()));
     for p in tracer.probes() {
         match (&p.mode, &p.note) {
             (Some(mode), _) => tracing::info!(probe = %p.probe, %mode, "probe attached"),
@@ -127,6 +156,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     );
     let state = Arc::new(AppState {
         inner: Mutex::new((tracer, exporter)),
+        notable,
         registry,
         kernel: kernel_release(),
         telemetry_path: args.telemetry_path.clone(),
@@ -146,6 +176,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         .with_graceful_shutdown(shutdown_signal())
         .await
         .map_err(|e| anyhow!("HTTP server failed: {e}"))?;
+    drain.abort();
     drop(state); // detaches every program
     tracing::info!("stopped; programs detached");
     Ok(())
@@ -157,6 +188,56 @@ fn gfp_table() -> anyhow::Result<GfpTable> {
     let (dir, _) = tracefs::ensure_mounted()?;
     let fmt = tracefs::Format::read(&dir, "kmem", "kmalloc")?;
     Ok(GfpTable::from_print_fmt(&fmt.print_fmt)?)
+}
+
+/// Notable events read from the ring buffer, by allocator and kind.
+#[derive(Default)]
+struct NotableCounts {
+    counts: Mutex<BTreeMap<(Allocator, Kind), u64>>,
+}
+
+impl NotableCounts {
+    fn family(&self) -> prometheus::proto::MetricFamily {
+        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all = Vec::new();
+        for a in Allocator::ALL {
+            for k in [Kind::Failure, Kind::Large] {
+                let n = counts.get(&(a, k)).copied().unwrap_or(0);
+                all.push(((a.name(), k.name()), n));
+            }
+        }
+        metrics::notable_family(&all)
+    }
+}
+
+/// Drains the notable-event ring buffer whenever the kernel signals it.
+async fn drain_events(ring: RingBuf<MapData>, counts: Arc<NotableCounts>) {
+    // SAFETY: the ring buffer owns its fd and outlives the registration (AsyncFd owns it).
+    let mut fd = match unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) } {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::error!("cannot poll the events ring buffer: {e}");
+            return;
+        }
+    };
+    loop {
+        let mut guard = match fd.readable_mut().await {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::error!("polling the events ring buffer failed: {e}");
+                return;
+            }
+        };
+        let mut local = Vec::new();
+        events::drain(guard.get_inner_mut(), |e| local.push(e));
+        guard.clear_ready();
+        let mut c = counts.counts.lock().unwrap_or_else(|p| p.into_inner());
+        for e in local {
+            if let Some(a) = events::allocator(&e) {
+                *c.entry((a, Kind::of(&e))).or_default() += 1;
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {
@@ -190,9 +271,11 @@ async fn serve_metrics(State(state): State<Arc<AppState>>) -> Response {
     let families = {
         let mut inner = state.inner.lock().unwrap_or_else(|p| p.into_inner());
         let (tracer, exporter) = &mut *inner;
-        tracer
-            .snapshot()
-            .map(|snap| exporter.families(&snap, tracer.probes()))
+        tracer.snapshot().map(|snap| {
+            let mut f = exporter.families(&snap, tracer.probes());
+            f.push(state.notable.family());
+            f
+        })
     };
     let mut families = match families {
         Ok(v) => v,

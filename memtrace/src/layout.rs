@@ -99,8 +99,16 @@ fn fill_event(event: &str, src: &dyn Source, mode: Mode, l: &mut EventLayouts) -
             match mode {
                 Mode::Tp => fill(
                     src,
-                    ["ptr", "gfp_flags", "name", "bytes_req", "bytes_alloc"],
                     [
+                        "call_site",
+                        "ptr",
+                        "gfp_flags",
+                        "name",
+                        "bytes_req",
+                        "bytes_alloc",
+                    ],
+                    [
+                        &mut k.call_site,
                         &mut k.ptr,
                         &mut k.gfp_flags,
                         &mut k.name,
@@ -110,8 +118,8 @@ fn fill_event(event: &str, src: &dyn Source, mode: Mode, l: &mut EventLayouts) -
                 ),
                 Mode::Btf => fill(
                     src,
-                    ["ptr", "gfp_flags", "s"],
-                    [&mut k.ptr, &mut k.gfp_flags, &mut k.s],
+                    ["call_site", "ptr", "gfp_flags", "s"],
+                    [&mut k.call_site, &mut k.ptr, &mut k.gfp_flags, &mut k.s],
                 ),
             }
         }

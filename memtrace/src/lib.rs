@@ -6,6 +6,7 @@ pub mod btf;
 pub mod cardinality;
 pub mod check;
 pub mod daemon;
+pub mod events;
 pub mod gfp;
 pub mod kernel;
 pub mod layout;

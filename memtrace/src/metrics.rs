@@ -83,6 +83,19 @@ fn histogram(pairs: &[(&str, &str)], s: &SizeStats) -> proto::Metric {
     m
 }
 
+/// `memtrace_notable_events_total` from ((allocator, kind), count) pairs.
+pub fn notable_family(counts: &[((&str, &str), u64)]) -> MetricFamily {
+    family(
+        "memtrace_notable_events_total",
+        "Notable events read from the kernel: kind=\"failure\" for every failed allocation, kind=\"large\" for allocations at or above --events.min-bytes / --events.min-order.",
+        MetricType::COUNTER,
+        counts
+            .iter()
+            .map(|((a, k), n)| counter(&[("allocator", a), ("kind", k)], *n as f64))
+            .collect(),
+    )
+}
+
 /// What turns raw kernel aggregates into labelled series: the running kernel's names for
 /// GFP values and migrate types, its page-block order, and the bounded `cache` label.
 pub struct Exporter {

@@ -13,9 +13,10 @@ use aya::{
 };
 use memtrace_common::{
     Allocator, CACHE_OVERFLOW, COUNTERS_LEN, CacheName, CacheStats, GFP_OVERFLOW,
-    GLOBAL_FILTER_TGID, GLOBAL_FILTER_TID, GLOBAL_LAYOUTS, GfpKey, Layouts, MAP_CACHE_NAMES,
-    MAP_CACHE_STATS, MAP_COUNTERS, MAP_FAILURES, MAP_PAGE_ALLOCS, MAP_SIZE_STATS, ORDER_SLOTS,
-    PROBES, PageKey, ProbeSpec, SizeStats,
+    GLOBAL_FILTER_TGID, GLOBAL_FILTER_TID, GLOBAL_LAYOUTS, GLOBAL_NOTABLE_MIN_BYTES,
+    GLOBAL_NOTABLE_MIN_ORDER, GfpKey, Layouts, MAP_CACHE_NAMES, MAP_CACHE_STATS, MAP_COUNTERS,
+    MAP_EVENTS, MAP_FAILURES, MAP_PAGE_ALLOCS, MAP_SIZE_STATS, ORDER_SLOTS, PROBES, PageKey,
+    ProbeSpec, SizeStats,
 };
 use serde::Serialize;
 
@@ -73,13 +74,30 @@ impl ProbeStatus {
 }
 
 /// Options for [`Tracer::start`].
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct TracerOptions {
     /// Count only this process's events (0: all).
     pub filter_tgid: u32,
     /// Count only this thread's events (0: all). Used by tests for exact counts.
     pub filter_tid: u32,
+    /// kmalloc and vmalloc allocations of at least this many bytes become notable events
+    /// (0: none).
+    pub notable_min_bytes: u64,
+    /// Page allocations of at least this order become notable events (`u32::MAX`: none).
+    pub notable_min_order: u32,
     pub attach: AttachPreference,
+}
+
+impl Default for TracerOptions {
+    fn default() -> Self {
+        TracerOptions {
+            filter_tgid: 0,
+            filter_tid: 0,
+            attach: AttachPreference::Auto,
+            notable_min_bytes: 0,
+            notable_min_order: u32::MAX,
+        }
+    }
 }
 
 /// Loaded and attached programs with their maps.
@@ -203,7 +221,7 @@ impl Tracer {
         }
 
         let layouts = layout::resolve(btf.as_ref(), tracefs_dir.as_deref());
-        let mut ebpf = load_object(&layouts.layouts, opts.filter_tgid, opts.filter_tid)?;
+        let mut ebpf = load_object(&layouts.layouts, opts)?;
 
         let mut probes = Vec::new();
         for spec in PROBES {
@@ -237,6 +255,15 @@ impl Tracer {
 
     pub fn probes(&self) -> &[ProbeStatus] {
         &self.probes
+    }
+
+    /// Takes the ring buffer of notable events (once); its reader drains it.
+    pub fn take_events(&mut self) -> anyhow::Result<aya::maps::RingBuf<MapData>> {
+        let map = self
+            .ebpf
+            .take_map(MAP_EVENTS)
+            .context("the events ring buffer was already taken")?;
+        Ok(aya::maps::RingBuf::try_from(map)?)
     }
 
     /// Pre-inserts the overflow slots the programs count in when a map is full.
@@ -398,15 +425,13 @@ impl Tracer {
 }
 
 /// Loads (creates maps, relocates) the embedded object with its load-time globals.
-pub(crate) fn load_object(
-    layouts: &Layouts,
-    filter_tgid: u32,
-    filter_tid: u32,
-) -> anyhow::Result<Ebpf> {
+pub(crate) fn load_object(layouts: &Layouts, opts: &TracerOptions) -> anyhow::Result<Ebpf> {
     EbpfLoader::new()
         .override_global(GLOBAL_LAYOUTS, layouts, true)
-        .override_global(GLOBAL_FILTER_TGID, &filter_tgid, true)
-        .override_global(GLOBAL_FILTER_TID, &filter_tid, true)
+        .override_global(GLOBAL_FILTER_TGID, &opts.filter_tgid, true)
+        .override_global(GLOBAL_FILTER_TID, &opts.filter_tid, true)
+        .override_global(GLOBAL_NOTABLE_MIN_BYTES, &opts.notable_min_bytes, true)
+        .override_global(GLOBAL_NOTABLE_MIN_ORDER, &opts.notable_min_order, true)
         .load(EBPF_OBJECT)
         .map_err(|e| {
             anyhow!(

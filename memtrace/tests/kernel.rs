@@ -16,7 +16,9 @@ use memtrace::{
     probes::{AttachMode, AttachPreference, Snapshot, Tracer, TracerOptions},
     tracefs,
 };
-use memtrace_common::{Allocator, Counter, SizeStats, size_bucket};
+use memtrace_common::{
+    Allocator, Counter, EVENT_FAILED, EVENT_LARGE, NotableEvent, SizeStats, size_bucket,
+};
 use support::{
     BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_PERCPU_ARRAY, Ftrace, Memcg, TraceEvent, Worker,
     bpf_map_create_close, enter_tasks, ftrace_gfp_label, open_close, pipe_pages, require_kernel,
@@ -33,11 +35,25 @@ struct Window {
     snap: Snapshot,
     events: Vec<TraceEvent>,
     gfp: GfpTable,
+    /// Notable events from memtrace's ring buffer.
+    notable: Vec<NotableEvent>,
 }
+
+/// Notable thresholds of the tests: 64 KiB, order 4.
+const NOTABLE_BYTES: u64 = 64 << 10;
+const NOTABLE_ORDER: u32 = 4;
 
 impl Window {
     fn of(&self, name: &str) -> impl Iterator<Item = &TraceEvent> {
         self.events.iter().filter(move |e| e.name == name)
+    }
+
+    /// memtrace's notable events of `allocator` with `flag`.
+    fn notable(&self, allocator: Allocator, flag: u32) -> usize {
+        self.notable
+            .iter()
+            .filter(|e| e.allocator == allocator as u32 && e.flags & flag != 0)
+            .count()
     }
 
     fn label(&self, raw: u64) -> String {
@@ -64,9 +80,11 @@ fn observe(
     job: impl FnOnce() + Send + 'static,
 ) -> Window {
     let worker = Worker::spawn();
-    let tracer = Tracer::start(&TracerOptions {
+    let mut tracer = Tracer::start(&TracerOptions {
         filter_tid: worker.tid,
         attach: pref,
+        notable_min_bytes: NOTABLE_BYTES,
+        notable_min_order: NOTABLE_ORDER,
         ..Default::default()
     })
     .unwrap_or_else(|e| panic!("memtrace could not start: {e:#}"));
@@ -91,10 +109,23 @@ fn observe(
     let events = ftrace.stop();
     let snap = tracer.snapshot().expect("snapshot");
     assert_eq!(snap.counter(Counter::MapFull), 0, "no map overflowed");
+    assert_eq!(
+        snap.counter(Counter::RingbufFull),
+        0,
+        "no notable event lost"
+    );
+    let mut ring = tracer.take_events().expect("events ring buffer");
+    let mut notable = Vec::new();
+    memtrace::events::drain(&mut ring, |e| notable.push(e));
+    for e in &notable {
+        assert_eq!(e.tid, worker.tid, "notable events are the worker's");
+        assert_eq!(memtrace::events::comm(e), "memtrace-work");
+    }
     Window {
         snap,
         events,
         gfp: gfp_table(),
+        notable,
     }
 }
 
@@ -188,6 +219,17 @@ fn kmalloc_matches_ftrace(pref: AttachPreference, expect: AttachMode) {
         w.snap.failures_of(Allocator::Kmalloc),
         failed,
         "failed kmallocs"
+    );
+    assert_eq!(w.notable(Allocator::Kmalloc, EVENT_FAILED) as u64, failed);
+    let large = w
+        .of("kmalloc")
+        .filter(|e| !e.is_null("ptr") && e.u64("bytes_alloc") >= NOTABLE_BYTES)
+        .count();
+    assert!(large >= REPS, "64 KiB kmallocs are notable");
+    assert_eq!(
+        w.notable(Allocator::Kmalloc, EVENT_LARGE),
+        large,
+        "large kmalloc events"
     );
     let frees = w.of("kfree").filter(|e| !e.is_null("ptr")).count() as u64;
     assert_eq!(
@@ -338,6 +380,15 @@ fn page_allocations_and_frees_match_ftrace_in_both_attach_modes() {
 
         let failed = w.of("mm_page_alloc").filter(|e| e.is_null("page")).count() as u64;
         assert_eq!(w.snap.failures_of(Allocator::Page), failed);
+        let high = w
+            .of("mm_page_alloc")
+            .filter(|e| !e.is_null("page") && e.u64("order") >= NOTABLE_ORDER as u64)
+            .count();
+        assert_eq!(
+            w.notable(Allocator::Page, EVENT_LARGE),
+            high,
+            "high-order page events"
+        );
         for o in 0..memtrace_common::ORDER_SLOTS {
             let mut frees = w
                 .of("mm_page_free")
@@ -397,6 +448,15 @@ fn vmalloc_and_percpu_match_ftrace_in_both_attach_modes() {
             .filter(|e| e.u64("failed") != 0)
             .count() as u64;
         assert_eq!(w.snap.failures_of(Allocator::Vmalloc), vfail);
+        let large = vmaps
+            .iter()
+            .filter(|e| e.u64("size") >= NOTABLE_BYTES)
+            .count();
+        assert_eq!(
+            w.notable(Allocator::Vmalloc, EVENT_LARGE),
+            large,
+            "large vmalloc events"
+        );
 
         let mut want: BTreeMap<String, SizeStats> = BTreeMap::new();
         for e in w.of("percpu_alloc_percpu") {
@@ -449,7 +509,7 @@ fn real_allocation_failures_match_ftrace() {
         let path = std::ffi::CString::new(file.as_os_str().as_encoded_bytes()).unwrap();
         let value = vec![0x5au8; 65536];
         let worker = Worker::spawn();
-        let tracer = Tracer::start(&TracerOptions {
+        let mut tracer = Tracer::start(&TracerOptions {
             filter_tid: worker.tid,
             attach: pref,
             ..Default::default()
@@ -512,6 +572,19 @@ fn real_allocation_failures_match_ftrace() {
             want.keys().any(|(a, _)| *a == Allocator::Page),
             "a real page allocation failure"
         );
+        // Each failure is also one notable event, with the failing GFP flags.
+        let mut ring = tracer.take_events().expect("events ring buffer");
+        let mut notable: BTreeMap<(Allocator, String), u64> = BTreeMap::new();
+        memtrace::events::drain(&mut ring, |e| {
+            assert!(
+                e.flags & EVENT_FAILED != 0,
+                "only failures are notable here: {e:?}"
+            );
+            let a = memtrace::events::allocator(&e).expect("allocator");
+            *notable.entry((a, label(e.gfp))).or_default() += 1;
+        });
+        notable.retain(|(a, _), _| matches!(a, Allocator::Kmalloc | Allocator::Page));
+        assert_eq!(notable, want, "one notable event per failure");
         drop(ftrace);
         drop(memcg);
     }

@@ -102,8 +102,9 @@ fn is_root() -> bool {
 
 /// The bpf-linker version setup installs; 0.13 supports LLVM 20 to 23 through features.
 const BPF_LINKER_VERSION: &str = "0.13.0";
-/// Debian packages the tests use.
-const DEBIAN_PACKAGES: &[&str] = &[];
+/// Debian packages the tests use: `prometheus` brings the server and `promtool`, against
+/// which the exporter is checked.
+const DEBIAN_PACKAGES: &[&str] = &["prometheus"];
 
 fn setup() -> anyhow::Result<()> {
     let started = std::time::Instant::now();

@@ -417,6 +417,144 @@ pub fn ftrace_gfp_label(printed: &str) -> String {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// HTTP and the daemon, for end-to-end tests
+
+use std::{
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A minimal HTTP/1.1 GET (test-only): status code and body.
+pub fn get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    // Bodies here are small; axum may use chunked encoding: strip chunk framing.
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Ok((code, body))
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = &rest[n + 2..];
+    }
+    out
+}
+
+pub struct Daemon {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl Daemon {
+    pub fn start(port: u16) -> Daemon {
+        let child = Command::new(env!("CARGO_BIN_EXE_memtrace"))
+            .args([
+                "daemon",
+                "--web.listen-address",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start memtrace daemon");
+        let mut d = Daemon { child, port };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok((200, body)) = get(port, "/healthz") {
+                assert_eq!(body.trim(), "ok");
+                return d;
+            }
+            if let Some(st) = d.child.try_wait().unwrap() {
+                panic!("memtrace daemon exited early with {st}");
+            }
+            assert!(Instant::now() < deadline, "daemon not healthy after 30 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The raw text of /metrics.
+    pub fn scrape_text(&self) -> String {
+        let (code, body) = get(self.port, "/metrics").expect("scrape");
+        assert_eq!(code, 200, "{body}");
+        assert!(
+            !body.contains("0xffff"),
+            "kernel address leaked in /metrics"
+        );
+        body
+    }
+
+    /// /metrics as series → value.
+    pub fn scrape(&self) -> HashMap<String, f64> {
+        self.scrape_text()
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .filter_map(|l| {
+                let (k, v) = l.rsplit_once(' ')?;
+                Some((k.to_string(), v.parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// Sends SIGTERM and returns how long the daemon took to exit, asserting exit status 0.
+    pub fn terminate(mut self) -> Duration {
+        let t = Instant::now();
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = t + Duration::from_secs(10);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                assert!(st.success(), "daemon exited with {st} after SIGTERM");
+                return t.elapsed();
+            }
+            assert!(Instant::now() < deadline, "daemon ignored SIGTERM for 10 s");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
