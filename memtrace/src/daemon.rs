@@ -31,9 +31,14 @@ use crate::{
     tracefs,
 };
 
-/// Flags of `memtrace daemon`; each has an environment-variable equivalent.
+/// Flags of `memtrace daemon`; each has an environment-variable equivalent and a key in the
+/// configuration file.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DaemonArgs {
+    /// TOML configuration file whose keys are these flags' names (`[web] listen-address =
+    /// "…"`); flags and environment variables override it.
+    #[arg(long, env = "MEMTRACE_CONFIG", value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
     /// Address and port to serve metrics on.
     #[arg(
         long = "web.listen-address",

@@ -5,6 +5,7 @@
 pub mod btf;
 pub mod cardinality;
 pub mod check;
+pub mod config;
 pub mod daemon;
 pub mod events;
 pub mod gfp;

@@ -23,7 +23,46 @@ enum Command {
     Daemon(memtrace::daemon::DaemonArgs),
 }
 
+/// Applies `memtrace daemon --config FILE` (or MEMTRACE_CONFIG) before clap parses, so that
+/// file values are validated like flags and flags and environment variables win.
+fn apply_config_file() -> Result<(), memtrace::config::ConfigError> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) != Some("daemon") {
+        return Ok(());
+    }
+    let mut path = std::env::var_os("MEMTRACE_CONFIG").map(std::path::PathBuf::from);
+    for (i, a) in args.iter().enumerate() {
+        if a == "--config" {
+            path = args.get(i + 1).map(Into::into);
+        } else if let Some(p) = a.strip_prefix("--config=") {
+            path = Some(p.into());
+        }
+    }
+    let Some(path) = path else {
+        return Ok(());
+    };
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let daemon = cmd
+        .find_subcommand("daemon")
+        .expect("the daemon subcommand exists");
+    let known: Vec<memtrace::config::Known> = daemon
+        .get_arguments()
+        .filter(|a| a.get_id() != "config")
+        .filter_map(|a| {
+            Some(memtrace::config::Known {
+                key: a.get_long()?.to_string(),
+                env: a.get_env()?.to_string_lossy().into_owned(),
+            })
+        })
+        .collect();
+    memtrace::config::apply(&path, &known)
+}
+
 fn main() -> ExitCode {
+    if let Err(e) = apply_config_file() {
+        eprintln!("memtrace: {e}");
+        return ExitCode::from(2);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

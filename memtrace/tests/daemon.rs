@@ -164,10 +164,16 @@ fn daemon_serves_metrics_that_move_with_load_and_stops_on_sigterm() {
 
 #[test]
 fn daemon_rejects_bad_flags_in_one_line() {
+    let bad_config = std::env::temp_dir().join(format!("memtrace-bad-{}.toml", std::process::id()));
+    std::fs::write(&bad_config, "[web]\nlisten_adress = \"127.0.0.1:1\"\n").unwrap();
+    let bad_config_arg = bad_config.display().to_string();
     for args in [
+        &["daemon", "--config", &bad_config_arg][..],
+        &["daemon", "--config", "/nonexistent/memtrace.toml"],
         &["daemon", "--web.listen-address", "nonsense"][..],
         &["daemon", "--web.telemetry-path", "metrics"],
         &["daemon", "--attach", "kprobe"],
+        &["daemon", "--caches.max", "0"],
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_memtrace"))
             .args(args)
@@ -176,5 +182,53 @@ fn daemon_rejects_bad_flags_in_one_line() {
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.starts_with("memtrace: "), "{err}");
     }
+    let _ = std::fs::remove_file(&bad_config);
+}
+
+/// Flags beat environment variables, which beat the configuration file.
+#[test]
+fn config_file_sets_flags_and_flags_win() {
+    let Some(_guard) = support::require_kernel() else {
+        return;
+    };
+    let port = free_port();
+    let config = std::env::temp_dir().join(format!("memtrace-{}.toml", std::process::id()));
+    std::fs::write(
+        &config,
+        format!("[web]\nlisten-address = \"127.0.0.1:{port}\"\ntelemetry-path = \"/from-file\"\n[caches]\nmax = 3\n"),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_memtrace"))
+        .args(["daemon", "--config"])
+        .arg(&config)
+        .args(["--web.telemetry-path", "/from-flag"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let body = loop {
+        if let Ok((200, body)) = get(port, "/from-flag") {
+            break body;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "daemon exited");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "daemon never served /from-flag"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(get(port, "/from-file").unwrap().0, 404);
+    let caches = body
+        .lines()
+        .filter(|l| l.starts_with("memtrace_kmem_cache_allocations_total{"))
+        .count();
+    assert!(
+        caches <= 4,
+        "caches.max = 3 from the file, plus other: {caches}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_file(&config);
 }
