@@ -515,6 +515,7 @@ pub const GFP_KEYS_MAX: u32 = 1024;
 
 /// The eBPF programs, by the tracepoint they serve: (program name, category, event).
 /// `*_tp` programs attach as classic tracepoints, `*_btf` as BTF tracepoints.
+#[derive(Clone, Copy, Debug)]
 pub struct ProbeSpec {
     pub category: &'static str,
     pub event: &'static str,

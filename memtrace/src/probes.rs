@@ -198,6 +198,12 @@ impl Tracer {
     /// Loads the object and attaches every probe this kernel offers.
     /// Fails only when nothing can work (no privileges, object refused, no probe attached).
     pub fn start(opts: &TracerOptions) -> anyhow::Result<Tracer> {
+        Self::start_with(opts, PROBES)
+    }
+
+    /// Like [`Tracer::start`] for a chosen set of probes. A probe this kernel lacks is
+    /// reported in [`Tracer::probes`] as not attached, with the reason; it is not an error.
+    pub fn start_with(opts: &TracerOptions, specs: &[ProbeSpec]) -> anyhow::Result<Tracer> {
         check_privileges()?;
         bump_memlock_rlimit();
 
@@ -224,7 +230,7 @@ impl Tracer {
         let mut ebpf = load_object(&layouts.layouts, opts)?;
 
         let mut probes = Vec::new();
-        for spec in PROBES {
+        for spec in specs {
             probes.push(attach_one(
                 &mut ebpf,
                 spec,

@@ -592,6 +592,54 @@ fn real_allocation_failures_match_ftrace() {
 }
 
 // ---------------------------------------------------------------------------------------
+// a probe the kernel lacks
+
+/// A probe this kernel does not have degrades that probe only: it is reported with its
+/// reason, the others attach and count.
+#[test]
+fn a_missing_probe_degrades_only_that_probe() {
+    let Some(_guard) = require_kernel() else {
+        return;
+    };
+    let missing = memtrace_common::ProbeSpec {
+        category: "kmem",
+        event: "memtrace_no_such_event",
+        tp_program: "kfree_tp",
+        btf_program: "kfree_btf",
+    };
+    let specs = [memtrace_common::PROBES[0], missing];
+    let worker = Worker::spawn();
+    let tracer = Tracer::start_with(
+        &TracerOptions {
+            filter_tid: worker.tid,
+            ..Default::default()
+        },
+        &specs,
+    )
+    .unwrap_or_else(|e| panic!("one missing probe must not stop memtrace: {e:#}"));
+    let st = tracer.probes();
+    assert_eq!(st.len(), 2);
+    assert!(st[0].attached(), "{st:?}");
+    assert!(!st[1].attached(), "{st:?}");
+    let why = st[1].note.as_deref().unwrap_or("");
+    assert!(
+        why.contains("tp_btf") && why.contains("tracepoint"),
+        "both ways tried: {why}"
+    );
+    assert_eq!(why.lines().count(), 1, "one line: {why}");
+    let dir = tempdir("missing");
+    let file = dir.join("f");
+    std::fs::write(&file, b"x").unwrap();
+    worker.run(move || setxattr_kmalloc(&file, 1000));
+    let snap = tracer.snapshot().expect("snapshot");
+    assert!(
+        snap.total(Allocator::Kmalloc).count() >= 1,
+        "kmalloc still counts"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ---------------------------------------------------------------------------------------
 // the filter itself
 
 /// The thread filter is what makes the exact comparisons possible: events of other threads
