@@ -144,6 +144,8 @@ pub enum Counter {
     VmallocPurges = 4,
     /// Sum of `npurged` over `vmalloc:purge_vmap_area_lazy` events.
     VmallocPurgedAreas = 5,
+    /// `oom:mark_victim` events: processes chosen by the OOM killer.
+    OomKills = 6,
 }
 
 /// Orders are counted in slots `0..ORDER_SLOTS`; a higher order (none exists on
@@ -155,13 +157,32 @@ pub const PAGE_FREES_BASE: u32 = 16;
 /// `COUNTERS[EXTFRAG_BASE + fallback_order]`: `mm_page_alloc_extfrag` events by the order of
 /// the block the allocator fell back to (below pageblock order means it fragments).
 pub const EXTFRAG_BASE: u32 = 32;
+/// `COUNTERS[COMPACTION_STALLS_BASE + order]`: direct compactions
+/// (`mm_compaction_try_to_compact_pages`) by the order being allocated.
+pub const COMPACTION_STALLS_BASE: u32 = 48;
 /// Number of slots in [`MAP_COUNTERS`].
-pub const COUNTERS_LEN: u32 = 48;
+pub const COUNTERS_LEN: u32 = 64;
+
+/// Slots of [`MAP_MAXIMA`]: the largest values seen (per CPU; userspace takes the maximum).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Maximum {
+    /// Largest successful kmalloc, bytes allocated.
+    KmallocBytes = 0,
+    /// Largest vmalloc area reserved, bytes.
+    VmallocBytes = 1,
+    /// Highest order of a successful page allocation, plus one (0: none seen).
+    PageOrderPlusOne = 2,
+}
+
+/// Number of slots in [`MAP_MAXIMA`].
+pub const MAXIMA_LEN: u32 = 4;
 
 // The counter ranges must not overlap.
-const _: () = assert!((Counter::VmallocPurgedAreas as u32) < PAGE_FREES_BASE);
 const _: () = assert!(PAGE_FREES_BASE + ORDER_SLOTS <= EXTFRAG_BASE);
-const _: () = assert!(EXTFRAG_BASE + ORDER_SLOTS <= COUNTERS_LEN);
+const _: () = assert!(EXTFRAG_BASE + ORDER_SLOTS <= COMPACTION_STALLS_BASE);
+const _: () = assert!(COMPACTION_STALLS_BASE + ORDER_SLOTS <= COUNTERS_LEN);
+const _: () = assert!((Counter::OomKills as u32) < PAGE_FREES_BASE);
 
 /// Clamps an order into a counter slot.
 #[inline(always)]
@@ -346,6 +367,13 @@ pub struct PurgeLayout {
     pub npurged: FieldLoc,
 }
 
+/// Layout of `compaction:mm_compaction_try_to_compact_pages`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CompactLayout {
+    pub order: FieldLoc,
+}
+
 /// Layout of `percpu:percpu_alloc_percpu`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -369,6 +397,7 @@ pub struct EventLayouts {
     pub alloc_vmap_area: VmapAreaLayout,
     pub purge_vmap_area_lazy: PurgeLayout,
     pub percpu_alloc_percpu: PercpuAllocLayout,
+    pub mm_compaction_try_to_compact_pages: CompactLayout,
 }
 
 const NO: FieldLoc = FieldLoc::ABSENT;
@@ -412,6 +441,7 @@ impl EventLayouts {
             bytes_alloc: NO,
             gfp_flags: NO,
         },
+        mm_compaction_try_to_compact_pages: CompactLayout { order: NO },
     };
 }
 
@@ -496,6 +526,8 @@ pub const MAP_SIZE_STATS: &str = "SIZE_STATS";
 pub const MAP_FAILURES: &str = "FAILURES";
 /// Per-CPU array of `u64`, indexed by [`Counter`], [`PAGE_FREES_BASE`], [`EXTFRAG_BASE`].
 pub const MAP_COUNTERS: &str = "COUNTERS";
+/// Per-CPU array of `u64`, indexed by [`Maximum`].
+pub const MAP_MAXIMA: &str = "MAXIMA";
 /// Per-CPU hash: [`PageKey`] → `u64` successful page allocations.
 pub const MAP_PAGE_ALLOCS: &str = "PAGE_ALLOCS";
 /// Per-CPU hash: cache id (`u64`: the cache's address for BTF tracepoints, a hash of its
@@ -595,6 +627,18 @@ pub const PROBES: &[ProbeSpec] = &[
         event: "percpu_alloc_percpu_fail",
         tp_program: "percpu_alloc_percpu_fail_tp",
         btf_program: "percpu_alloc_percpu_fail_btf",
+    },
+    ProbeSpec {
+        category: "compaction",
+        event: "mm_compaction_try_to_compact_pages",
+        tp_program: "mm_compaction_try_to_compact_pages_tp",
+        btf_program: "mm_compaction_try_to_compact_pages_btf",
+    },
+    ProbeSpec {
+        category: "oom",
+        event: "mark_victim",
+        tp_program: "mark_victim_tp",
+        btf_program: "mark_victim_btf",
     },
 ];
 

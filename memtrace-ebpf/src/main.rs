@@ -23,12 +23,12 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, FEntryContext, TracePointContext},
 };
 use memtrace_common::{
-    Allocator, CACHE_NAME_LEN, CACHE_OVERFLOW, CACHES_MAX, COUNTERS_LEN, CacheName, CacheStats,
-    Counter, EVENT_FAILED, EVENT_LARGE, EVENTS_RING_BYTES, EXTFRAG_BASE, ExtfragLayout, FieldLoc,
-    FreeLayout, GFP_KEYS_MAX, GFP_OVERFLOW, GFP_UNKNOWN, GfpKey, KmallocLayout,
-    KmemCacheAllocLayout, Layouts, NotableEvent, PAGE_FREES_BASE, PAGE_KEYS_MAX, PageAllocLayout,
-    PageFreeLayout, PageKey, PercpuAllocLayout, PurgeLayout, SIZE_BUCKETS, SizeStats,
-    VmapAreaLayout, cache_name_id, order_slot, size_bucket,
+    Allocator, CACHE_NAME_LEN, CACHE_OVERFLOW, CACHES_MAX, COMPACTION_STALLS_BASE, COUNTERS_LEN,
+    CacheName, CacheStats, Counter, EVENT_FAILED, EVENT_LARGE, EVENTS_RING_BYTES, EXTFRAG_BASE,
+    ExtfragLayout, FieldLoc, FreeLayout, GFP_KEYS_MAX, GFP_OVERFLOW, GFP_UNKNOWN, GfpKey,
+    KmallocLayout, KmemCacheAllocLayout, Layouts, MAXIMA_LEN, Maximum, NotableEvent,
+    PAGE_FREES_BASE, PAGE_KEYS_MAX, PageAllocLayout, PageFreeLayout, PageKey, PercpuAllocLayout,
+    PurgeLayout, SIZE_BUCKETS, SizeStats, VmapAreaLayout, cache_name_id, order_slot, size_bucket,
 };
 
 #[unsafe(no_mangle)]
@@ -67,6 +67,22 @@ static CACHE_NAMES: HashMap<u64, CacheName> = HashMap::with_max_entries(CACHES_M
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);
+
+#[map]
+static MAXIMA: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAXIMA_LEN, 0);
+
+/// Raises this CPU's maximum `m` to `v`.
+#[inline(always)]
+fn raise(m: Maximum, v: u64) {
+    if let Some(p) = MAXIMA.get_ptr_mut(m as u32) {
+        // SAFETY: a per-CPU slot; programs do not nest on one CPU.
+        unsafe {
+            if *p < v {
+                *p = v;
+            }
+        }
+    }
+}
 
 /// Reads an unsigned value of 1, 2, 4 or 8 bytes at `base + loc.offset`; 0 if absent or
 /// unreadable. The layout is a read-only global, so the verifier sees `loc` as constants.
@@ -258,6 +274,7 @@ fn on_kmalloc(ctx: *mut c_void, l: &KmallocLayout) {
         return;
     }
     record_size(Allocator::Kmalloc, gfp, bytes_req, bytes_alloc);
+    raise(Maximum::KmallocBytes, bytes_alloc);
     if bytes_alloc >= min_bytes() {
         n.flags = EVENT_LARGE;
         emit(n);
@@ -380,6 +397,7 @@ fn on_mm_page_alloc(ctx: *mut c_void, l: &PageAllocLayout) {
             ..notable
         });
     }
+    raise(Maximum::PageOrderPlusOne, order as u64 + 1);
     let key = PageKey {
         order,
         migratetype: field(ctx, l.migratetype) as u32,
@@ -432,6 +450,7 @@ fn on_alloc_vmap_area(ctx: *mut c_void, l: &VmapAreaLayout) {
         return;
     }
     record_size(Allocator::Vmalloc, GFP_UNKNOWN, size, size);
+    raise(Maximum::VmallocBytes, size);
     if size >= min_bytes() {
         n.flags = EVENT_LARGE;
         emit(n);
@@ -543,6 +562,35 @@ probe!(
     percpu_alloc_percpu_btf,
     |c, l| on_percpu_alloc(c, &l)
 );
+
+probe!(
+    mm_compaction_try_to_compact_pages,
+    "mm_compaction_try_to_compact_pages",
+    mm_compaction_try_to_compact_pages_tp,
+    mm_compaction_try_to_compact_pages_btf,
+    |c, l| {
+        if wanted() {
+            add_counter(COMPACTION_STALLS_BASE + order_slot(field(c, l.order)), 1);
+        }
+    }
+);
+
+/// `oom:mark_victim`: the OOM killer chose a victim. No field is needed.
+#[tracepoint]
+pub fn mark_victim_tp(_ctx: TracePointContext) -> u32 {
+    if wanted() {
+        bump(Counter::OomKills);
+    }
+    0
+}
+
+#[btf_tracepoint(function = "mark_victim")]
+pub fn mark_victim_btf(_ctx: BtfTracePointContext) -> i32 {
+    if wanted() {
+        bump(Counter::OomKills);
+    }
+    0
+}
 
 /// `mm_page_free_batched` frees one order-0 page and has no field memtrace needs.
 #[tracepoint]

@@ -248,14 +248,14 @@ pub fn print_human(r: &Report, out: &mut dyn Write) -> std::io::Result<()> {
     writeln!(out)?;
     writeln!(
         out,
-        "  {:<34} {:<10} {:<8} {:<11} uses",
+        "  {:<46} {:<8} {:<7} {:<11} uses",
         "probe", "present", "tp_btf", "tracepoint"
     )?;
     let status = |s: &Option<String>| if s.is_none() { "ok" } else { "no" };
     for p in &r.probes {
         writeln!(
             out,
-            "  {:<34} {:<10} {:<8} {:<11} {}",
+            "  {:<46} {:<8} {:<7} {:<11} {}",
             p.probe,
             if p.tracepoint_present { "yes" } else { "no" },
             status(&p.tp_btf),

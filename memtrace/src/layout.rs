@@ -157,8 +157,13 @@ fn fill_event(event: &str, src: &dyn Source, mode: Mode, l: &mut EventLayouts) -
                 [&mut k.size, &mut k.bytes_alloc, &mut k.gfp_flags],
             )
         }
+        "mm_compaction_try_to_compact_pages" => fill(
+            src,
+            ["order"],
+            [&mut l.mm_compaction_try_to_compact_pages.order],
+        ),
         // Events whose programs read no field.
-        "mm_page_free_batched" | "percpu_alloc_percpu_fail" => Vec::new(),
+        "mm_page_free_batched" | "percpu_alloc_percpu_fail" | "mark_victim" => Vec::new(),
         other => vec![format!("(memtrace has no layout for {other})")],
     }
 }

@@ -291,6 +291,55 @@ impl Exporter {
             fallbacks,
         ));
 
+        let mut page_failures: BTreeMap<u32, u64> = BTreeMap::new();
+        for ((a, order, _), n) in &snap.failures {
+            if *a == Allocator::Page {
+                *page_failures.entry(*order).or_default() += n;
+            }
+        }
+        out.push(family(
+            "memtrace_page_allocation_failures_total",
+            "Failed page allocations, by order.",
+            MetricType::COUNTER,
+            page_failures
+                .iter()
+                .map(|(o, n)| counter(&[("order", &o.to_string())], *n as f64))
+                .collect(),
+        ));
+        let stalls: u64 = (0..ORDER_SLOTS).map(|o| snap.compaction_stalls(o)).sum();
+        out.push(family(
+            "memtrace_compaction_stalls_total",
+            "Direct compactions: allocations that stalled to compact memory (mm_compaction_try_to_compact_pages).",
+            MetricType::COUNTER,
+            vec![counter(&[], stalls as f64)],
+        ));
+        out.push(family(
+            "memtrace_oom_kills_total",
+            "Processes the OOM killer chose (oom:mark_victim).",
+            MetricType::COUNTER,
+            vec![counter(&[], snap.counter(Counter::OomKills) as f64)],
+        ));
+        out.push(family(
+            "memtrace_kmalloc_largest_seen_bytes",
+            "The largest successful kmalloc seen since memtrace started, in bytes allocated.",
+            MetricType::GAUGE,
+            vec![gauge(&[], snap.largest_kmalloc() as f64)],
+        ));
+        out.push(family(
+            "memtrace_vmalloc_largest_seen_bytes",
+            "The largest vmalloc area seen since memtrace started, in bytes.",
+            MetricType::GAUGE,
+            vec![gauge(&[], snap.largest_vmalloc() as f64)],
+        ));
+        out.push(family(
+            "memtrace_page_largest_seen_order",
+            "The highest order of a successful page allocation seen since memtrace started.",
+            MetricType::GAUGE,
+            snap.largest_page_order()
+                .map(|o| vec![gauge(&[], o as f64)])
+                .unwrap_or_default(),
+        ));
+
         // vmalloc purges.
         out.push(family(
             "memtrace_vmalloc_purges_total",
@@ -424,6 +473,9 @@ mod tests {
         snap.counters[memtrace_common::EXTFRAG_BASE as usize + 2] = 4; // fragmenting
         snap.counters[memtrace_common::EXTFRAG_BASE as usize + 9] = 1; // whole page block
         snap.counters[memtrace_common::PAGE_FREES_BASE as usize] = 5;
+        snap.counters[memtrace_common::COMPACTION_STALLS_BASE as usize + 9] = 2;
+        snap.counters[memtrace_common::Counter::OomKills as usize] = 1;
+        snap.maxima = vec![65536, 266240, 5, 0];
         let mut mts = BTreeMap::new();
         mts.insert(0, "unmovable".to_string());
         mts.insert(1, "movable".to_string());
@@ -466,6 +518,13 @@ mod tests {
         assert!(text.contains("memtrace_kmem_cache_allocations_total{cache=\"cache1\"} 20"));
         assert!(text.contains("memtrace_kmem_cache_allocations_total{cache=\"other\"} 10"));
         assert!(text.contains("# TYPE memtrace_vmalloc_size_bytes histogram"));
+        assert!(text.contains("memtrace_page_allocation_failures_total{order=\"4\"} 1"));
+        assert!(text.contains("memtrace_page_allocation_failures_total{order=\"5\"} 1"));
+        assert!(text.contains("memtrace_compaction_stalls_total 2"));
+        assert!(text.contains("memtrace_oom_kills_total 1"));
+        assert!(text.contains("memtrace_kmalloc_largest_seen_bytes 65536"));
+        assert!(text.contains("memtrace_vmalloc_largest_seen_bytes 266240"));
+        assert!(text.contains("memtrace_page_largest_seen_order 4"));
         assert!(!text.to_lowercase().contains("0xffff"));
     }
 }

@@ -15,8 +15,8 @@ use memtrace_common::{
     Allocator, CACHE_OVERFLOW, COUNTERS_LEN, CacheName, CacheStats, GFP_OVERFLOW,
     GLOBAL_FILTER_TGID, GLOBAL_FILTER_TID, GLOBAL_LAYOUTS, GLOBAL_NOTABLE_MIN_BYTES,
     GLOBAL_NOTABLE_MIN_ORDER, GfpKey, Layouts, MAP_CACHE_NAMES, MAP_CACHE_STATS, MAP_COUNTERS,
-    MAP_EVENTS, MAP_FAILURES, MAP_PAGE_ALLOCS, MAP_SIZE_STATS, ORDER_SLOTS, PROBES, PageKey,
-    ProbeSpec, SizeStats,
+    MAP_EVENTS, MAP_FAILURES, MAP_MAXIMA, MAP_PAGE_ALLOCS, MAP_SIZE_STATS, MAXIMA_LEN, ORDER_SLOTS,
+    PROBES, PageKey, ProbeSpec, SizeStats,
 };
 use serde::Serialize;
 
@@ -137,8 +137,10 @@ pub struct Snapshot {
     /// slab cache name → allocations (caches sharing a name are summed; `other` holds what
     /// did not fit in the map)
     pub caches: BTreeMap<String, CacheStats>,
-    /// [`memtrace_common::Counter`], page-free and extfrag slots
+    /// [`memtrace_common::Counter`], page-free, extfrag and compaction slots
     pub counters: Vec<u64>,
+    /// [`memtrace_common::Maximum`] slots, the maximum over CPUs
+    pub maxima: Vec<u64>,
 }
 
 impl Snapshot {
@@ -172,6 +174,32 @@ impl Snapshot {
     /// Pages freed of `order`.
     pub fn page_frees(&self, order: u32) -> u64 {
         self.counter_at(memtrace_common::PAGE_FREES_BASE + order)
+    }
+
+    /// Direct compactions for allocations of `order`.
+    pub fn compaction_stalls(&self, order: u32) -> u64 {
+        self.counter_at(memtrace_common::COMPACTION_STALLS_BASE + order)
+    }
+
+    fn maximum(&self, m: memtrace_common::Maximum) -> u64 {
+        self.maxima.get(m as usize).copied().unwrap_or(0)
+    }
+
+    /// The largest successful kmalloc seen, in bytes allocated (0: none).
+    pub fn largest_kmalloc(&self) -> u64 {
+        self.maximum(memtrace_common::Maximum::KmallocBytes)
+    }
+
+    /// The largest vmalloc area seen, in bytes (0: none).
+    pub fn largest_vmalloc(&self) -> u64 {
+        self.maximum(memtrace_common::Maximum::VmallocBytes)
+    }
+
+    /// The highest order of a successful page allocation seen.
+    pub fn largest_page_order(&self) -> Option<u32> {
+        self.maximum(memtrace_common::Maximum::PageOrderPlusOne)
+            .checked_sub(1)
+            .map(|o| o as u32)
     }
 
     /// Extfrag fallbacks to a block of `fallback_order`.
@@ -425,6 +453,12 @@ impl Tracer {
         for i in 0..COUNTERS_LEN {
             let v = counters.get(&i, 0).context("reading COUNTERS")?;
             snap.counters.push(v.iter().sum());
+        }
+        let maxima: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(self.ebpf.map(MAP_MAXIMA).context("map MAXIMA missing")?)?;
+        for i in 0..MAXIMA_LEN {
+            let v = maxima.get(&i, 0).context("reading MAXIMA")?;
+            snap.maxima.push(v.iter().copied().max().unwrap_or(0));
         }
         Ok(snap)
     }

@@ -106,20 +106,10 @@ fn daemon_serves_metrics_that_move_with_load_and_stops_on_sigterm() {
         ),
         0.0
     );
-    for probe in [
-        "kmem:kmalloc",
-        "kmem:kfree",
-        "kmem:kmem_cache_alloc",
-        "kmem:kmem_cache_free",
-        "kmem:mm_page_alloc",
-        "kmem:mm_page_free",
-        "kmem:mm_page_free_batched",
-        "kmem:mm_page_alloc_extfrag",
-        "vmalloc:alloc_vmap_area",
-        "vmalloc:purge_vmap_area_lazy",
-        "percpu:percpu_alloc_percpu",
-        "percpu:percpu_alloc_percpu_fail",
-    ] {
+    for probe in memtrace_common::PROBES
+        .iter()
+        .map(|p| format!("{}:{}", p.category, p.event))
+    {
         assert_eq!(
             metric(
                 &after,

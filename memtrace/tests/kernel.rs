@@ -221,6 +221,13 @@ fn kmalloc_matches_ftrace(pref: AttachPreference, expect: AttachMode) {
         "failed kmallocs"
     );
     assert_eq!(w.notable(Allocator::Kmalloc, EVENT_FAILED) as u64, failed);
+    let largest = w
+        .of("kmalloc")
+        .filter(|e| !e.is_null("ptr"))
+        .map(|e| e.u64("bytes_alloc"))
+        .max()
+        .unwrap_or(0);
+    assert_eq!(w.snap.largest_kmalloc(), largest, "largest kmalloc seen");
     let large = w
         .of("kmalloc")
         .filter(|e| !e.is_null("ptr") && e.u64("bytes_alloc") >= NOTABLE_BYTES)
@@ -380,6 +387,16 @@ fn page_allocations_and_frees_match_ftrace_in_both_attach_modes() {
 
         let failed = w.of("mm_page_alloc").filter(|e| e.is_null("page")).count() as u64;
         assert_eq!(w.snap.failures_of(Allocator::Page), failed);
+        let highest = w
+            .of("mm_page_alloc")
+            .filter(|e| !e.is_null("page"))
+            .map(|e| e.u64("order") as u32)
+            .max();
+        assert_eq!(
+            w.snap.largest_page_order(),
+            highest,
+            "highest page order seen"
+        );
         let high = w
             .of("mm_page_alloc")
             .filter(|e| !e.is_null("page") && e.u64("order") >= NOTABLE_ORDER as u64)
@@ -448,6 +465,8 @@ fn vmalloc_and_percpu_match_ftrace_in_both_attach_modes() {
             .filter(|e| e.u64("failed") != 0)
             .count() as u64;
         assert_eq!(w.snap.failures_of(Allocator::Vmalloc), vfail);
+        let largest = vmaps.iter().map(|e| e.u64("size")).max().unwrap_or(0);
+        assert_eq!(w.snap.largest_vmalloc(), largest, "largest vmalloc seen");
         let large = vmaps
             .iter()
             .filter(|e| e.u64("size") >= NOTABLE_BYTES)
@@ -589,6 +608,64 @@ fn real_allocation_failures_match_ftrace() {
         drop(memcg);
     }
     let _ = std::fs::remove_file(&file);
+}
+
+// ---------------------------------------------------------------------------------------
+// the OOM killer
+
+/// A process in a 16 MiB memory cgroup (OOM killer on) reads /dev/zero into memory until the
+/// OOM killer takes it: memtrace counts one kill, as ftrace's oom:mark_victim shows.
+#[test]
+fn oom_kill_matches_ftrace() {
+    let Some(_guard) = require_kernel() else {
+        return;
+    };
+    use std::io::Write as _;
+    let memcg = Memcg::with_oom_killer(16 << 20);
+    // The shell waits for a line, then becomes `tail`, which buffers /dev/zero forever.
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", "read go; exec tail /dev/zero"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn sh");
+    let pid = child.id();
+    memcg.add_process(pid);
+    let tracer = Tracer::start(&TracerOptions {
+        filter_tgid: pid,
+        ..Default::default()
+    })
+    .unwrap_or_else(|e| panic!("memtrace could not start: {e:#}"));
+    let ftrace = Ftrace::start(&[("oom", "mark_victim")], pid);
+    writeln!(child.stdin.take().unwrap(), "go").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the OOM killer did not act within 60 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let events = ftrace.stop();
+    let snap = tracer.snapshot().expect("snapshot");
+    use std::os::unix::process::ExitStatusExt as _;
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGKILL),
+        "killed by the OOM killer: {status:?}"
+    );
+    let kills = events.iter().filter(|e| e.name == "mark_victim").count() as u64;
+    assert_eq!(kills, 1, "ftrace saw one OOM victim");
+    assert_eq!(
+        snap.counter(Counter::OomKills),
+        kills,
+        "OOM kills differ from ftrace"
+    );
+    drop(memcg);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -324,7 +324,16 @@ pub struct Memcg {
 }
 
 impl Memcg {
+    /// A memory cgroup with `limit_bytes` and the OOM killer off.
     pub fn new(limit_bytes: u64) -> Memcg {
+        let m = Self::with_oom_killer(limit_bytes);
+        std::fs::write(m.dir.join("memory.oom_control"), "1")
+            .expect("disable the memcg OOM killer");
+        m
+    }
+
+    /// A memory cgroup with `limit_bytes` and the OOM killer on.
+    pub fn with_oom_killer(limit_bytes: u64) -> Memcg {
         let root = PathBuf::from("/sys/fs/cgroup/memory");
         assert!(
             root.join("memory.limit_in_bytes").exists(),
@@ -343,7 +352,9 @@ impl Memcg {
             })
             .unwrap_or_else(|| "/".into());
         let parent_dir = root.join(parent.trim_start_matches('/'));
-        let dir = parent_dir.join(format!("memtrace-test-{}", std::process::id()));
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = parent_dir.join(format!("memtrace-test-{}-{seq}", std::process::id()));
         let _ = std::fs::remove_dir(&dir);
         std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
         let m = Memcg {
@@ -351,9 +362,12 @@ impl Memcg {
             parent_tasks: parent_dir.join("tasks"),
         };
         m.set_limit(limit_bytes);
-        std::fs::write(m.dir.join("memory.oom_control"), "1")
-            .expect("disable the memcg OOM killer");
         m
+    }
+
+    /// Moves process `pid` into this cgroup.
+    pub fn add_process(&self, pid: u32) {
+        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string()).expect("cgroup.procs");
     }
 
     pub fn set_limit(&self, bytes: u64) {
