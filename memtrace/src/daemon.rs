@@ -25,7 +25,7 @@ use crate::{
     check::kernel_release,
     events::{self, Kind},
     gfp::GfpTable,
-    kernel, metrics,
+    kernel, limits, metrics,
     metrics::Exporter,
     probes::{AttachPreference, Tracer, TracerOptions},
     tracefs,
@@ -279,6 +279,17 @@ async fn serve_metrics(State(state): State<Arc<AppState>>) -> Response {
         tracer.snapshot().map(|snap| {
             let mut f = exporter.families(&snap, tracer.probes());
             f.push(state.notable.family());
+            // A failing collector does not break the scrape: it says so and logs why.
+            match limits::collect(&limits::Sources::live()) {
+                Ok(l) => {
+                    f.extend(metrics::limits_families(&l));
+                    f.push(metrics::collector_up("limits", true));
+                }
+                Err(e) => {
+                    tracing::warn!("limits collector failed: {e}");
+                    f.push(metrics::collector_up("limits", false));
+                }
+            }
             f
         })
     };

@@ -21,6 +21,18 @@ enum Command {
     },
     /// Attach the probes and serve Prometheus metrics until SIGINT or SIGTERM.
     Daemon(memtrace::daemon::DaemonArgs),
+    /// How large an allocation can succeed right now: page allocator orders, free
+    /// contiguous blocks per zone, kmalloc and vmalloc bounds, CMA and huge pages, and what a
+    /// running daemon has observed.
+    Limits {
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// The daemon's metrics URL for the observed figures; without this flag the default
+        /// address is tried and skipped if no daemon answers.
+        #[arg(long, value_name = "URL")]
+        from: Option<String>,
+    },
 }
 
 /// Applies `memtrace daemon --config FILE` (or MEMTRACE_CONFIG) before clap parses, so that
@@ -100,6 +112,9 @@ fn main() -> ExitCode {
     }
 }
 
+/// Where `memtrace limits` looks for a daemon when no --from is given.
+const DEFAULT_METRICS_URL: &str = "http://127.0.0.1:9701/metrics";
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Check { json } => {
@@ -117,6 +132,42 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Limits { json, from } => {
+            let limits = memtrace::limits::collect(&memtrace::limits::Sources::live())?;
+            let url = from
+                .clone()
+                .unwrap_or_else(|| DEFAULT_METRICS_URL.to_string());
+            let observed = match memtrace::scrape::get(&url, std::time::Duration::from_secs(3)) {
+                Ok(text) => Ok(memtrace::observed::Observed::from_samples(
+                    &memtrace::scrape::parse_exposition(&text),
+                    &url,
+                )),
+                // An explicit --from must work; the default address is only a guess.
+                Err(e) if from.is_some() => return Err(e.into()),
+                Err(e) => Err(e.to_string()),
+            };
+            let mut out = std::io::stdout().lock();
+            use std::io::Write;
+            if json {
+                let v = serde_json::json!({
+                    "limits": limits,
+                    "observed": observed.as_ref().ok(),
+                });
+                serde_json::to_writer_pretty(&mut out, &v)?;
+                writeln!(out)?;
+            } else {
+                memtrace::limits::print_human(&limits, &mut out)?;
+                writeln!(out)?;
+                match &observed {
+                    Ok(o) => o.print_human(&mut out)?,
+                    Err(e) => writeln!(
+                        out,
+                        "Observed since the daemon started: no daemon answered ({e}); start `memtrace daemon` or pass --from URL"
+                    )?,
+                }
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Daemon(args) => {
             let rt = tokio::runtime::Builder::new_multi_thread()

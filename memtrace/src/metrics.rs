@@ -96,6 +96,107 @@ pub fn notable_family(counts: &[((&str, &str), u64)]) -> MetricFamily {
     )
 }
 
+/// Gauges of what can be allocated right now, from [`crate::limits::Limits`].
+pub fn limits_families(l: &crate::limits::Limits) -> Vec<MetricFamily> {
+    let mut free_blocks = Vec::new();
+    let mut largest = Vec::new();
+    for z in &l.zones {
+        let node = z.node.to_string();
+        for (order, n) in z.free_blocks.iter().enumerate() {
+            free_blocks.push(gauge(
+                &[
+                    ("node", &node),
+                    ("zone", &z.zone),
+                    ("order", &order.to_string()),
+                ],
+                *n as f64,
+            ));
+        }
+        largest.push(gauge(
+            &[("node", &node), ("zone", &z.zone)],
+            z.largest_free_block_bytes as f64,
+        ));
+    }
+    let one = |v: u64| vec![gauge(&[], v as f64)];
+    let mut out = vec![
+        family(
+            "memtrace_free_blocks",
+            "Free blocks in the buddy allocator, by node, zone and order (/proc/buddyinfo).",
+            MetricType::GAUGE,
+            free_blocks,
+        ),
+        family(
+            "memtrace_largest_free_block_bytes",
+            "The largest physically contiguous free block, by node and zone.",
+            MetricType::GAUGE,
+            largest,
+        ),
+        family(
+            "memtrace_kmalloc_max_bytes",
+            "The largest kmalloc this kernel can serve: page size << MAX_PAGE_ORDER.",
+            MetricType::GAUGE,
+            one(l.kmalloc_max_bytes.value),
+        ),
+        family(
+            "memtrace_kmalloc_max_cache_bytes",
+            "The largest kmalloc served from a slab cache; larger ones go to the page allocator.",
+            MetricType::GAUGE,
+            l.kmalloc_max_cache_bytes
+                .as_ref()
+                .map(|f| one(f.value))
+                .unwrap_or_default(),
+        ),
+        family(
+            "memtrace_page_max_order",
+            "The page allocator's highest order (MAX_PAGE_ORDER).",
+            MetricType::GAUGE,
+            one(u64::from(l.max_order.value)),
+        ),
+        family(
+            "memtrace_vmalloc_total_bytes",
+            "Size of the vmalloc address range (VmallocTotal).",
+            MetricType::GAUGE,
+            one(l.vmalloc_total_bytes.value),
+        ),
+        family(
+            "memtrace_vmalloc_used_bytes",
+            "vmalloc memory in use (VmallocUsed).",
+            MetricType::GAUGE,
+            one(l.vmalloc_used_bytes.value),
+        ),
+        family(
+            "memtrace_ram_total_bytes",
+            "RAM (MemTotal): no vmalloc can be larger than the memory that backs it.",
+            MetricType::GAUGE,
+            one(l.ram_total_bytes.value),
+        ),
+        family(
+            "memtrace_cma_total_bytes",
+            "Contiguous memory allocator area (CmaTotal), when the kernel has CMA.",
+            MetricType::GAUGE,
+            l.cma_total_bytes
+                .as_ref()
+                .map(|f| one(f.value))
+                .unwrap_or_default(),
+        ),
+    ];
+    out.retain(|f| !f.get_metric().is_empty());
+    out
+}
+
+/// `memtrace_collector_up{collector}`: whether a collector read its source on this scrape.
+pub fn collector_up(collector: &str, up: bool) -> MetricFamily {
+    family(
+        "memtrace_collector_up",
+        "1 if the collector read its source on this scrape, 0 if it failed (see the daemon's log).",
+        MetricType::GAUGE,
+        vec![gauge(
+            &[("collector", collector)],
+            if up { 1.0 } else { 0.0 },
+        )],
+    )
+}
+
 /// What turns raw kernel aggregates into labelled series: the running kernel's names for
 /// GFP values and migrate types, its page-block order, and the bounded `cache` label.
 pub struct Exporter {
