@@ -378,6 +378,7 @@ pub struct CompactLayout {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PercpuAllocLayout {
+    pub call_site: FieldLoc,
     pub size: FieldLoc,
     pub bytes_alloc: FieldLoc,
     pub gfp_flags: FieldLoc,
@@ -437,6 +438,7 @@ impl EventLayouts {
         },
         purge_vmap_area_lazy: PurgeLayout { npurged: NO },
         percpu_alloc_percpu: PercpuAllocLayout {
+            call_site: NO,
             size: NO,
             bytes_alloc: NO,
             gfp_flags: NO,
@@ -491,8 +493,54 @@ pub struct NotableEvent {
     pub order: u32,
     /// [`EVENT_FAILED`], [`EVENT_LARGE`].
     pub flags: u32,
+    /// The kernel stack's id in [`MAP_STACKS`] when stacks are on ([`ATTR_STACKS`]), else -1.
+    pub stack_id: i32,
+    /// Explicit padding; always zero.
+    pub _pad: u32,
     pub comm: [u8; 16],
 }
+
+/// Key of [`MAP_CALLSITES`]: an allocator and the kernel address that called it. The address
+/// never leaves memtrace: userspace symbolizes it. `call_site == 0` is the overflow slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SiteKey {
+    pub allocator: u32,
+    pub _pad: u32,
+    pub call_site: u64,
+}
+
+/// Key of [`MAP_COMMS`]: an allocator and the allocating task's name. An all-zero `comm`
+/// is the overflow slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CommKey {
+    pub allocator: u32,
+    pub comm: [u8; 16],
+}
+
+/// Value of [`MAP_CALLSITES`] and [`MAP_COMMS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub allocations: u64,
+    /// Bytes allocated (for pages: page size << order).
+    pub bytes: u64,
+}
+
+impl Usage {
+    pub fn add(&mut self, o: &Usage) {
+        self.allocations = self.allocations.wrapping_add(o.allocations);
+        self.bytes = self.bytes.wrapping_add(o.bytes);
+    }
+}
+
+/// [`GLOBAL_ATTRIBUTION`] bit: count allocations per call site.
+pub const ATTR_CALLSITES: u32 = 1;
+/// [`GLOBAL_ATTRIBUTION`] bit: count allocations per task name.
+pub const ATTR_COMMS: u32 = 2;
+/// [`GLOBAL_ATTRIBUTION`] bit: record the kernel stack of every notable event.
+pub const ATTR_STACKS: u32 = 4;
 
 /// [`NotableEvent::flags`]: the allocation failed.
 pub const EVENT_FAILED: u32 = 1;
@@ -514,6 +562,28 @@ pub const GLOBAL_NOTABLE_MIN_BYTES: &str = "NOTABLE_MIN_BYTES";
 /// Load-time global (`u32`): page allocations of at least this order are sent as
 /// [`NotableEvent`]s; above the highest order sends none.
 pub const GLOBAL_NOTABLE_MIN_ORDER: &str = "NOTABLE_MIN_ORDER";
+
+/// Load-time global (`u32`): which attribution is on ([`ATTR_CALLSITES`], [`ATTR_COMMS`],
+/// [`ATTR_STACKS`]).
+pub const GLOBAL_ATTRIBUTION: &str = "ATTRIBUTION";
+
+/// Load-time global (`u64`): the running kernel's page size.
+pub const GLOBAL_PAGE_SIZE: &str = "PAGE_SIZE";
+
+/// Per-CPU hash: [`SiteKey`] → [`Usage`].
+pub const MAP_CALLSITES: &str = "CALLSITES";
+/// Per-CPU hash: [`CommKey`] → [`Usage`].
+pub const MAP_COMMS: &str = "COMMS";
+/// Stack trace map of notable events' kernel stacks.
+pub const MAP_STACKS: &str = "STACKS";
+/// Default capacity of [`MAP_CALLSITES`] (userspace may resize it at load).
+pub const CALLSITES_MAX: u32 = 8192;
+/// Default capacity of [`MAP_COMMS`].
+pub const COMMS_MAX: u32 = 4096;
+/// Capacity of [`MAP_STACKS`]; userspace removes each stack once read.
+pub const STACKS_MAX: u32 = 2048;
+/// Frames per stack in [`MAP_STACKS`] (the kernel's PERF_MAX_STACK_DEPTH).
+pub const STACK_DEPTH: usize = 127;
 
 /// Ring buffer of [`NotableEvent`]s.
 pub const MAP_EVENTS: &str = "EVENTS";
@@ -651,6 +721,9 @@ mod pod {
     unsafe impl aya::Pod for CacheStats {}
     unsafe impl aya::Pod for CacheName {}
     unsafe impl aya::Pod for NotableEvent {}
+    unsafe impl aya::Pod for SiteKey {}
+    unsafe impl aya::Pod for CommKey {}
+    unsafe impl aya::Pod for Usage {}
     unsafe impl aya::Pod for SizeStats {}
     unsafe impl aya::Pod for FieldLoc {}
     unsafe impl aya::Pod for Layouts {}
@@ -691,7 +764,9 @@ mod tests {
         assert_eq!(core::mem::size_of::<KmallocLayout>(), 20);
         assert_eq!(core::mem::size_of::<PageKey>(), 16);
         assert_eq!(core::mem::size_of::<CacheName>(), CACHE_NAME_LEN);
-        assert_eq!(core::mem::size_of::<NotableEvent>(), 5 * 8 + 6 * 4 + 16);
+        assert_eq!(core::mem::size_of::<NotableEvent>(), 5 * 8 + 8 * 4 + 16);
+        assert_eq!(core::mem::size_of::<SiteKey>(), 16);
+        assert_eq!(core::mem::size_of::<CommKey>(), 20);
         assert_eq!(core::mem::size_of::<Layouts>() % 4, 0);
     }
 

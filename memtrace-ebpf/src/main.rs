@@ -13,22 +13,24 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::BPF_NOEXIST,
+    bindings::{BPF_F_REUSE_STACKID, BPF_NOEXIST},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
         bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
     },
     macros::{btf_tracepoint, fentry, map, tracepoint},
-    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{BtfTracePointContext, FEntryContext, TracePointContext},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
+    programs::{BtfTracePointContext, FEntryContext, TracePointContext, tracing::StackIdContext},
 };
 use memtrace_common::{
-    Allocator, CACHE_NAME_LEN, CACHE_OVERFLOW, CACHES_MAX, COMPACTION_STALLS_BASE, COUNTERS_LEN,
-    CacheName, CacheStats, Counter, EVENT_FAILED, EVENT_LARGE, EVENTS_RING_BYTES, EXTFRAG_BASE,
-    ExtfragLayout, FieldLoc, FreeLayout, GFP_KEYS_MAX, GFP_OVERFLOW, GFP_UNKNOWN, GfpKey,
-    KmallocLayout, KmemCacheAllocLayout, Layouts, MAXIMA_LEN, Maximum, NotableEvent,
-    PAGE_FREES_BASE, PAGE_KEYS_MAX, PageAllocLayout, PageFreeLayout, PageKey, PercpuAllocLayout,
-    PurgeLayout, SIZE_BUCKETS, SizeStats, VmapAreaLayout, cache_name_id, order_slot, size_bucket,
+    ATTR_CALLSITES, ATTR_COMMS, ATTR_STACKS, Allocator, CACHE_NAME_LEN, CACHE_OVERFLOW, CACHES_MAX,
+    CALLSITES_MAX, COMMS_MAX, COMPACTION_STALLS_BASE, COUNTERS_LEN, CacheName, CacheStats, CommKey,
+    Counter, EVENT_FAILED, EVENT_LARGE, EVENTS_RING_BYTES, EXTFRAG_BASE, ExtfragLayout, FieldLoc,
+    FreeLayout, GFP_KEYS_MAX, GFP_OVERFLOW, GFP_UNKNOWN, GfpKey, KmallocLayout,
+    KmemCacheAllocLayout, Layouts, MAXIMA_LEN, Maximum, NotableEvent, PAGE_FREES_BASE,
+    PAGE_KEYS_MAX, PageAllocLayout, PageFreeLayout, PageKey, PercpuAllocLayout, PurgeLayout,
+    SIZE_BUCKETS, STACKS_MAX, SiteKey, SizeStats, Usage, VmapAreaLayout, cache_name_id, order_slot,
+    size_bucket,
 };
 
 #[unsafe(no_mangle)]
@@ -46,8 +48,79 @@ static NOTABLE_MIN_BYTES: u64 = 0;
 #[unsafe(no_mangle)]
 static NOTABLE_MIN_ORDER: u32 = u32::MAX;
 
+#[unsafe(no_mangle)]
+static ATTRIBUTION: u32 = 0;
+
+/// The running kernel's page size (from userspace's sysconf).
+#[unsafe(no_mangle)]
+static PAGE_SIZE: u64 = 0;
+
+#[inline(always)]
+fn page_bytes(order: u32) -> u64 {
+    // SAFETY: a plain read of a global.
+    let page = unsafe { core::ptr::read_volatile(&PAGE_SIZE) };
+    page << (order & 63)
+}
+
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
+
+#[map]
+static CALLSITES: PerCpuHashMap<SiteKey, Usage> = PerCpuHashMap::with_max_entries(CALLSITES_MAX, 0);
+
+#[map]
+static COMMS: PerCpuHashMap<CommKey, Usage> = PerCpuHashMap::with_max_entries(COMMS_MAX, 0);
+
+#[map]
+static STACKS: StackTrace = StackTrace::with_max_entries(STACKS_MAX, 0);
+
+#[inline(always)]
+fn attribution() -> u32 {
+    // SAFETY: a plain read of a global.
+    unsafe { core::ptr::read_volatile(&ATTRIBUTION) }
+}
+
+/// Counts a successful allocation of `bytes` for its call site (when the tracepoint has one)
+/// and for the current task's name, as far as attribution is on.
+#[inline(always)]
+fn attribute(allocator: Allocator, call_site: u64, bytes: u64) {
+    let on = attribution();
+    if on & ATTR_CALLSITES != 0 && call_site != 0 {
+        let key = SiteKey {
+            allocator: allocator as u32,
+            _pad: 0,
+            call_site,
+        };
+        let overflow = SiteKey {
+            call_site: 0,
+            ..key
+        };
+        if let Some(p) = slot::<_, Usage>(&CALLSITES, key, overflow) {
+            // SAFETY: per-CPU value.
+            unsafe {
+                (*p).allocations += 1;
+                (*p).bytes += bytes;
+            }
+        }
+    }
+    if on & ATTR_COMMS != 0 {
+        let key = CommKey {
+            allocator: allocator as u32,
+            comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        };
+        let overflow = CommKey {
+            allocator: allocator as u32,
+            comm: [0; 16],
+        };
+        if let Some(p) = slot::<_, Usage>(&COMMS, key, overflow) {
+            // SAFETY: per-CPU value.
+            unsafe {
+                (*p).allocations += 1;
+                (*p).bytes += bytes;
+            }
+        }
+    }
+}
 
 #[map]
 static SIZE_STATS: PerCpuHashMap<GfpKey, SizeStats> =
@@ -218,7 +291,18 @@ struct Notable {
 
 /// Sends a notable event; when the ring buffer is full it is counted as lost instead.
 #[inline(always)]
-fn emit(n: Notable) {
+fn emit(ctx: *mut c_void, n: Notable) {
+    let stack_id = if attribution() & ATTR_STACKS != 0 {
+        // The context pointer is the program's own, whichever kind it is.
+        // Identical stacks share an id; on a hash collision the newer stack wins (the map
+        // stays bounded and userspace never has to delete).
+        match TracePointContext::new(ctx).get_stackid(&STACKS, BPF_F_REUSE_STACKID as u64) {
+            Ok(id) => id as i32,
+            Err(_) => -1,
+        }
+    } else {
+        -1
+    };
     let Some(mut entry) = EVENTS.reserve::<NotableEvent>(0) else {
         bump(Counter::RingbufFull);
         return;
@@ -238,6 +322,8 @@ fn emit(n: Notable) {
         allocator: n.allocator as u32,
         order: n.order,
         flags: n.flags,
+        stack_id,
+        _pad: 0,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
     });
     entry.submit(0);
@@ -270,14 +356,15 @@ fn on_kmalloc(ctx: *mut c_void, l: &KmallocLayout) {
     if field(ctx, l.ptr) == 0 {
         count_failure(Allocator::Kmalloc, 0, gfp);
         n.flags = EVENT_FAILED;
-        emit(n);
+        emit(ctx, n);
         return;
     }
     record_size(Allocator::Kmalloc, gfp, bytes_req, bytes_alloc);
+    attribute(Allocator::Kmalloc, n.call_site, bytes_alloc);
     raise(Maximum::KmallocBytes, bytes_alloc);
     if bytes_alloc >= min_bytes() {
         n.flags = EVENT_LARGE;
-        emit(n);
+        emit(ctx, n);
     }
 }
 
@@ -304,15 +391,18 @@ fn on_kmem_cache_alloc(ctx: *mut c_void, l: &KmemCacheAllocLayout) {
     let gfp = field(ctx, l.gfp_flags);
     if field(ctx, l.ptr) == 0 {
         count_failure(Allocator::KmemCache, 0, gfp);
-        emit(Notable {
-            allocator: Allocator::KmemCache,
-            call_site: field(ctx, l.call_site),
-            bytes_req: field(ctx, l.bytes_req),
-            bytes_alloc: field(ctx, l.bytes_alloc),
-            gfp,
-            order: 0,
-            flags: EVENT_FAILED,
-        });
+        emit(
+            ctx,
+            Notable {
+                allocator: Allocator::KmemCache,
+                call_site: field(ctx, l.call_site),
+                bytes_req: field(ctx, l.bytes_req),
+                bytes_alloc: field(ctx, l.bytes_alloc),
+                gfp,
+                order: 0,
+                flags: EVENT_FAILED,
+            },
+        );
         return;
     }
     let mut name = CacheName {
@@ -337,6 +427,7 @@ fn on_kmem_cache_alloc(ctx: *mut c_void, l: &KmemCacheAllocLayout) {
         )
     };
     record_size(Allocator::KmemCache, gfp, requested, allocated);
+    attribute(Allocator::KmemCache, field(ctx, l.call_site), allocated);
 
     let p = match CACHE_STATS.get_ptr_mut(id) {
         Some(p) => Some(p),
@@ -376,28 +467,35 @@ fn on_mm_page_alloc(ctx: *mut c_void, l: &PageAllocLayout) {
     let notable = Notable {
         allocator: Allocator::Page,
         call_site: 0,
-        bytes_req: 4096 << order,
-        bytes_alloc: 4096 << order,
+        bytes_req: page_bytes(order),
+        bytes_alloc: page_bytes(order),
         gfp,
         order,
         flags: 0,
     };
     if failed {
         count_failure(Allocator::Page, order, gfp);
-        emit(Notable {
-            flags: EVENT_FAILED,
-            ..notable
-        });
+        emit(
+            ctx,
+            Notable {
+                flags: EVENT_FAILED,
+                ..notable
+            },
+        );
         return;
     }
     // SAFETY: a plain read of a global.
     if order >= unsafe { core::ptr::read_volatile(&NOTABLE_MIN_ORDER) } {
-        emit(Notable {
-            flags: EVENT_LARGE,
-            ..notable
-        });
+        emit(
+            ctx,
+            Notable {
+                flags: EVENT_LARGE,
+                ..notable
+            },
+        );
     }
     raise(Maximum::PageOrderPlusOne, order as u64 + 1);
+    attribute(Allocator::Page, 0, page_bytes(order));
     let key = PageKey {
         order,
         migratetype: field(ctx, l.migratetype) as u32,
@@ -446,14 +544,15 @@ fn on_alloc_vmap_area(ctx: *mut c_void, l: &VmapAreaLayout) {
     if field(ctx, l.failed) != 0 {
         count_failure(Allocator::Vmalloc, 0, GFP_UNKNOWN);
         n.flags = EVENT_FAILED;
-        emit(n);
+        emit(ctx, n);
         return;
     }
     record_size(Allocator::Vmalloc, GFP_UNKNOWN, size, size);
+    attribute(Allocator::Vmalloc, 0, size);
     raise(Maximum::VmallocBytes, size);
     if size >= min_bytes() {
         n.flags = EVENT_LARGE;
-        emit(n);
+        emit(ctx, n);
     }
 }
 
@@ -468,12 +567,14 @@ fn on_purge(ctx: *mut c_void, l: &PurgeLayout) {
 #[inline(always)]
 fn on_percpu_alloc(ctx: *mut c_void, l: &PercpuAllocLayout) {
     if wanted() {
+        let bytes_alloc = field(ctx, l.bytes_alloc);
         record_size(
             Allocator::Percpu,
             field(ctx, l.gfp_flags),
             field(ctx, l.size),
-            field(ctx, l.bytes_alloc),
+            bytes_alloc,
         );
+        attribute(Allocator::Percpu, field(ctx, l.call_site), bytes_alloc);
     }
 }
 
@@ -611,30 +712,33 @@ pub fn mm_page_free_batched_btf(_ctx: BtfTracePointContext) -> i32 {
 
 /// `percpu_alloc_percpu_fail` carries no GFP flags.
 #[inline(always)]
-fn on_percpu_fail() {
+fn on_percpu_fail(ctx: *mut c_void) {
     if wanted() {
         count_failure(Allocator::Percpu, 0, GFP_UNKNOWN);
-        emit(Notable {
-            allocator: Allocator::Percpu,
-            call_site: 0,
-            bytes_req: 0,
-            bytes_alloc: 0,
-            gfp: GFP_UNKNOWN,
-            order: 0,
-            flags: EVENT_FAILED,
-        });
+        emit(
+            ctx,
+            Notable {
+                allocator: Allocator::Percpu,
+                call_site: 0,
+                bytes_req: 0,
+                bytes_alloc: 0,
+                gfp: GFP_UNKNOWN,
+                order: 0,
+                flags: EVENT_FAILED,
+            },
+        );
     }
 }
 
 #[tracepoint]
-pub fn percpu_alloc_percpu_fail_tp(_ctx: TracePointContext) -> u32 {
-    on_percpu_fail();
+pub fn percpu_alloc_percpu_fail_tp(ctx: TracePointContext) -> u32 {
+    on_percpu_fail(ctx.as_ptr());
     0
 }
 
 #[btf_tracepoint(function = "percpu_alloc_percpu_fail")]
-pub fn percpu_alloc_percpu_fail_btf(_ctx: BtfTracePointContext) -> i32 {
-    on_percpu_fail();
+pub fn percpu_alloc_percpu_fail_btf(ctx: BtfTracePointContext) -> i32 {
+    on_percpu_fail(ctx.as_ptr());
     0
 }
 

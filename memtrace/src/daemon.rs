@@ -26,7 +26,7 @@ use crate::{
     events::{self, Kind},
     gfp::GfpTable,
     kernel, limits, metrics,
-    metrics::Exporter,
+    metrics::{Exporter, LabelLimits},
     probes::{AttachPreference, Tracer, TracerOptions},
     tracefs,
 };
@@ -68,6 +68,26 @@ pub struct DaemonArgs {
         value_name = "N"
     )]
     pub caches_max: u32,
+    /// Most calling functions exported per allocator with their own `function` label; the
+    /// rest count in `function="other"`.
+    #[arg(
+        long = "callsites.max",
+        env = "MEMTRACE_CALLSITES_MAX",
+        default_value_t = 50,
+        value_parser = clap::value_parser!(u32).range(1..=10_000),
+        value_name = "N"
+    )]
+    pub callsites_max: u32,
+    /// Most task names (comm) exported per allocator with their own `comm` label; the rest
+    /// count in `comm="other"`.
+    #[arg(
+        long = "processes.max",
+        env = "MEMTRACE_PROCESSES_MAX",
+        default_value_t = 50,
+        value_parser = clap::value_parser!(u32).range(1..=10_000),
+        value_name = "N"
+    )]
+    pub processes_max: u32,
     /// kmalloc and vmalloc allocations of at least this many bytes are notable events
     /// (counted in memtrace_notable_events_total); 0 turns them off.
     #[arg(
@@ -152,12 +172,26 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let migratetypes = Btf::from_sys()
         .map(|b| kernel::migratetype_names(&b))
         .unwrap_or_default();
+    let symbols = match crate::symbolize::Cached::new(std::time::Duration::from_secs(10)) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(
+                "call sites cannot be symbolized ({e}); function labels read \"unknown\""
+            );
+            None
+        }
+    };
     let exporter = Exporter::new(
         gfp,
         migratetypes,
         kernel::pageblock_order(),
         kernel_release(),
-        args.caches_max as usize,
+        LabelLimits {
+            caches: args.caches_max as usize,
+            callsites: args.callsites_max as usize,
+            processes: args.processes_max as usize,
+        },
+        symbols,
     );
     let state = Arc::new(AppState {
         inner: Mutex::new((tracer, exporter)),

@@ -80,6 +80,8 @@ mod tests {
             allocator: Allocator::Kmalloc as u32,
             order: 0,
             flags: EVENT_FAILED,
+            stack_id: -1,
+            _pad: 0,
             comm: [0; 16],
         };
         e.comm[..4].copy_from_slice(b"test");

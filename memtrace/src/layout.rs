@@ -153,8 +153,13 @@ fn fill_event(event: &str, src: &dyn Source, mode: Mode, l: &mut EventLayouts) -
             let k = &mut l.percpu_alloc_percpu;
             fill(
                 src,
-                ["size", "bytes_alloc", "gfp_flags"],
-                [&mut k.size, &mut k.bytes_alloc, &mut k.gfp_flags],
+                ["call_site", "size", "bytes_alloc", "gfp_flags"],
+                [
+                    &mut k.call_site,
+                    &mut k.size,
+                    &mut k.bytes_alloc,
+                    &mut k.gfp_flags,
+                ],
             )
         }
         "mm_compaction_try_to_compact_pages" => fill(

@@ -16,4 +16,6 @@ pub mod metrics;
 pub mod observed;
 pub mod probes;
 pub mod scrape;
+pub mod symbolize;
+pub mod trace;
 pub mod tracefs;

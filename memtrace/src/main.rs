@@ -21,6 +21,8 @@ enum Command {
     },
     /// Attach the probes and serve Prometheus metrics until SIGINT or SIGTERM.
     Daemon(memtrace::daemon::DaemonArgs),
+    /// Stream notable allocation events: failures, large kmalloc/vmalloc, high-order pages.
+    Trace(memtrace::trace::TraceArgs),
     /// How large an allocation can succeed right now: page allocator orders, free
     /// contiguous blocks per zone, kmalloc and vmalloc bounds, CMA and huge pages, and what a
     /// running daemon has observed.
@@ -167,6 +169,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     )?,
                 }
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Trace(args) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(memtrace::trace::run(args))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Daemon(args) => {

@@ -205,6 +205,21 @@ pub struct Exporter {
     pub pageblock_order: Option<u32>,
     pub kernel: String,
     caches: Limiter,
+    /// Call sites become function names through this; `None` when kallsyms is unreadable
+    /// (then every call site reads `function="unknown"`).
+    pub symbols: Option<crate::symbolize::Cached>,
+    callsites: BTreeMap<Allocator, Limiter>,
+    processes: BTreeMap<Allocator, Limiter>,
+    max_callsites: usize,
+    max_processes: usize,
+}
+
+/// Bounds of the attribution labels.
+#[derive(Debug, Clone, Copy)]
+pub struct LabelLimits {
+    pub caches: usize,
+    pub callsites: usize,
+    pub processes: usize,
 }
 
 impl Exporter {
@@ -213,15 +228,125 @@ impl Exporter {
         migratetypes: BTreeMap<u32, String>,
         pageblock_order: Option<u32>,
         kernel: String,
-        max_caches: usize,
+        limits: LabelLimits,
+        symbols: Option<crate::symbolize::Cached>,
     ) -> Self {
         Exporter {
             gfp,
             migratetypes,
             pageblock_order,
             kernel,
-            caches: Limiter::new(max_caches),
+            caches: Limiter::new(limits.caches),
+            symbols,
+            callsites: BTreeMap::new(),
+            processes: BTreeMap::new(),
+            max_callsites: limits.callsites,
+            max_processes: limits.processes,
         }
+    }
+
+    /// The function a call site belongs to (never its address).
+    fn function(&mut self, addr: u64) -> String {
+        if addr == 0 {
+            return crate::cardinality::OTHER.to_string();
+        }
+        match &mut self.symbols {
+            Some(s) => s.get().function(addr),
+            None => "unknown".to_string(),
+        }
+    }
+
+    /// Attribution series: per call site (function) and per task name, each bounded per
+    /// allocator by its limiter.
+    fn attribution(&mut self, snap: &Snapshot, out: &mut Vec<MetricFamily>) {
+        let mut by_function: BTreeMap<Allocator, BTreeMap<String, Vec<u64>>> = BTreeMap::new();
+        for ((a, addr), u) in &snap.callsites {
+            let f = self.function(*addr);
+            let v = by_function
+                .entry(*a)
+                .or_default()
+                .entry(f)
+                .or_insert_with(|| vec![0, 0]);
+            v[0] += u.allocations;
+            v[1] += u.bytes;
+        }
+        let mut by_comm: BTreeMap<Allocator, BTreeMap<String, Vec<u64>>> = BTreeMap::new();
+        for ((a, comm), u) in &snap.comms {
+            let c = if comm.is_empty() {
+                crate::cardinality::OTHER.to_string()
+            } else {
+                comm.clone()
+            };
+            let v = by_comm
+                .entry(*a)
+                .or_default()
+                .entry(c)
+                .or_insert_with(|| vec![0, 0]);
+            v[0] += u.allocations;
+            v[1] += u.bytes;
+        }
+        let (mut site_allocs, mut site_bytes) = (Vec::new(), Vec::new());
+        for (a, current) in &by_function {
+            let max = self.max_callsites;
+            let series = self
+                .callsites
+                .entry(*a)
+                .or_insert_with(|| Limiter::new(max))
+                .apply(current, 0);
+            for (f, v) in series {
+                site_allocs.push(counter(
+                    &[("allocator", a.name()), ("function", &f)],
+                    v[0] as f64,
+                ));
+                site_bytes.push(counter(
+                    &[("allocator", a.name()), ("function", &f)],
+                    v[1] as f64,
+                ));
+            }
+        }
+        let (mut proc_allocs, mut proc_bytes) = (Vec::new(), Vec::new());
+        for (a, current) in &by_comm {
+            let max = self.max_processes;
+            let series = self
+                .processes
+                .entry(*a)
+                .or_insert_with(|| Limiter::new(max))
+                .apply(current, 0);
+            for (c, v) in series {
+                proc_allocs.push(counter(
+                    &[("allocator", a.name()), ("comm", &c)],
+                    v[0] as f64,
+                ));
+                proc_bytes.push(counter(
+                    &[("allocator", a.name()), ("comm", &c)],
+                    v[1] as f64,
+                ));
+            }
+        }
+        out.push(family(
+            "memtrace_callsite_allocations_total",
+            "Allocations per calling kernel function (top functions per allocator, plus other).",
+            MetricType::COUNTER,
+            site_allocs,
+        ));
+        out.push(family(
+            "memtrace_callsite_allocated_bytes_total",
+            "Bytes allocated per calling kernel function (top functions per allocator, plus other).",
+            MetricType::COUNTER,
+            site_bytes,
+        ));
+        out.push(family(
+            "memtrace_process_allocations_total",
+            "Allocations per task name (comm; top names per allocator, plus other).",
+            MetricType::COUNTER,
+            proc_allocs,
+        ));
+        out.push(family(
+            "memtrace_process_allocated_bytes_total",
+            "Bytes allocated per task name (comm; top names per allocator, plus other).",
+            MetricType::COUNTER,
+            proc_bytes,
+        ));
     }
 
     fn gfp_label(&self, raw: u64) -> String {
@@ -338,6 +463,8 @@ impl Exporter {
                     .collect(),
             ));
         }
+
+        self.attribution(snap, &mut out);
 
         // The page allocator.
         let mut pages: BTreeMap<(u32, String, String), u64> = BTreeMap::new();
@@ -580,7 +707,18 @@ mod tests {
         let mut mts = BTreeMap::new();
         mts.insert(0, "unmovable".to_string());
         mts.insert(1, "movable".to_string());
-        let mut e = Exporter::new(Some(table()), mts, Some(9), "6.18".into(), 2);
+        let mut e = Exporter::new(
+            Some(table()),
+            mts,
+            Some(9),
+            "6.18".into(),
+            LabelLimits {
+                caches: 2,
+                callsites: 2,
+                processes: 2,
+            },
+            None,
+        );
         let text = render(&e.families(&snap, &[]));
         assert!(
             text.contains("memtrace_kmalloc_size_bytes_bucket{gfp=\"GFP_KERNEL\",le=\"8\"} 0"),

@@ -12,11 +12,12 @@ use aya::{
     util::nr_cpus,
 };
 use memtrace_common::{
-    Allocator, CACHE_OVERFLOW, COUNTERS_LEN, CacheName, CacheStats, GFP_OVERFLOW,
-    GLOBAL_FILTER_TGID, GLOBAL_FILTER_TID, GLOBAL_LAYOUTS, GLOBAL_NOTABLE_MIN_BYTES,
-    GLOBAL_NOTABLE_MIN_ORDER, GfpKey, Layouts, MAP_CACHE_NAMES, MAP_CACHE_STATS, MAP_COUNTERS,
-    MAP_EVENTS, MAP_FAILURES, MAP_MAXIMA, MAP_PAGE_ALLOCS, MAP_SIZE_STATS, MAXIMA_LEN, ORDER_SLOTS,
-    PROBES, PageKey, ProbeSpec, SizeStats,
+    Allocator, CACHE_OVERFLOW, COUNTERS_LEN, CacheName, CacheStats, CommKey, GFP_OVERFLOW,
+    GLOBAL_ATTRIBUTION, GLOBAL_FILTER_TGID, GLOBAL_FILTER_TID, GLOBAL_LAYOUTS,
+    GLOBAL_NOTABLE_MIN_BYTES, GLOBAL_NOTABLE_MIN_ORDER, GLOBAL_PAGE_SIZE, GfpKey, Layouts,
+    MAP_CACHE_NAMES, MAP_CACHE_STATS, MAP_CALLSITES, MAP_COMMS, MAP_COUNTERS, MAP_EVENTS,
+    MAP_FAILURES, MAP_MAXIMA, MAP_PAGE_ALLOCS, MAP_SIZE_STATS, MAP_STACKS, MAXIMA_LEN, ORDER_SLOTS,
+    PROBES, PageKey, ProbeSpec, SiteKey, SizeStats, Usage,
 };
 use serde::Serialize;
 
@@ -85,6 +86,13 @@ pub struct TracerOptions {
     pub notable_min_bytes: u64,
     /// Page allocations of at least this order become notable events (`u32::MAX`: none).
     pub notable_min_order: u32,
+    /// Which attribution is on: [`memtrace_common::ATTR_CALLSITES`], `ATTR_COMMS`,
+    /// `ATTR_STACKS`.
+    pub attribution: u32,
+    /// Capacity of the call-site map (distinct allocator × call site pairs).
+    pub callsites_max: u32,
+    /// Capacity of the task-name map (distinct allocator × comm pairs).
+    pub comms_max: u32,
     pub attach: AttachPreference,
 }
 
@@ -96,6 +104,9 @@ impl Default for TracerOptions {
             attach: AttachPreference::Auto,
             notable_min_bytes: 0,
             notable_min_order: u32::MAX,
+            attribution: memtrace_common::ATTR_CALLSITES | memtrace_common::ATTR_COMMS,
+            callsites_max: memtrace_common::CALLSITES_MAX,
+            comms_max: memtrace_common::COMMS_MAX,
         }
     }
 }
@@ -141,6 +152,11 @@ pub struct Snapshot {
     pub counters: Vec<u64>,
     /// [`memtrace_common::Maximum`] slots, the maximum over CPUs
     pub maxima: Vec<u64>,
+    /// (allocator, call-site kernel address; 0 = overflow) → usage. Addresses stay inside
+    /// memtrace: they are symbolized before anything is shown.
+    pub callsites: BTreeMap<(Allocator, u64), Usage>,
+    /// (allocator, task name; "" = overflow) → usage
+    pub comms: BTreeMap<(Allocator, String), Usage>,
 }
 
 impl Snapshot {
@@ -291,6 +307,28 @@ impl Tracer {
         &self.probes
     }
 
+    /// The kernel stack `id` of a notable event (innermost frame first). Identical stacks
+    /// share an id, so it stays in the map; `None` if it is unknown.
+    pub fn stack(&self, id: i32) -> anyhow::Result<Option<Vec<u64>>> {
+        if id < 0 {
+            return Ok(None);
+        }
+        let stacks: aya::maps::StackTraceMap<&MapData> = aya::maps::StackTraceMap::try_from(
+            self.ebpf.map(MAP_STACKS).context("map STACKS missing")?,
+        )?;
+        let frames = match stacks.get(&(id as u32), 0) {
+            Ok(st) => st
+                .frames()
+                .iter()
+                .map(|f| f.ip)
+                .filter(|&ip| ip != 0)
+                .collect(),
+            Err(aya::maps::MapError::KeyNotFound) => return Ok(None),
+            Err(e) => return Err(e).context("reading STACKS"),
+        };
+        Ok(Some(frames))
+    }
+
     /// Takes the ring buffer of notable events (once); its reader drains it.
     pub fn take_events(&mut self) -> anyhow::Result<aya::maps::RingBuf<MapData>> {
         let map = self
@@ -349,6 +387,39 @@ impl Tracer {
                 pages
                     .insert(key, v, 0)
                     .context("pre-insert PAGE_ALLOCS overflow key")?;
+            }
+        }
+        {
+            let mut sites: PerCpuHashMap<&mut MapData, SiteKey, Usage> = PerCpuHashMap::try_from(
+                self.ebpf
+                    .map_mut(MAP_CALLSITES)
+                    .context("map CALLSITES missing")?,
+            )?;
+            for a in Allocator::ALL {
+                let v = PerCpuValues::try_from(vec![Usage::default(); n])?;
+                let key = SiteKey {
+                    allocator: a as u32,
+                    _pad: 0,
+                    call_site: 0,
+                };
+                sites
+                    .insert(key, v, 0)
+                    .context("pre-insert CALLSITES overflow key")?;
+            }
+        }
+        {
+            let mut comms: PerCpuHashMap<&mut MapData, CommKey, Usage> = PerCpuHashMap::try_from(
+                self.ebpf.map_mut(MAP_COMMS).context("map COMMS missing")?,
+            )?;
+            for a in Allocator::ALL {
+                let v = PerCpuValues::try_from(vec![Usage::default(); n])?;
+                let key = CommKey {
+                    allocator: a as u32,
+                    comm: [0; 16],
+                };
+                comms
+                    .insert(key, v, 0)
+                    .context("pre-insert COMMS overflow key")?;
             }
         }
         let mut caches: PerCpuHashMap<&mut MapData, u64, CacheStats> = PerCpuHashMap::try_from(
@@ -460,6 +531,44 @@ impl Tracer {
             let v = maxima.get(&i, 0).context("reading MAXIMA")?;
             snap.maxima.push(v.iter().copied().max().unwrap_or(0));
         }
+        let sites: PerCpuHashMap<&MapData, SiteKey, Usage> = PerCpuHashMap::try_from(
+            self.ebpf
+                .map(MAP_CALLSITES)
+                .context("map CALLSITES missing")?,
+        )?;
+        for item in sites.iter() {
+            let (key, per_cpu) = item.context("reading CALLSITES")?;
+            let Some(a) = Allocator::from_u32(key.allocator) else {
+                continue;
+            };
+            let mut u = Usage::default();
+            for v in per_cpu.iter() {
+                u.add(v);
+            }
+            if u.allocations > 0 {
+                snap.callsites
+                    .entry((a, key.call_site))
+                    .or_default()
+                    .add(&u);
+            }
+        }
+        let comms: PerCpuHashMap<&MapData, CommKey, Usage> =
+            PerCpuHashMap::try_from(self.ebpf.map(MAP_COMMS).context("map COMMS missing")?)?;
+        for item in comms.iter() {
+            let (key, per_cpu) = item.context("reading COMMS")?;
+            let Some(a) = Allocator::from_u32(key.allocator) else {
+                continue;
+            };
+            let mut u = Usage::default();
+            for v in per_cpu.iter() {
+                u.add(v);
+            }
+            if u.allocations > 0 {
+                let end = key.comm.iter().position(|&b| b == 0).unwrap_or(16);
+                let comm = String::from_utf8_lossy(&key.comm[..end]).into_owned();
+                snap.comms.entry((a, comm)).or_default().add(&u);
+            }
+        }
         Ok(snap)
     }
 }
@@ -472,6 +581,10 @@ pub(crate) fn load_object(layouts: &Layouts, opts: &TracerOptions) -> anyhow::Re
         .override_global(GLOBAL_FILTER_TID, &opts.filter_tid, true)
         .override_global(GLOBAL_NOTABLE_MIN_BYTES, &opts.notable_min_bytes, true)
         .override_global(GLOBAL_NOTABLE_MIN_ORDER, &opts.notable_min_order, true)
+        .override_global(GLOBAL_ATTRIBUTION, &opts.attribution, true)
+        .override_global(GLOBAL_PAGE_SIZE, &page_size(), true)
+        .map_max_entries(MAP_CALLSITES, opts.callsites_max)
+        .map_max_entries(MAP_COMMS, opts.comms_max)
         .load(EBPF_OBJECT)
         .map_err(|e| {
             anyhow!(
@@ -597,6 +710,13 @@ pub fn probe_fentry(btf: &aya::Btf) -> Result<(), String> {
         .try_into()
         .map_err(|e: aya::programs::ProgramError| one_line(&e))?;
     prog.load("kfree", btf).map_err(|e| one_line(&e))
+}
+
+/// The page size, from sysconf (the kernel's own).
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if v > 0 { v as u64 } else { 4096 }
 }
 
 /// Raises RLIMIT_MEMLOCK for kernels that still charge BPF maps against it (before 5.11).

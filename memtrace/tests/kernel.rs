@@ -611,6 +611,143 @@ fn real_allocation_failures_match_ftrace() {
 }
 
 // ---------------------------------------------------------------------------------------
+// attribution: call sites and task names
+
+/// The function of ftrace's `call_site=func+0x2e/0xb0`.
+fn ftrace_function(call_site: &str) -> String {
+    call_site.split('+').next().unwrap_or(call_site).to_string()
+}
+
+#[test]
+fn call_sites_and_task_names_match_ftrace_in_both_attach_modes() {
+    let Some(_guard) = require_kernel() else {
+        return;
+    };
+    let symbols = memtrace::symbolize::Symbolizer::load().expect("kallsyms");
+    for (pref, expect) in BOTH {
+        let dir = tempdir("attribution");
+        let file = dir.join("xattr-target");
+        std::fs::write(&file, b"x").unwrap();
+        let w = observe(
+            pref,
+            expect,
+            &[("kmem", "kmalloc"), ("kmem", "kmem_cache_alloc")],
+            move || {
+                for _ in 0..25 {
+                    setxattr_kmalloc(&file, 1000);
+                }
+                open_close(&file, 20);
+            },
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+
+        for (event, allocator, bytes_field) in [
+            ("kmalloc", Allocator::Kmalloc, "bytes_alloc"),
+            ("kmem_cache_alloc", Allocator::KmemCache, "bytes_alloc"),
+        ] {
+            let mut want: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+            for e in w.of(event).filter(|e| !e.is_null("ptr")) {
+                let v = want.entry(ftrace_function(e.str("call_site"))).or_default();
+                v.0 += 1;
+                v.1 += e.u64(bytes_field);
+            }
+            let mut got: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+            for ((a, addr), u) in &w.snap.callsites {
+                if *a == allocator {
+                    let v = got.entry(symbols.function(*addr)).or_default();
+                    v.0 += u.allocations;
+                    v.1 += u.bytes;
+                }
+            }
+            eprintln!("{expect}: {event} call sites ftrace {want:?} memtrace {got:?}");
+            assert_eq!(
+                got, want,
+                "{event} per calling function differs from ftrace"
+            );
+
+            // Every allocation of the worker carries its task name.
+            let comm = w
+                .snap
+                .comms
+                .get(&(allocator, "memtrace-work".to_string()))
+                .copied()
+                .unwrap_or_default();
+            let total: (u64, u64) = want
+                .values()
+                .fold((0, 0), |acc, v| (acc.0 + v.0, acc.1 + v.1));
+            assert_eq!(
+                (comm.allocations, comm.bytes),
+                total,
+                "{event} by task name"
+            );
+        }
+        let vmemdup = w
+            .snap
+            .callsites
+            .iter()
+            .filter(|((a, addr), _)| {
+                *a == Allocator::Kmalloc && symbols.function(*addr) == "vmemdup_user"
+            })
+            .map(|(_, u)| u.allocations)
+            .sum::<u64>();
+        assert_eq!(
+            vmemdup, 25,
+            "setxattr's copies are attributed to vmemdup_user"
+        );
+    }
+}
+
+/// With more distinct call sites than the map holds, the rest count under the overflow slot:
+/// per allocator, the call-site totals still equal the allocator's own count, and the loss
+/// of detail is reported.
+#[test]
+fn a_full_call_site_map_keeps_totals_exact() {
+    let Some(_guard) = require_kernel() else {
+        return;
+    };
+    let worker = Worker::spawn();
+    let tracer = Tracer::start(&TracerOptions {
+        filter_tid: worker.tid,
+        // Five slots are the pre-inserted overflow keys: three left for real call sites.
+        callsites_max: 8,
+        ..Default::default()
+    })
+    .unwrap_or_else(|e| panic!("memtrace could not start: {e:#}"));
+    let dir = tempdir("full");
+    let file = dir.join("f");
+    std::fs::write(&file, b"x").unwrap();
+    worker.run(move || {
+        for size in SIZES {
+            setxattr_kmalloc(&file, size);
+        }
+        open_close(&file, 10);
+        pipe_pages(8);
+        bpf_map_create_close(BPF_MAP_TYPE_PERCPU_ARRAY, 64, 4);
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    let snap = tracer.snapshot().expect("snapshot");
+    let distinct = snap.callsites.keys().filter(|(_, addr)| *addr != 0).count();
+    assert!(distinct <= 3, "only three real call sites fit: {distinct}");
+    assert!(
+        snap.counter(Counter::MapFull) > 0,
+        "the overflow is reported"
+    );
+    for a in [Allocator::Kmalloc, Allocator::KmemCache, Allocator::Percpu] {
+        let by_site: u64 = snap
+            .callsites
+            .iter()
+            .filter(|((x, _), _)| *x == a)
+            .map(|(_, u)| u.allocations)
+            .sum();
+        assert_eq!(
+            by_site,
+            snap.total(a).count(),
+            "{a:?}: call-site totals stay exact"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // the OOM killer
 
 /// A process in a 16 MiB memory cgroup (OOM killer on) reads /dev/zero into memory until the
