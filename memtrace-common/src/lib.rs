@@ -567,6 +567,10 @@ pub const GLOBAL_NOTABLE_MIN_ORDER: &str = "NOTABLE_MIN_ORDER";
 /// [`ATTR_STACKS`]).
 pub const GLOBAL_ATTRIBUTION: &str = "ATTRIBUTION";
 
+/// Load-time global (`u32`): 1 makes every program return at once, counting nothing (the
+/// cost of the hooks alone, measured by `cargo xtask bench`).
+pub const GLOBAL_HOOKS_ONLY: &str = "HOOKS_ONLY";
+
 /// Load-time global (`u64`): the running kernel's page size.
 pub const GLOBAL_PAGE_SIZE: &str = "PAGE_SIZE";
 

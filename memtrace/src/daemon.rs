@@ -106,6 +106,14 @@ pub struct DaemonArgs {
         value_name = "ORDER"
     )]
     pub events_min_order: u32,
+    /// Also record the kernel stack of every notable event (costs a stack walk per event;
+    /// `memtrace trace --stacks` prints them).
+    #[arg(long = "events.stacks", env = "MEMTRACE_EVENTS_STACKS")]
+    pub events_stacks: bool,
+    /// Attach every probe but count nothing: the cost of the hooks alone. For benchmarks
+    /// (`cargo xtask bench`); the metrics then stay at zero.
+    #[arg(long = "probes.hooks-only", env = "MEMTRACE_PROBES_HOOKS_ONLY")]
+    pub hooks_only: bool,
 }
 
 fn parse_telemetry_path(s: &str) -> Result<String, String> {
@@ -142,6 +150,14 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         attach: args.attach,
         notable_min_bytes: args.events_min_bytes,
         notable_min_order: args.events_min_order,
+        attribution: memtrace_common::ATTR_CALLSITES
+            | memtrace_common::ATTR_COMMS
+            | if args.events_stacks {
+                memtrace_common::ATTR_STACKS
+            } else {
+                0
+            },
+        hooks_only: args.hooks_only,
         ..Default::default()
     })?;
     let notable = Arc::new(NotableCounts::default());

@@ -89,6 +89,8 @@ pub struct TracerOptions {
     /// Which attribution is on: [`memtrace_common::ATTR_CALLSITES`], `ATTR_COMMS`,
     /// `ATTR_STACKS`.
     pub attribution: u32,
+    /// Attach every probe but count nothing (benchmarks' floor).
+    pub hooks_only: bool,
     /// Capacity of the call-site map (distinct allocator × call site pairs).
     pub callsites_max: u32,
     /// Capacity of the task-name map (distinct allocator × comm pairs).
@@ -105,6 +107,7 @@ impl Default for TracerOptions {
             notable_min_bytes: 0,
             notable_min_order: u32::MAX,
             attribution: memtrace_common::ATTR_CALLSITES | memtrace_common::ATTR_COMMS,
+            hooks_only: false,
             callsites_max: memtrace_common::CALLSITES_MAX,
             comms_max: memtrace_common::COMMS_MAX,
         }
@@ -583,6 +586,11 @@ pub(crate) fn load_object(layouts: &Layouts, opts: &TracerOptions) -> anyhow::Re
         .override_global(GLOBAL_NOTABLE_MIN_ORDER, &opts.notable_min_order, true)
         .override_global(GLOBAL_ATTRIBUTION, &opts.attribution, true)
         .override_global(GLOBAL_PAGE_SIZE, &page_size(), true)
+        .override_global(
+            memtrace_common::GLOBAL_HOOKS_ONLY,
+            &u32::from(opts.hooks_only),
+            true,
+        )
         .map_max_entries(MAP_CALLSITES, opts.callsites_max)
         .map_max_entries(MAP_COMMS, opts.comms_max)
         .load(EBPF_OBJECT)

@@ -7,6 +7,8 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow, bail};
+
+mod bench;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -34,6 +36,16 @@ enum Task {
     Test,
     /// rustfmt --check and clippy -D warnings on the whole workspace.
     Lint,
+    /// Measure memtrace's overhead against no tracing, the bare hooks and bpftrace, in one
+    /// interleaved session; writes BENCHMARKS.md and target/bench/bench.json.
+    Bench {
+        /// Repetitions of every configuration.
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        /// Seconds of workload per run.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+    },
 }
 
 fn main() {
@@ -44,6 +56,7 @@ fn main() {
         Task::Run { args } => setup().and_then(|()| run(&args)),
         Task::Test => setup().and_then(|()| test()),
         Task::Lint => setup().and_then(|()| lint()),
+        Task::Bench { reps, seconds } => setup().and_then(|()| bench(reps, seconds)),
     };
     if let Err(e) = res {
         eprintln!("xtask: {e:#}");
@@ -169,7 +182,17 @@ fn setup() -> anyhow::Result<()> {
     }
 
     // 3. Debian packages the tests need.
-    let missing: Vec<&str> = DEBIAN_PACKAGES
+    install_debian(DEBIAN_PACKAGES)?;
+    eprintln!(
+        "xtask: setup complete in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Installs the Debian packages of `wanted` that are missing (as root).
+fn install_debian(wanted: &[&str]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = wanted
         .iter()
         .copied()
         .filter(|p| {
@@ -180,26 +203,22 @@ fn setup() -> anyhow::Result<()> {
                 .unwrap_or(false)
         })
         .collect();
-    if !missing.is_empty() {
-        if !is_root() {
-            bail!(
-                "Debian packages {missing:?} are missing; install them as root: apt-get install {}",
-                missing.join(" ")
-            );
-        }
-        status(Command::new("apt-get").arg("update"))?;
-        status(
-            Command::new("apt-get")
-                .args(["install", "-y", "--no-install-recommends"])
-                .args(&missing)
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )?;
+    if missing.is_empty() {
+        return Ok(());
     }
-    eprintln!(
-        "xtask: setup complete in {:.1}s",
-        started.elapsed().as_secs_f64()
-    );
-    Ok(())
+    if !is_root() {
+        bail!(
+            "Debian packages {missing:?} are missing; install them as root: apt-get install {}",
+            missing.join(" ")
+        );
+    }
+    status(Command::new("apt-get").arg("update"))?;
+    status(
+        Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
 }
 
 /// The nightly's libLLVM and its major version, from the file name
@@ -325,6 +344,30 @@ fn test() -> anyhow::Result<()> {
         "--test-threads=1",
     ])?;
     Ok(())
+}
+
+fn bench(reps: usize, seconds: f64) -> anyhow::Result<()> {
+    if reps == 0 || !(seconds.is_finite() && seconds > 0.0) {
+        bail!("--reps must be at least 1 and --seconds positive");
+    }
+    if !is_root() {
+        bail!("the benchmark attaches eBPF programs: run it as root");
+    }
+    install_debian(&["bpftrace"])?;
+    // bpftrace's classic tracepoints need tracefs.
+    if !Path::new("/sys/kernel/tracing/events").is_dir() {
+        status(Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]))?;
+    }
+    cargo(&[
+        "build",
+        "--release",
+        "--package",
+        "memtrace",
+        "--package",
+        "xtask",
+        "--bins",
+    ])?;
+    bench::run(&workspace_root(), &bench::Options { reps, seconds })
 }
 
 fn lint() -> anyhow::Result<()> {
