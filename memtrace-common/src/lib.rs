@@ -282,6 +282,29 @@ impl FieldLoc {
     pub const fn is_present(&self) -> bool {
         self.size != 0
     }
+
+    /// One past the field's last byte (0 when absent).
+    pub const fn end(&self) -> u16 {
+        if self.size == 0 {
+            0
+        } else {
+            self.offset + self.size
+        }
+    }
+}
+
+/// The largest `end()` of `fields`: how many bytes of the context hold them all.
+pub const fn span(fields: &[FieldLoc]) -> u16 {
+    let mut max = 0;
+    let mut i = 0;
+    while i < fields.len() {
+        let e = fields[i].end();
+        if e > max {
+            max = e;
+        }
+        i += 1;
+    }
+    max
 }
 
 /// Layout of the `kmem:kmalloc` event.

@@ -30,7 +30,7 @@ use memtrace_common::{
     KmemCacheAllocLayout, Layouts, MAXIMA_LEN, Maximum, NotableEvent, PAGE_FREES_BASE,
     PAGE_KEYS_MAX, PageAllocLayout, PageFreeLayout, PageKey, PercpuAllocLayout, PurgeLayout,
     SIZE_BUCKETS, STACKS_MAX, SiteKey, SizeStats, Usage, VmapAreaLayout, cache_name_id, order_slot,
-    size_bucket,
+    size_bucket, span,
 };
 
 #[unsafe(no_mangle)]
@@ -177,6 +177,60 @@ fn read(base: *const u8, loc: FieldLoc) -> u64 {
 #[inline(always)]
 fn field(ctx: *mut c_void, loc: FieldLoc) -> u64 {
     read(ctx as *const u8, loc)
+}
+
+/// Bytes of the context copied by [`Record::load`]: enough for every record memtrace reads
+/// (the largest, percpu_alloc_percpu's, ends at byte 80; BTF argument arrays at 8 × 10).
+const RECORD_BYTES: usize = 96;
+
+/// A copy of the start of the context: one helper call per event instead of one per field.
+struct Record {
+    buf: [u8; RECORD_BYTES],
+}
+
+impl Record {
+    /// Copies `len` bytes (the span of the fields the program needs) of the context.
+    #[inline(always)]
+    fn load(ctx: *mut c_void, len: u16) -> Record {
+        let mut r = Record {
+            buf: [0; RECORD_BYTES],
+        };
+        let n = if (len as usize) > RECORD_BYTES {
+            RECORD_BYTES
+        } else {
+            len as usize
+        };
+        // SAFETY: the helper checks the source address and writes at most n <= RECORD_BYTES
+        // bytes into the buffer; on failure the buffer stays zero.
+        unsafe {
+            aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+                r.buf.as_mut_ptr().cast(),
+                n as u32,
+                ctx as *const c_void,
+            );
+        }
+        r
+    }
+
+    /// An unsigned field of 1, 2, 4 or 8 bytes; 0 if absent.
+    #[inline(always)]
+    fn get(&self, loc: FieldLoc) -> u64 {
+        let off = loc.offset as usize;
+        if off + 8 > RECORD_BYTES {
+            return 0;
+        }
+        // SAFETY: in bounds (checked above); unaligned reads of plain integers.
+        unsafe {
+            let p = self.buf.as_ptr().add(off);
+            match loc.size {
+                8 => core::ptr::read_unaligned(p as *const u64),
+                4 => u64::from(core::ptr::read_unaligned(p as *const u32)),
+                2 => u64::from(core::ptr::read_unaligned(p as *const u16)),
+                1 => u64::from(*p),
+                _ => 0,
+            }
+        }
+    }
 }
 
 /// The layout of one event for classic (`tp`) or BTF (`btf`) tracepoints. Read volatile:
@@ -349,19 +403,23 @@ fn on_kmalloc(ctx: *mut c_void, l: &KmallocLayout) {
     if !wanted() {
         return;
     }
-    let gfp = field(ctx, l.gfp_flags);
-    let bytes_req = field(ctx, l.bytes_req);
-    let bytes_alloc = field(ctx, l.bytes_alloc);
+    let r = Record::load(
+        ctx,
+        span(&[l.call_site, l.ptr, l.bytes_req, l.bytes_alloc, l.gfp_flags]),
+    );
+    let gfp = r.get(l.gfp_flags);
+    let bytes_req = r.get(l.bytes_req);
+    let bytes_alloc = r.get(l.bytes_alloc);
     let mut n = Notable {
         allocator: Allocator::Kmalloc,
-        call_site: field(ctx, l.call_site),
+        call_site: r.get(l.call_site),
         bytes_req,
         bytes_alloc,
         gfp,
         order: 0,
         flags: 0,
     };
-    if field(ctx, l.ptr) == 0 {
+    if r.get(l.ptr) == 0 {
         count_failure(Allocator::Kmalloc, 0, gfp);
         n.flags = EVENT_FAILED;
         emit(ctx, n);
@@ -465,12 +523,16 @@ fn on_mm_page_alloc(ctx: *mut c_void, l: &PageAllocLayout) {
     if !wanted() {
         return;
     }
-    let order = order_slot(field(ctx, l.order));
-    let gfp = field(ctx, l.gfp_flags);
+    let r = Record::load(
+        ctx,
+        span(&[l.pfn, l.page, l.order, l.gfp_flags, l.migratetype]),
+    );
+    let order = order_slot(r.get(l.order));
+    let gfp = r.get(l.gfp_flags);
     let failed = if l.pfn.is_present() {
-        field(ctx, l.pfn) == u64::MAX
+        r.get(l.pfn) == u64::MAX
     } else {
-        field(ctx, l.page) == 0
+        r.get(l.page) == 0
     };
     let notable = Notable {
         allocator: Allocator::Page,
@@ -506,7 +568,7 @@ fn on_mm_page_alloc(ctx: *mut c_void, l: &PageAllocLayout) {
     attribute(Allocator::Page, 0, page_bytes(order));
     let key = PageKey {
         order,
-        migratetype: field(ctx, l.migratetype) as u32,
+        migratetype: r.get(l.migratetype) as u32,
         gfp,
     };
     let overflow = PageKey {
@@ -575,14 +637,18 @@ fn on_purge(ctx: *mut c_void, l: &PurgeLayout) {
 #[inline(always)]
 fn on_percpu_alloc(ctx: *mut c_void, l: &PercpuAllocLayout) {
     if wanted() {
-        let bytes_alloc = field(ctx, l.bytes_alloc);
+        let r = Record::load(
+            ctx,
+            span(&[l.call_site, l.size, l.bytes_alloc, l.gfp_flags]),
+        );
+        let bytes_alloc = r.get(l.bytes_alloc);
         record_size(
             Allocator::Percpu,
-            field(ctx, l.gfp_flags),
-            field(ctx, l.size),
+            r.get(l.gfp_flags),
+            r.get(l.size),
             bytes_alloc,
         );
-        attribute(Allocator::Percpu, field(ctx, l.call_site), bytes_alloc);
+        attribute(Allocator::Percpu, r.get(l.call_site), bytes_alloc);
     }
 }
 
