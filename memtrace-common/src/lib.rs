@@ -160,6 +160,10 @@ pub const EXTFRAG_BASE: u32 = 32;
 /// `COUNTERS[COMPACTION_STALLS_BASE + order]`: direct compactions
 /// (`mm_compaction_try_to_compact_pages`) by the order being allocated.
 pub const COMPACTION_STALLS_BASE: u32 = 48;
+/// Bytes of a tracepoint context the programs copy per event: every field memtrace reads
+/// must end within them (userspace refuses a layout that does not).
+pub const RECORD_BYTES: usize = 96;
+
 /// Number of slots in [`MAP_COUNTERS`].
 pub const COUNTERS_LEN: u32 = 64;
 
@@ -497,7 +501,7 @@ impl Layouts {
 /// at or above the size / order thresholds ([`GLOBAL_NOTABLE_MIN_BYTES`],
 /// [`GLOBAL_NOTABLE_MIN_ORDER`]).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct NotableEvent {
     /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC nanoseconds.
     pub ts_ns: u64,
@@ -526,11 +530,28 @@ pub struct NotableEvent {
 /// Key of [`MAP_CALLSITES`]: an allocator and the kernel address that called it. The address
 /// never leaves memtrace: userspace symbolizes it. `call_site == 0` is the overflow slot.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct SiteKey {
     pub allocator: u32,
     pub _pad: u32,
     pub call_site: u64,
+}
+
+/// Debug without the kernel address (KASLR).
+impl core::fmt::Debug for SiteKey {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("SiteKey")
+            .field("allocator", &self.allocator)
+            .field(
+                "call_site",
+                &if self.call_site != 0 {
+                    "<kernel address>"
+                } else {
+                    "overflow"
+                },
+            )
+            .finish()
+    }
 }
 
 /// Key of [`MAP_COMMS`]: an allocator and the allocating task's name. An all-zero `comm`
@@ -564,6 +585,33 @@ pub const ATTR_CALLSITES: u32 = 1;
 pub const ATTR_COMMS: u32 = 2;
 /// [`GLOBAL_ATTRIBUTION`] bit: record the kernel stack of every notable event.
 pub const ATTR_STACKS: u32 = 4;
+
+/// Debug without the kernel address (KASLR): the call site is shown only as present or not.
+impl core::fmt::Debug for NotableEvent {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("NotableEvent")
+            .field("ts_ns", &self.ts_ns)
+            .field(
+                "call_site",
+                &if self.call_site != 0 {
+                    "<kernel address>"
+                } else {
+                    "none"
+                },
+            )
+            .field("bytes_req", &self.bytes_req)
+            .field("bytes_alloc", &self.bytes_alloc)
+            .field("gfp", &self.gfp)
+            .field("tgid", &self.tgid)
+            .field("tid", &self.tid)
+            .field("cpu", &self.cpu)
+            .field("allocator", &self.allocator)
+            .field("order", &self.order)
+            .field("flags", &self.flags)
+            .field("stack_id", &self.stack_id)
+            .finish()
+    }
+}
 
 /// [`NotableEvent::flags`]: the allocation failed.
 pub const EVENT_FAILED: u32 = 1;
@@ -607,7 +655,8 @@ pub const MAP_STACKS: &str = "STACKS";
 pub const CALLSITES_MAX: u32 = 8192;
 /// Default capacity of [`MAP_COMMS`].
 pub const COMMS_MAX: u32 = 4096;
-/// Capacity of [`MAP_STACKS`]; userspace removes each stack once read.
+/// Capacity of [`MAP_STACKS`]. Identical stacks share an id; on a hash collision the newer
+/// stack replaces the older (`BPF_F_REUSE_STACKID`), which keeps the map bounded.
 pub const STACKS_MAX: u32 = 2048;
 /// Frames per stack in [`MAP_STACKS`] (the kernel's PERF_MAX_STACK_DEPTH).
 pub const STACK_DEPTH: usize = 127;

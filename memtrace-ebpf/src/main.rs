@@ -29,8 +29,8 @@ use memtrace_common::{
     FreeLayout, GFP_KEYS_MAX, GFP_OVERFLOW, GFP_UNKNOWN, GfpKey, KmallocLayout,
     KmemCacheAllocLayout, Layouts, MAXIMA_LEN, Maximum, NotableEvent, PAGE_FREES_BASE,
     PAGE_KEYS_MAX, PageAllocLayout, PageFreeLayout, PageKey, PercpuAllocLayout, PurgeLayout,
-    SIZE_BUCKETS, STACKS_MAX, SiteKey, SizeStats, Usage, VmapAreaLayout, cache_name_id, order_slot,
-    size_bucket, span,
+    RECORD_BYTES, SIZE_BUCKETS, STACKS_MAX, SiteKey, SizeStats, Usage, VmapAreaLayout,
+    cache_name_id, order_slot, size_bucket, span,
 };
 
 #[unsafe(no_mangle)]
@@ -178,10 +178,6 @@ fn read(base: *const u8, loc: FieldLoc) -> u64 {
 fn field(ctx: *mut c_void, loc: FieldLoc) -> u64 {
     read(ctx as *const u8, loc)
 }
-
-/// Bytes of the context copied by [`Record::load`]: enough for every record memtrace reads
-/// (the largest, percpu_alloc_percpu's, ends at byte 80; BTF argument arrays at 8 × 10).
-const RECORD_BYTES: usize = 96;
 
 /// A copy of the start of the context: one helper call per event instead of one per field.
 struct Record {

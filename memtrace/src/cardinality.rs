@@ -19,6 +19,9 @@ pub struct Limiter {
     kept: BTreeMap<String, Vec<u64>>,
     /// Values whose counts have been exported inside `other`.
     in_other: BTreeSet<String>,
+    /// The last value exported per series (`other` included): nothing goes backwards, even
+    /// when a value's source disappears (a renamed symbol, a module unloaded).
+    last: BTreeMap<String, Vec<u64>>,
 }
 
 impl Limiter {
@@ -27,6 +30,7 @@ impl Limiter {
             max,
             kept: BTreeMap::new(),
             in_other: BTreeSet::new(),
+            last: BTreeMap::new(),
         }
     }
 
@@ -83,9 +87,18 @@ impl Limiter {
                 }
             }
         }
-        if other_used || self.in_other.contains(OTHER) {
+        if other_used || self.in_other.contains(OTHER) || self.last.contains_key(OTHER) {
             out.insert(OTHER.to_string(), other);
         }
+        // Monotonic per series: never below what was exported before; a series once exported
+        // stays.
+        for (k, prev) in &self.last {
+            let v = out.entry(k.clone()).or_insert_with(|| prev.clone());
+            for (x, p) in v.iter_mut().zip(prev) {
+                *x = (*x).max(*p);
+            }
+        }
+        self.last = out.clone();
         out
     }
 }
@@ -93,6 +106,17 @@ impl Limiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_vanished_value_keeps_its_last_count() {
+        let mut l = Limiter::new(2);
+        let out = l.apply(&m(&[("a", 10), ("b", 5)]), 0);
+        assert_eq!(get(&out, "a"), Some(10));
+        // "a" disappears from the source (say its symbol was renamed): its series stays.
+        let out = l.apply(&m(&[("b", 6), ("a2", 11)]), 0);
+        assert_eq!(get(&out, "a"), Some(10));
+        assert_eq!(get(&out, "b"), Some(6));
+    }
 
     fn m(pairs: &[(&str, u64)]) -> BTreeMap<String, Vec<u64>> {
         pairs
@@ -151,6 +175,7 @@ mod tests {
         let mut l2 = Limiter::new(2);
         l2.kept = l.kept.clone();
         l2.in_other = l.in_other.clone();
+        l2.last = l.last.clone();
         let out = l2.apply(&m(&[("a", 10), ("b", 9)]), 0);
         assert_eq!(get(&out, "b"), Some(0), "b's earlier 9 stay in other");
         assert_eq!(get(&out, OTHER), Some(9));

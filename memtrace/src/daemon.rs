@@ -106,8 +106,29 @@ pub struct DaemonArgs {
         value_name = "ORDER"
     )]
     pub events_min_order: u32,
-    /// Also record the kernel stack of every notable event (costs a stack walk per event;
-    /// `memtrace trace --stacks` prints them).
+    /// Count allocations per calling function (memtrace_callsite_*): one more per-CPU hash
+    /// update per kmalloc, kmem_cache and percpu allocation.
+    #[arg(
+        long = "attribution.callsites",
+        env = "MEMTRACE_ATTRIBUTION_CALLSITES",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        value_name = "BOOL"
+    )]
+    pub attribution_callsites: bool,
+    /// Count allocations per task name (memtrace_process_*): reading the task name and one
+    /// more per-CPU hash update per allocation.
+    #[arg(
+        long = "attribution.processes",
+        env = "MEMTRACE_ATTRIBUTION_PROCESSES",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        value_name = "BOOL"
+    )]
+    pub attribution_processes: bool,
+    /// Also record the kernel stack of every notable event in the kernel (a stack walk per
+    /// event). The daemon exports no stacks (`memtrace trace --stacks` prints them); this
+    /// measures their cost with `cargo xtask bench`.
     #[arg(long = "events.stacks", env = "MEMTRACE_EVENTS_STACKS")]
     pub events_stacks: bool,
     /// Attach every probe but count nothing: the cost of the hooks alone. For benchmarks
@@ -150,13 +171,19 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         attach: args.attach,
         notable_min_bytes: args.events_min_bytes,
         notable_min_order: args.events_min_order,
-        attribution: memtrace_common::ATTR_CALLSITES
-            | memtrace_common::ATTR_COMMS
-            | if args.events_stacks {
-                memtrace_common::ATTR_STACKS
-            } else {
-                0
-            },
+        attribution: if args.attribution_callsites {
+            memtrace_common::ATTR_CALLSITES
+        } else {
+            0
+        } | if args.attribution_processes {
+            memtrace_common::ATTR_COMMS
+        } else {
+            0
+        } | if args.events_stacks {
+            memtrace_common::ATTR_STACKS
+        } else {
+            0
+        },
         hooks_only: args.hooks_only,
         ..Default::default()
     })?;

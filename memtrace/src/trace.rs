@@ -176,7 +176,7 @@ pub fn record(
         cpu: e.cpu,
         pid: e.tgid,
         tid: e.tid,
-        comm: events::comm(e),
+        comm: escape(&events::comm(e)),
         allocator,
         kind: events::Kind::of(e).name(),
         bytes_requested: e.bytes_req,
@@ -186,6 +186,20 @@ pub fn record(
         call_site,
         stack,
     }
+}
+
+/// A task name with control characters escaped: any process can name itself anything, and
+/// raw escapes would forge lines or drive the terminal.
+fn escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
 }
 
 fn is_tracing_frame(f: &str) -> bool {
@@ -402,6 +416,12 @@ fn report_lost(args: &TraceArgs, n: u64, out: &mut dyn Write) -> std::io::Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn comms_are_escaped() {
+        assert_eq!(escape("sh"), "sh");
+        assert_eq!(escape("a\x1b[2Jb\n"), "a\\u{1b}[2Jb\\n");
+    }
 
     #[test]
     fn civil_dates() {

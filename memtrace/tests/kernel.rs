@@ -346,6 +346,7 @@ fn page_allocations_and_frees_match_ftrace_in_both_attach_modes() {
             ],
             move || {
                 // Order 0: pipe buffers. Order 4: a 64 KiB kvmalloc is a kmalloc_large.
+                support::compact_memory();
                 pipe_pages(64);
                 for _ in 0..10 {
                     setxattr_kmalloc(&file, 65536);

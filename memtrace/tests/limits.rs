@@ -126,6 +126,7 @@ fn a_high_order_allocation_moves_the_observed_figures() {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("f");
     std::fs::write(&file, b"x").unwrap();
+    support::compact_memory();
     for _ in 0..10 {
         setxattr_kmalloc(&file, 65536);
     }

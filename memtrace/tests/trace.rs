@@ -11,18 +11,9 @@ use std::{
     time::Duration,
 };
 
-use support::{Ftrace, Memcg, Worker, enter_tasks, ftrace_gfp_label, require_kernel};
-
-/// Fails if `text` holds something that looks like a kernel address.
-fn assert_no_addresses(text: &str) {
-    assert!(!text.contains("0xffff"), "kernel address in output");
-    for word in text.split(|c: char| !c.is_ascii_hexdigit()) {
-        assert!(
-            !(word.len() >= 12 && word.to_ascii_lowercase().starts_with("ffff")),
-            "kernel address {word} in output"
-        );
-    }
-}
+use support::{
+    Ftrace, Memcg, Worker, assert_no_addresses, enter_tasks, ftrace_gfp_label, require_kernel,
+};
 
 #[test]
 fn a_real_failure_is_one_trace_event_with_its_stack() {

@@ -113,8 +113,9 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// The bpf-linker version setup installs; 0.13 supports LLVM 20 to 23 through features.
+/// The bpf-linker version setup installs, and the LLVM majors it has features for.
 const BPF_LINKER_VERSION: &str = "0.13.0";
+const BPF_LINKER_LLVM: std::ops::RangeInclusive<u32> = 21..=23;
 /// Debian packages the tests use: `prometheus` brings the server and `promtool`, against
 /// which the exporter is checked.
 const DEBIAN_PACKAGES: &[&str] = &["prometheus"];
@@ -147,6 +148,14 @@ fn setup() -> anyhow::Result<()> {
 
     // 2. bpf-linker, linked against the nightly's own LLVM (its default LLVM is too new).
     let (llvm_lib, major) = nightly_llvm(&sysroot)?;
+    if !BPF_LINKER_LLVM.contains(&major) {
+        bail!(
+            "the nightly toolchain uses LLVM {major}, but bpf-linker {BPF_LINKER_VERSION} supports LLVM {}..={}: \
+             install a nightly with a supported LLVM, or raise BPF_LINKER_VERSION in xtask/src/main.rs",
+            BPF_LINKER_LLVM.start(),
+            BPF_LINKER_LLVM.end()
+        );
+    }
     let feature = format!("llvm-{major}");
     if !bpf_linker_installed_with(&feature) {
         // bpf-linker keeps this directory as its RUNPATH: it must outlive `cargo clean`, so it
