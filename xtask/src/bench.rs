@@ -313,6 +313,74 @@ fn machine() -> String {
     format!("Linux {} on {cpus} × {cpu}", kernel.trim())
 }
 
+/// Per-program (runs, total ns) of memtrace's loaded programs, from `bpftool prog show`
+/// while kernel.bpf_stats_enabled is on.
+fn program_stats() -> anyhow::Result<BTreeMap<String, (u64, u64)>> {
+    let out = Command::new("bpftool")
+        .args(["prog", "show", "--json"])
+        .output()
+        .context("run bpftool")?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("bpftool JSON")?;
+    let mut m = BTreeMap::new();
+    for p in v.as_array().map(Vec::as_slice).unwrap_or_default() {
+        let (Some(name), Some(cnt), Some(ns)) = (
+            p["name"].as_str(),
+            p["run_cnt"].as_u64(),
+            p["run_time_ns"].as_u64(),
+        ) else {
+            continue;
+        };
+        let e = m.entry(name.to_string()).or_insert((0, 0));
+        e.0 += cnt;
+        e.1 += ns;
+    }
+    Ok(m)
+}
+
+/// Runs the default daemon once more with BPF run-time statistics on and returns the
+/// average ns per run of each program that ran (the kernel's own accounting, which adds a
+/// little time of its own to every run).
+fn profile(
+    memtrace: &Path,
+    workload: &Path,
+    seconds: f64,
+) -> anyhow::Result<Vec<(String, u64, f64)>> {
+    let stats = Path::new("/proc/sys/kernel/bpf_stats_enabled");
+    let old = std::fs::read_to_string(stats).unwrap_or_else(|_| "0".into());
+    std::fs::write(stats, "1").context("enable kernel.bpf_stats_enabled")?;
+    let result = (|| {
+        let tracer = start("memtrace", memtrace)?;
+        let before = program_stats()?;
+        let out = Command::new(workload)
+            .args(["--seconds", &seconds.to_string()])
+            .output()?;
+        if !out.status.success() {
+            bail!("workload failed");
+        }
+        let after = program_stats()?;
+        drop(tracer);
+        let mut rows: Vec<(String, u64, f64)> = after
+            .iter()
+            .filter(|(name, _)| name.ends_with("_btf") || name.ends_with("_tp"))
+            .filter_map(|(name, (cnt, ns))| {
+                let (c0, n0) = before.get(name).copied().unwrap_or((0, 0));
+                let runs = cnt.saturating_sub(c0);
+                (runs > 0).then(|| {
+                    (
+                        name.clone(),
+                        runs,
+                        ns.saturating_sub(n0) as f64 / runs as f64,
+                    )
+                })
+            })
+            .collect();
+        rows.sort_by(|a, b| (b.1 as f64 * b.2).total_cmp(&(a.1 as f64 * a.2)));
+        Ok(rows)
+    })();
+    let _ = std::fs::write(stats, old.trim());
+    result
+}
+
 pub fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
     let memtrace = root.join("target/release/memtrace");
     let workload = root.join("target/release/workload");
@@ -404,6 +472,11 @@ pub fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
             }),
         );
     }
+    let programs = profile(&memtrace, &workload, opts.seconds)?;
+    let mut prog_table = String::new();
+    for (name, runs, avg) in &programs {
+        prog_table.push_str(&format!("| `{name}` | {runs} | {avg:.0} |\n"));
+    }
     let vs_floor = added("memtrace") / added("floor");
     let vs_bpftrace = added("memtrace") / added("bpftrace");
     let full_vs_floor = added("memtrace-full") / added("floor");
@@ -432,7 +505,11 @@ same tracepoints.\n\
 - memtrace's added cost per traced event is **{vs_floor:.2}×** the floor's and **{vs_bpftrace:.2}×** \
 bpftrace's; with everything on, **{full_vs_floor:.2}×** the floor's.\n\
 - Tracer CPU is the tracer process's own user+system time over the run (the in-kernel program time \
-is in the workload's ns/op); for bpftrace most of its work happens at exit.\n",
+is in the workload's ns/op); for bpftrace most of its work happens at exit.\n\n\
+## Where the time goes\n\n\
+One more run of the default daemon with `kernel.bpf_stats_enabled=1` (the kernel's own \
+accounting of each program's run time, which adds a little to every run), read with `bpftool`:\n\n\
+| program | runs | average ns per run |\n| --- | --- | --- |\n{prog_table}",
         machine = machine(),
         reps = opts.reps,
         secs = opts.seconds,
@@ -447,6 +524,7 @@ is in the workload's ns/op); for bpftrace most of its work happens at exit.\n",
         "memtrace_added_vs_floor": vs_floor, "memtrace_added_vs_bpftrace": vs_bpftrace,
         "full_added_vs_floor": full_vs_floor,
         "configs": json_configs, "runs": runs,
+        "programs": programs.iter().map(|(n, r, a)| serde_json::json!({"program": n, "runs": r, "avg_ns": a})).collect::<Vec<_>>(),
     });
     std::fs::write(
         out_dir.join("bench.json"),

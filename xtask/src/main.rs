@@ -362,7 +362,7 @@ fn bench(reps: usize, seconds: f64) -> anyhow::Result<()> {
     if !is_root() {
         bail!("the benchmark attaches eBPF programs: run it as root");
     }
-    install_debian(&["bpftrace"])?;
+    install_debian(&["bpftrace", "bpftool"])?;
     // bpftrace's classic tracepoints need tracefs.
     if !Path::new("/sys/kernel/tracing/events").is_dir() {
         status(Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]))?;
