@@ -186,8 +186,13 @@ struct Record {
 
 impl Record {
     /// Copies `len` bytes (the span of the fields the program needs) of the context.
+    ///
+    /// A BTF tracepoint's context is its argument array, which the program may read directly
+    /// at constant offsets: the words are loaded one by one, and the verifier, which knows
+    /// `len` (a read-only global), keeps only the loads below it. A classic tracepoint's
+    /// record is copied with one helper call.
     #[inline(always)]
-    fn load(ctx: *mut c_void, len: u16) -> Record {
+    fn load(ctx: *mut c_void, len: u16, btf: bool) -> Record {
         let mut r = Record {
             buf: [0; RECORD_BYTES],
         };
@@ -196,6 +201,22 @@ impl Record {
         } else {
             len as usize
         };
+        if btf {
+            let args = ctx as *const u64;
+            let words = n.div_ceil(8);
+            macro_rules! word {
+                ($($i:literal)*) => {$(
+                    if $i < words {
+                        // SAFETY: argument $i exists (it is below the span of the fields the
+                        // kernel's prototype has); a constant-offset context read.
+                        let v = unsafe { core::ptr::read_volatile(args.add($i)) };
+                        r.buf[$i * 8..$i * 8 + 8].copy_from_slice(&v.to_ne_bytes());
+                    }
+                )*};
+            }
+            word!(0 1 2 3 4 5 6 7 8 9 10 11);
+            return r;
+        }
         // SAFETY: the helper checks the source address and writes at most n <= RECORD_BYTES
         // bytes into the buffer; on failure the buffer stays zero.
         unsafe {
@@ -395,13 +416,14 @@ fn min_bytes() -> u64 {
 }
 
 #[inline(always)]
-fn on_kmalloc(ctx: *mut c_void, l: &KmallocLayout) {
+fn on_kmalloc(ctx: *mut c_void, l: &KmallocLayout, btf: bool) {
     if !wanted() {
         return;
     }
     let r = Record::load(
         ctx,
         span(&[l.call_site, l.ptr, l.bytes_req, l.bytes_alloc, l.gfp_flags]),
+        btf,
     );
     let gfp = r.get(l.gfp_flags);
     let bytes_req = r.get(l.bytes_req);
@@ -519,9 +541,12 @@ fn on_mm_page_alloc(ctx: *mut c_void, l: &PageAllocLayout) {
     if !wanted() {
         return;
     }
+    // The BTF argument `page` is a typed kernel pointer, which the verifier will not let a
+    // program copy byte-wise into a buffer: this record is always copied by the helper.
     let r = Record::load(
         ctx,
         span(&[l.pfn, l.page, l.order, l.gfp_flags, l.migratetype]),
+        false,
     );
     let order = order_slot(r.get(l.order));
     let gfp = r.get(l.gfp_flags);
@@ -631,11 +656,12 @@ fn on_purge(ctx: *mut c_void, l: &PurgeLayout) {
 }
 
 #[inline(always)]
-fn on_percpu_alloc(ctx: *mut c_void, l: &PercpuAllocLayout) {
+fn on_percpu_alloc(ctx: *mut c_void, l: &PercpuAllocLayout, btf: bool) {
     if wanted() {
         let r = Record::load(
             ctx,
             span(&[l.call_site, l.size, l.bytes_alloc, l.gfp_flags]),
+            btf,
         );
         let bytes_alloc = r.get(l.bytes_alloc);
         record_size(
@@ -650,11 +676,12 @@ fn on_percpu_alloc(ctx: *mut c_void, l: &PercpuAllocLayout) {
 
 /// Defines the classic and the BTF tracepoint program of one event around one body.
 macro_rules! probe {
-    ($event:ident, $name:literal, $tp:ident, $btf:ident, |$ctx:ident, $l:ident| $body:expr) => {
+    ($event:ident, $name:literal, $tp:ident, $btf:ident, |$ctx:ident, $l:ident, $b:ident| $body:expr) => {
         #[tracepoint]
         pub fn $tp(ctx: TracePointContext) -> u32 {
             let $ctx = ctx.as_ptr();
             let $l = layout!(tp, $event);
+            let $b = false;
             $body;
             0
         }
@@ -663,16 +690,17 @@ macro_rules! probe {
         pub fn $btf(ctx: BtfTracePointContext) -> i32 {
             let $ctx = ctx.as_ptr();
             let $l = layout!(btf, $event);
+            let $b = true;
             $body;
             0
         }
     };
 }
 
-probe!(kmalloc, "kmalloc", kmalloc_tp, kmalloc_btf, |c, l| {
-    on_kmalloc(c, &l)
+probe!(kmalloc, "kmalloc", kmalloc_tp, kmalloc_btf, |c, l, b| {
+    on_kmalloc(c, &l, b)
 });
-probe!(kfree, "kfree", kfree_tp, kfree_btf, |c, l| on_free(
+probe!(kfree, "kfree", kfree_tp, kfree_btf, |c, l, _b| on_free(
     c,
     &l,
     Counter::KmallocFrees
@@ -682,56 +710,56 @@ probe!(
     "kmem_cache_alloc",
     kmem_cache_alloc_tp,
     kmem_cache_alloc_btf,
-    |c, l| on_kmem_cache_alloc(c, &l)
+    |c, l, _b| on_kmem_cache_alloc(c, &l)
 );
 probe!(
     kmem_cache_free,
     "kmem_cache_free",
     kmem_cache_free_tp,
     kmem_cache_free_btf,
-    |c, l| on_free(c, &l, Counter::KmemCacheFrees)
+    |c, l, _b| on_free(c, &l, Counter::KmemCacheFrees)
 );
 probe!(
     mm_page_alloc,
     "mm_page_alloc",
     mm_page_alloc_tp,
     mm_page_alloc_btf,
-    |c, l| { on_mm_page_alloc(c, &l) }
+    |c, l, _b| { on_mm_page_alloc(c, &l) }
 );
 probe!(
     mm_page_free,
     "mm_page_free",
     mm_page_free_tp,
     mm_page_free_btf,
-    |c, l| { on_mm_page_free(c, &l) }
+    |c, l, _b| { on_mm_page_free(c, &l) }
 );
 probe!(
     mm_page_alloc_extfrag,
     "mm_page_alloc_extfrag",
     mm_page_alloc_extfrag_tp,
     mm_page_alloc_extfrag_btf,
-    |c, l| on_extfrag(c, &l)
+    |c, l, _b| on_extfrag(c, &l)
 );
 probe!(
     alloc_vmap_area,
     "alloc_vmap_area",
     alloc_vmap_area_tp,
     alloc_vmap_area_btf,
-    |c, l| on_alloc_vmap_area(c, &l)
+    |c, l, _b| on_alloc_vmap_area(c, &l)
 );
 probe!(
     purge_vmap_area_lazy,
     "purge_vmap_area_lazy",
     purge_vmap_area_lazy_tp,
     purge_vmap_area_lazy_btf,
-    |c, l| on_purge(c, &l)
+    |c, l, _b| on_purge(c, &l)
 );
 probe!(
     percpu_alloc_percpu,
     "percpu_alloc_percpu",
     percpu_alloc_percpu_tp,
     percpu_alloc_percpu_btf,
-    |c, l| on_percpu_alloc(c, &l)
+    |c, l, b| on_percpu_alloc(c, &l, b)
 );
 
 probe!(
@@ -739,7 +767,7 @@ probe!(
     "mm_compaction_try_to_compact_pages",
     mm_compaction_try_to_compact_pages_tp,
     mm_compaction_try_to_compact_pages_btf,
-    |c, l| {
+    |c, l, _b| {
         if wanted() {
             add_counter(COMPACTION_STALLS_BASE + order_slot(field(c, l.order)), 1);
         }
