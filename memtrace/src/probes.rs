@@ -344,143 +344,58 @@ impl Tracer {
     /// Pre-inserts the overflow slots the programs count in when a map is full.
     fn insert_overflow_keys(&mut self) -> anyhow::Result<()> {
         let n = self.nr_cpus;
-        {
-            let mut sizes: PerCpuHashMap<&mut MapData, GfpKey, SizeStats> =
-                PerCpuHashMap::try_from(
-                    self.ebpf
-                        .map_mut(MAP_SIZE_STATS)
-                        .context("map SIZE_STATS missing")?,
-                )?;
-            for a in Allocator::ALL {
-                let v = PerCpuValues::try_from(vec![SizeStats::ZERO; n])?;
-                sizes
-                    .insert(gfp_key(a, 0, GFP_OVERFLOW), v, 0)
-                    .context("pre-insert SIZE_STATS overflow key")?;
-            }
-        }
-        {
-            let mut fails: PerCpuHashMap<&mut MapData, GfpKey, u64> = PerCpuHashMap::try_from(
-                self.ebpf
-                    .map_mut(MAP_FAILURES)
-                    .context("map FAILURES missing")?,
-            )?;
-            for a in Allocator::ALL {
-                let orders = if a == Allocator::Page { ORDER_SLOTS } else { 1 };
-                for order in 0..orders {
-                    let v = PerCpuValues::try_from(vec![0u64; n])?;
-                    fails
-                        .insert(gfp_key(a, order, GFP_OVERFLOW), v, 0)
-                        .context("pre-insert FAILURES overflow key")?;
-                }
-            }
-        }
-        {
-            let mut pages: PerCpuHashMap<&mut MapData, PageKey, u64> = PerCpuHashMap::try_from(
-                self.ebpf
-                    .map_mut(MAP_PAGE_ALLOCS)
-                    .context("map PAGE_ALLOCS missing")?,
-            )?;
-            for order in 0..ORDER_SLOTS {
-                let v = PerCpuValues::try_from(vec![0u64; n])?;
-                let key = PageKey {
-                    order,
-                    migratetype: u32::MAX,
-                    gfp: GFP_OVERFLOW,
-                };
-                pages
-                    .insert(key, v, 0)
-                    .context("pre-insert PAGE_ALLOCS overflow key")?;
-            }
-        }
-        {
-            let mut sites: PerCpuHashMap<&mut MapData, SiteKey, Usage> = PerCpuHashMap::try_from(
-                self.ebpf
-                    .map_mut(MAP_CALLSITES)
-                    .context("map CALLSITES missing")?,
-            )?;
-            for a in Allocator::ALL {
-                let v = PerCpuValues::try_from(vec![Usage::default(); n])?;
-                let key = SiteKey {
-                    allocator: a as u32,
-                    _pad: 0,
-                    call_site: 0,
-                };
-                sites
-                    .insert(key, v, 0)
-                    .context("pre-insert CALLSITES overflow key")?;
-            }
-        }
-        {
-            let mut comms: PerCpuHashMap<&mut MapData, CommKey, Usage> = PerCpuHashMap::try_from(
-                self.ebpf.map_mut(MAP_COMMS).context("map COMMS missing")?,
-            )?;
-            for a in Allocator::ALL {
-                let v = PerCpuValues::try_from(vec![Usage::default(); n])?;
-                let key = CommKey {
-                    allocator: a as u32,
-                    comm: [0; 16],
-                };
-                comms
-                    .insert(key, v, 0)
-                    .context("pre-insert COMMS overflow key")?;
-            }
-        }
-        let mut caches: PerCpuHashMap<&mut MapData, u64, CacheStats> = PerCpuHashMap::try_from(
-            self.ebpf
-                .map_mut(MAP_CACHE_STATS)
-                .context("map CACHE_STATS missing")?,
+        let e = &mut self.ebpf;
+        let gfp = |a, order| gfp_key(a, order, GFP_OVERFLOW);
+        pre_insert(
+            e,
+            MAP_SIZE_STATS,
+            Allocator::ALL.map(|a| gfp(a, 0)),
+            SizeStats::ZERO,
+            n,
         )?;
-        let v = PerCpuValues::try_from(vec![CacheStats::ZERO; n])?;
-        caches
-            .insert(CACHE_OVERFLOW, v, 0)
-            .context("pre-insert CACHE_STATS overflow key")?;
-        Ok(())
+        let failures = Allocator::ALL.into_iter().flat_map(|a| {
+            let orders = if a == Allocator::Page { ORDER_SLOTS } else { 1 };
+            (0..orders).map(move |o| gfp(a, o))
+        });
+        pre_insert(e, MAP_FAILURES, failures, 0u64, n)?;
+        let pages = (0..ORDER_SLOTS).map(|order| PageKey {
+            order,
+            migratetype: u32::MAX,
+            gfp: GFP_OVERFLOW,
+        });
+        pre_insert(e, MAP_PAGE_ALLOCS, pages, 0u64, n)?;
+        let sites = Allocator::ALL.map(|a| SiteKey {
+            allocator: a as u32,
+            _pad: 0,
+            call_site: 0,
+        });
+        pre_insert(e, MAP_CALLSITES, sites, Usage::default(), n)?;
+        let comms = Allocator::ALL.map(|a| CommKey {
+            allocator: a as u32,
+            comm: [0; 16],
+        });
+        pre_insert(e, MAP_COMMS, comms, Usage::default(), n)?;
+        pre_insert(e, MAP_CACHE_STATS, [CACHE_OVERFLOW], CacheStats::ZERO, n)
     }
 
     /// Reads every aggregate map and sums CPUs. Map read errors are returned, never swallowed.
     pub fn snapshot(&self) -> anyhow::Result<Snapshot> {
         let mut snap = Snapshot::default();
-        let sizes: PerCpuHashMap<&MapData, GfpKey, SizeStats> = PerCpuHashMap::try_from(
-            self.ebpf
-                .map(MAP_SIZE_STATS)
-                .context("map SIZE_STATS missing")?,
-        )?;
-        for item in sizes.iter() {
-            let (key, per_cpu) = item.context("reading SIZE_STATS")?;
-            let Some(a) = Allocator::from_u32(key.allocator) else {
-                continue;
-            };
-            let mut total = SizeStats::ZERO;
-            for v in per_cpu.iter() {
-                total.add(v);
-            }
-            if total.count() > 0 {
+        let e = &self.ebpf;
+        let sum = |t: &mut u64, v: &u64| *t = t.wrapping_add(*v);
+        for (key, total) in
+            read_summed::<GfpKey, SizeStats>(e, MAP_SIZE_STATS, SizeStats::ZERO, SizeStats::add)?
+        {
+            if let (Some(a), true) = (Allocator::from_u32(key.allocator), total.count() > 0) {
                 snap.sizes.insert((a, key.gfp), total);
             }
         }
-        let fails: PerCpuHashMap<&MapData, GfpKey, u64> = PerCpuHashMap::try_from(
-            self.ebpf
-                .map(MAP_FAILURES)
-                .context("map FAILURES missing")?,
-        )?;
-        for item in fails.iter() {
-            let (key, per_cpu) = item.context("reading FAILURES")?;
-            let Some(a) = Allocator::from_u32(key.allocator) else {
-                continue;
-            };
-            let n: u64 = per_cpu.iter().sum();
-            if n > 0 {
+        for (key, n) in read_summed::<GfpKey, u64>(e, MAP_FAILURES, 0, sum)? {
+            if let (Some(a), true) = (Allocator::from_u32(key.allocator), n > 0) {
                 snap.failures.insert((a, key.order, key.gfp), n);
             }
         }
-        let pages: PerCpuHashMap<&MapData, PageKey, u64> = PerCpuHashMap::try_from(
-            self.ebpf
-                .map(MAP_PAGE_ALLOCS)
-                .context("map PAGE_ALLOCS missing")?,
-        )?;
-        for item in pages.iter() {
-            let (key, per_cpu) = item.context("reading PAGE_ALLOCS")?;
-            let n: u64 = per_cpu.iter().sum();
+        for (key, n) in read_summed::<PageKey, u64>(e, MAP_PAGE_ALLOCS, 0, sum)? {
             if n > 0 {
                 snap.pages.insert((key.order, key.migratetype, key.gfp), n);
             }
@@ -490,17 +405,9 @@ impl Tracer {
                 .map(MAP_CACHE_NAMES)
                 .context("map CACHE_NAMES missing")?,
         )?;
-        let caches: PerCpuHashMap<&MapData, u64, CacheStats> = PerCpuHashMap::try_from(
-            self.ebpf
-                .map(MAP_CACHE_STATS)
-                .context("map CACHE_STATS missing")?,
-        )?;
-        for item in caches.iter() {
-            let (id, per_cpu) = item.context("reading CACHE_STATS")?;
-            let mut total = CacheStats::ZERO;
-            for v in per_cpu.iter() {
-                total.add(v);
-            }
+        for (id, total) in
+            read_summed::<u64, CacheStats>(e, MAP_CACHE_STATS, CacheStats::ZERO, CacheStats::add)?
+        {
             if total.allocations == 0 {
                 continue;
             }
@@ -534,39 +441,20 @@ impl Tracer {
             let v = maxima.get(&i, 0).context("reading MAXIMA")?;
             snap.maxima.push(v.iter().copied().max().unwrap_or(0));
         }
-        let sites: PerCpuHashMap<&MapData, SiteKey, Usage> = PerCpuHashMap::try_from(
-            self.ebpf
-                .map(MAP_CALLSITES)
-                .context("map CALLSITES missing")?,
-        )?;
-        for item in sites.iter() {
-            let (key, per_cpu) = item.context("reading CALLSITES")?;
-            let Some(a) = Allocator::from_u32(key.allocator) else {
-                continue;
-            };
-            let mut u = Usage::default();
-            for v in per_cpu.iter() {
-                u.add(v);
-            }
-            if u.allocations > 0 {
+        for (key, u) in
+            read_summed::<SiteKey, Usage>(&self.ebpf, MAP_CALLSITES, Usage::default(), Usage::add)?
+        {
+            if let (Some(a), true) = (Allocator::from_u32(key.allocator), u.allocations > 0) {
                 snap.callsites
                     .entry((a, key.call_site))
                     .or_default()
                     .add(&u);
             }
         }
-        let comms: PerCpuHashMap<&MapData, CommKey, Usage> =
-            PerCpuHashMap::try_from(self.ebpf.map(MAP_COMMS).context("map COMMS missing")?)?;
-        for item in comms.iter() {
-            let (key, per_cpu) = item.context("reading COMMS")?;
-            let Some(a) = Allocator::from_u32(key.allocator) else {
-                continue;
-            };
-            let mut u = Usage::default();
-            for v in per_cpu.iter() {
-                u.add(v);
-            }
-            if u.allocations > 0 {
+        for (key, u) in
+            read_summed::<CommKey, Usage>(&self.ebpf, MAP_COMMS, Usage::default(), Usage::add)?
+        {
+            if let (Some(a), true) = (Allocator::from_u32(key.allocator), u.allocations > 0) {
                 let end = key.comm.iter().position(|&b| b == 0).unwrap_or(16);
                 let comm = String::from_utf8_lossy(&key.comm[..end]).into_owned();
                 snap.comms.entry((a, comm)).or_default().add(&u);
@@ -600,6 +488,49 @@ pub(crate) fn load_object(layouts: &Layouts, opts: &TracerOptions) -> anyhow::Re
                 one_line(&e)
             )
         })
+}
+
+/// Inserts `keys` with a zero value on every CPU into the per-CPU hash `map`.
+fn pre_insert<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    map: &str,
+    keys: impl IntoIterator<Item = K>,
+    zero: V,
+    nr_cpus: usize,
+) -> anyhow::Result<()> {
+    let mut m: PerCpuHashMap<&mut MapData, K, V> = PerCpuHashMap::try_from(
+        ebpf.map_mut(map)
+            .with_context(|| format!("map {map} missing"))?,
+    )?;
+    for key in keys {
+        let v = PerCpuValues::try_from(vec![zero; nr_cpus])?;
+        m.insert(key, v, 0)
+            .with_context(|| format!("pre-insert the overflow key of {map}"))?;
+    }
+    Ok(())
+}
+
+/// Every entry of the per-CPU hash `map`, its CPUs folded with `add`.
+fn read_summed<K: aya::Pod, V: aya::Pod>(
+    ebpf: &Ebpf,
+    map: &str,
+    zero: V,
+    add: impl Fn(&mut V, &V),
+) -> anyhow::Result<Vec<(K, V)>> {
+    let m: PerCpuHashMap<&MapData, K, V> = PerCpuHashMap::try_from(
+        ebpf.map(map)
+            .with_context(|| format!("map {map} missing"))?,
+    )?;
+    let mut out = Vec::new();
+    for item in m.iter() {
+        let (key, per_cpu) = item.with_context(|| format!("reading {map}"))?;
+        let mut total = zero;
+        for v in per_cpu.iter() {
+            add(&mut total, v);
+        }
+        out.push((key, total));
+    }
+    Ok(out)
 }
 
 fn gfp_key(a: Allocator, order: u32, gfp: u64) -> GfpKey {

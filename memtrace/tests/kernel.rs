@@ -21,7 +21,7 @@ use memtrace_common::{
 };
 use support::{
     BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_PERCPU_ARRAY, Ftrace, Memcg, TraceEvent, Worker,
-    bpf_map_create_close, enter_tasks, ftrace_gfp_label, open_close, pipe_pages, require_kernel,
+    bpf_map_create_close, force_failures, ftrace_gfp_label, open_close, pipe_pages, require_kernel,
     setxattr_kmalloc,
 };
 
@@ -525,9 +525,6 @@ fn real_allocation_failures_match_ftrace() {
     std::fs::write(&file, b"x").unwrap();
     for (pref, expect) in BOTH {
         let memcg = Memcg::new(64 << 10);
-        let (enter, leave) = memcg.tasks_paths();
-        let path = std::ffi::CString::new(file.as_os_str().as_encoded_bytes()).unwrap();
-        let value = vec![0x5au8; 65536];
         let worker = Worker::spawn();
         let mut tracer = Tracer::start(&TracerOptions {
             filter_tid: worker.tid,
@@ -537,29 +534,7 @@ fn real_allocation_failures_match_ftrace() {
         .unwrap_or_else(|e| panic!("memtrace could not start: {e:#}"));
         let events = [("kmem", "kmalloc"), ("kmem", "mm_page_alloc")];
         let ftrace = Ftrace::start(&events, worker.tid);
-        let finished = worker.run_timeout(
-            move || {
-                enter_tasks(&enter);
-                for _ in 0..5 {
-                    // SAFETY: valid path, name and buffer; ENOMEM is the expected result.
-                    unsafe {
-                        libc::setxattr(
-                            path.as_ptr(),
-                            c"user.memtrace".as_ptr(),
-                            value.as_ptr().cast(),
-                            value.len(),
-                            0,
-                        );
-                    }
-                }
-                enter_tasks(&leave);
-            },
-            std::time::Duration::from_secs(30),
-        );
-        if !finished {
-            memcg.set_limit(u64::MAX / 2); // unstick the worker before failing
-            panic!("the worker stalled in the memory cgroup");
-        }
+        force_failures(&worker, &memcg, &file, 5);
         let events = ftrace.stop();
         let snap = tracer.snapshot().expect("snapshot");
         let gfp = gfp_table();

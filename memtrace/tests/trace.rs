@@ -12,7 +12,7 @@ use std::{
 };
 
 use support::{
-    Ftrace, Memcg, Worker, assert_no_addresses, enter_tasks, ftrace_gfp_label, require_kernel,
+    Ftrace, Memcg, Worker, assert_no_addresses, force_failures, ftrace_gfp_label, require_kernel,
 };
 
 #[test]
@@ -51,35 +51,10 @@ fn a_real_failure_is_one_trace_event_with_its_stack() {
         std::path::Path::new("/dev/shm").join(format!("memtrace-trace-{}", std::process::id()));
     std::fs::write(&file, b"x").unwrap();
     let memcg = Memcg::new(64 << 10);
-    let (enter, leave) = memcg.tasks_paths();
-    let path = std::ffi::CString::new(file.as_os_str().as_encoded_bytes()).unwrap();
-    let value = vec![0x5au8; 65536];
     let worker = Worker::spawn();
     let tid = worker.tid;
     let ftrace = Ftrace::start(&[("kmem", "kmalloc"), ("kmem", "mm_page_alloc")], tid);
-    let finished = worker.run_timeout(
-        move || {
-            enter_tasks(&enter);
-            for _ in 0..3 {
-                // SAFETY: valid path, name and buffer; ENOMEM is expected.
-                unsafe {
-                    libc::setxattr(
-                        path.as_ptr(),
-                        c"user.memtrace".as_ptr(),
-                        value.as_ptr().cast(),
-                        value.len(),
-                        0,
-                    );
-                }
-            }
-            enter_tasks(&leave);
-        },
-        Duration::from_secs(30),
-    );
-    if !finished {
-        memcg.set_limit(u64::MAX / 2);
-        panic!("the worker stalled in the memory cgroup");
-    }
+    force_failures(&worker, &memcg, &file, 3);
     let events = ftrace.stop();
     drop(memcg);
     let _ = std::fs::remove_file(&file);

@@ -422,6 +422,40 @@ pub fn enter_tasks(tasks: &std::ffi::CStr) {
     }
 }
 
+/// Makes real allocation failures: runs on `worker` a job that moves the thread into `memcg`
+/// (tiny limit, OOM killer off), stores `reps` 64 KiB extended attributes on the tmpfs file
+/// `file` — shmem copies each value with kvmalloc(GFP_KERNEL_ACCOUNT), whose order-5
+/// kmalloc_large cannot be charged, so a page allocation and a kmalloc fail (and the vmalloc
+/// fallback too) — and moves back. Panics if the worker stalls (after unsticking it).
+pub fn force_failures(worker: &Worker, memcg: &Memcg, file: &std::path::Path, reps: usize) {
+    let (enter, leave) = memcg.tasks_paths();
+    let path = std::ffi::CString::new(file.as_os_str().as_encoded_bytes()).unwrap();
+    let value = vec![0x5au8; 65536];
+    let finished = worker.run_timeout(
+        move || {
+            enter_tasks(&enter);
+            for _ in 0..reps {
+                // SAFETY: valid path, name and buffer; ENOMEM is the expected result.
+                unsafe {
+                    libc::setxattr(
+                        path.as_ptr(),
+                        c"user.memtrace".as_ptr(),
+                        value.as_ptr().cast(),
+                        value.len(),
+                        0,
+                    );
+                }
+            }
+            enter_tasks(&leave);
+        },
+        std::time::Duration::from_secs(30),
+    );
+    if !finished {
+        memcg.set_limit(u64::MAX / 2); // unstick the worker before failing
+        panic!("the worker stalled in the memory cgroup");
+    }
+}
+
 /// The `gfp` label the kernel's own rendering implies: ftrace prints composite names first,
 /// so the first `|`-separated token is the composite, if it is one.
 pub fn ftrace_gfp_label(printed: &str) -> String {
