@@ -79,3 +79,13 @@ fn check_reports_every_probe_and_agrees_with_its_exit_code() {
     assert!(text.contains("kmem:kmalloc"));
     assert!(!text.contains("0xffff"), "no kernel addresses: {text}");
 }
+
+#[test]
+fn log_format_is_validated() {
+    let out = memtrace(&["--log-format", "xml", "check"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim().lines().count(),
+        1
+    );
+}

@@ -221,3 +221,37 @@ fn config_file_sets_flags_and_flags_win() {
     let _ = child.wait();
     let _ = std::fs::remove_file(&config);
 }
+
+/// With --log-format json every log line is one JSON object (journald / log shippers).
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let Some(_guard) = support::require_kernel() else {
+        return;
+    };
+    use std::io::BufRead as _;
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_memtrace"))
+        .args(["--log-format", "json", "daemon", "--web.listen-address"])
+        .arg(format!("127.0.0.1:{port}"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let mut seen = 0;
+    while let Some(Ok(line)) = lines.next() {
+        let v: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
+        assert!(
+            v["level"].is_string() && v["fields"]["message"].is_string(),
+            "{v}"
+        );
+        seen += 1;
+        if v["fields"]["message"] == "serving metrics" {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(seen >= 2, "the daemon logged its probes and its address");
+}

@@ -117,8 +117,9 @@ fn is_root() -> bool {
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const BPF_LINKER_LLVM: std::ops::RangeInclusive<u32> = 21..=23;
 /// Debian packages the tests use: `prometheus` brings the server and `promtool`, against
-/// which the exporter is checked.
-const DEBIAN_PACKAGES: &[&str] = &["prometheus"];
+/// which the exporter and the alerting rules are checked; `systemd` brings
+/// `systemd-analyze` for the unit; `util-linux` brings `setpriv` for the capability test.
+const DEBIAN_PACKAGES: &[&str] = &["prometheus", "systemd", "util-linux"];
 
 fn setup() -> anyhow::Result<()> {
     let started = std::time::Instant::now();
