@@ -17,6 +17,8 @@ pub enum TracefsError {
         "tracefs is not mounted and mounting it at {TRACEFS} failed ({0}); mount it with `mount -t tracefs nodev {TRACEFS}`"
     )]
     Mount(std::io::Error),
+    #[error("tracefs at {0} is not readable: run as root or with CAP_DAC_READ_SEARCH")]
+    Unreadable(String),
     #[error("cannot read {path}: {source}")]
     Io {
         path: String,
@@ -41,6 +43,14 @@ pub fn mounted() -> Option<PathBuf> {
 pub fn ensure_mounted() -> Result<(PathBuf, bool), TracefsError> {
     if let Some(p) = mounted() {
         return Ok((p, false));
+    }
+    // Mounted but closed to us (tracefs is root-only) is not the same as absent.
+    for dir in [TRACEFS, DEBUGFS_TRACING] {
+        if let Err(e) = std::fs::metadata(Path::new(dir).join("events")) {
+            if e.kind() == std::io::ErrorKind::PermissionDenied {
+                return Err(TracefsError::Unreadable(dir.to_string()));
+            }
+        }
     }
     let target = std::ffi::CString::new(TRACEFS).expect("no NUL");
     let fstype = std::ffi::CString::new("tracefs").expect("no NUL");
