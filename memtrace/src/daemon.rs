@@ -8,7 +8,6 @@ use std::{
 
 use aya::maps::{MapData, RingBuf};
 use memtrace_common::Allocator;
-use tokio::io::{Interest, unix::AsyncFd};
 
 use anyhow::anyhow;
 use axum::{
@@ -21,14 +20,12 @@ use axum::{
 use prometheus::{Encoder as _, Registry, TextEncoder};
 
 use crate::{
-    btf::Btf,
     check::kernel_release,
     events::{self, Kind},
     gfp::GfpTable,
     kernel, limits, metrics,
     metrics::{Exporter, LabelLimits},
     probes::{AttachPreference, Tracer, TracerOptions},
-    tracefs,
 };
 
 /// Flags of `memtrace daemon`; each has an environment-variable equivalent and a key in the
@@ -200,7 +197,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         }
     }
 
-    let gfp = match gfp_table() {
+    let gfp = match GfpTable::from_kernel() {
         Ok(t) => Some(t),
         Err(e) => {
             tracing::warn!("GFP flags cannot be decoded ({e}); gfp labels will read \"other\"");
@@ -212,9 +209,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         prometheus::process_collector::ProcessCollector::for_self(),
     ))?;
 
-    let migratetypes = Btf::from_sys()
-        .map(|b| kernel::migratetype_names(&b))
-        .unwrap_or_default();
+    let migratetypes = tracer.migratetypes().clone();
     let symbols = match crate::symbolize::Cached::new(std::time::Duration::from_secs(10)) {
         Ok(s) => Some(s),
         Err(e) => {
@@ -224,11 +219,12 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
             None
         }
     };
+    let kernel = kernel_release();
     let exporter = Exporter::new(
         gfp,
         migratetypes,
         kernel::pageblock_order(),
-        kernel_release(),
+        kernel.clone(),
         LabelLimits {
             caches: args.caches_max as usize,
             callsites: args.callsites_max as usize,
@@ -240,7 +236,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         inner: Mutex::new((tracer, exporter)),
         notable,
         registry,
-        kernel: kernel_release(),
+        kernel,
         telemetry_path: args.telemetry_path.clone(),
     });
     let app = Router::new()
@@ -262,14 +258,6 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     drop(state); // detaches every program
     tracing::info!("stopped; programs detached");
     Ok(())
-}
-
-/// The kernel's own GFP table, from the kmalloc event's format file (tracefs is mounted if
-/// it is absent).
-fn gfp_table() -> anyhow::Result<GfpTable> {
-    let (dir, _) = tracefs::ensure_mounted()?;
-    let fmt = tracefs::Format::read(&dir, "kmem", "kmalloc")?;
-    Ok(GfpTable::from_print_fmt(&fmt.print_fmt)?)
 }
 
 /// Notable events read from the ring buffer, by allocator and kind.
@@ -294,11 +282,10 @@ impl NotableCounts {
 
 /// Drains the notable-event ring buffer whenever the kernel signals it.
 async fn drain_events(ring: RingBuf<MapData>, counts: Arc<NotableCounts>) {
-    // SAFETY: the ring buffer owns its fd and outlives the registration (AsyncFd owns it).
-    let mut fd = match unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) } {
+    let mut fd = match events::poll(ring) {
         Ok(fd) => fd,
         Err(e) => {
-            tracing::error!("cannot poll the events ring buffer: {e}");
+            tracing::error!("{e}");
             return;
         }
     };

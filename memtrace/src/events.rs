@@ -3,6 +3,7 @@
 
 use aya::maps::{MapData, RingBuf};
 use memtrace_common::{Allocator, EVENT_FAILED, NotableEvent};
+use tokio::io::{Interest, unix::AsyncFd};
 
 /// Decodes one ring-buffer record; `None` if it is too short (a corrupt record).
 pub fn decode(bytes: &[u8]) -> Option<NotableEvent> {
@@ -47,6 +48,14 @@ pub fn comm(e: &NotableEvent) -> String {
 /// The allocator of an event.
 pub fn allocator(e: &NotableEvent) -> Option<Allocator> {
     Allocator::from_u32(e.allocator)
+}
+
+/// The ring buffer, registered with tokio so that its reader can await new records.
+pub fn poll(ring: RingBuf<MapData>) -> anyhow::Result<AsyncFd<RingBuf<MapData>>> {
+    // SAFETY: the ring buffer owns its fd, and the AsyncFd owns the ring buffer: the fd stays
+    // open and the same for the registration's whole life.
+    unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("cannot poll the events ring buffer: {e}"))
 }
 
 /// Reads every record currently in the ring buffer, without blocking.

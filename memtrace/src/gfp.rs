@@ -78,12 +78,31 @@ impl GfpTable {
         self.iter().filter(|(n, _)| n.starts_with("__GFP_"))
     }
 
+    /// The running kernel's table, from the `kmem:kmalloc` format file (tracefs is mounted if
+    /// it is absent).
+    pub fn from_kernel() -> anyhow::Result<GfpTable> {
+        let (dir, _) = crate::tracefs::ensure_mounted()?;
+        let fmt = crate::tracefs::Format::read(&dir, "kmem", "kmalloc")?;
+        Ok(GfpTable::from_print_fmt(&fmt.print_fmt)?)
+    }
+
     /// The `gfp` metric label of a raw value: the first composite (kernel order) whose mask is
     /// non-zero and wholly contained in `value`, else `"other"` (so also for 0).
     pub fn label(&self, value: u64) -> &str {
         self.composites()
             .find(|&(_, m)| m != 0 && value & m == m)
             .map_or("other", |(n, _)| n)
+    }
+
+    /// The `gfp` label of a raw value as memtrace's maps hold it: the overflow slot is
+    /// `other`, a tracepoint without flags is `unknown`, anything else [`GfpTable::label`]
+    /// (or `other` without a table).
+    pub fn label_of(table: Option<&GfpTable>, raw: u64) -> String {
+        match raw {
+            memtrace_common::GFP_OVERFLOW => "other".into(),
+            memtrace_common::GFP_UNKNOWN => "unknown".into(),
+            _ => table.map_or("other", |t| t.label(raw)).to_string(),
+        }
     }
 
     /// `value` exactly as ftrace's `__print_flags` prints it: in table order, the name of each

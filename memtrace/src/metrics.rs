@@ -15,14 +15,6 @@ use crate::{
     probes::{ProbeStatus, Snapshot},
 };
 
-/// The `gfp` label of a map key: the kernel's composite name, or `other`.
-fn gfp_label(table: Option<&GfpTable>, gfp: u64) -> String {
-    if gfp == memtrace_common::GFP_OVERFLOW {
-        return "other".into();
-    }
-    table.map_or_else(|| "other".into(), |t| t.label(gfp).to_string())
-}
-
 fn labels(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
     pairs
         .iter()
@@ -350,11 +342,7 @@ impl Exporter {
     }
 
     fn gfp_label(&self, raw: u64) -> String {
-        match raw {
-            memtrace_common::GFP_OVERFLOW => "other".into(),
-            memtrace_common::GFP_UNKNOWN => "unknown".into(),
-            _ => gfp_label(self.gfp.as_ref(), raw),
-        }
+        GfpTable::label_of(self.gfp.as_ref(), raw)
     }
 
     fn migratetype_label(&self, mt: u32) -> String {

@@ -119,6 +119,9 @@ pub struct Tracer {
     ebpf: Ebpf,
     probes: Vec<ProbeStatus>,
     nr_cpus: usize,
+    /// The kernel's migrate-type names, read from the BTF parsed at start (so nobody parses
+    /// it again).
+    migratetypes: BTreeMap<u32, String>,
 }
 
 /// A short, one-line description of an error chain (aya's load errors embed the whole
@@ -297,10 +300,15 @@ impl Tracer {
         }
 
         let nr_cpus = nr_cpus().map_err(|(_, e)| anyhow!("cannot count possible CPUs: {e}"))?;
+        let migratetypes = btf
+            .as_ref()
+            .map(crate::kernel::migratetype_names)
+            .unwrap_or_default();
         let mut tracer = Tracer {
             ebpf,
             probes,
             nr_cpus,
+            migratetypes,
         };
         tracer.insert_overflow_keys()?;
         Ok(tracer)
@@ -308,6 +316,11 @@ impl Tracer {
 
     pub fn probes(&self) -> &[ProbeStatus] {
         &self.probes
+    }
+
+    /// The running kernel's `enum migratetype` names by value (empty without BTF).
+    pub fn migratetypes(&self) -> &BTreeMap<u32, String> {
+        &self.migratetypes
     }
 
     /// The kernel stack `id` of a notable event (innermost frame first). Identical stacks

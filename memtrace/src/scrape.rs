@@ -44,6 +44,18 @@ fn split_url(url: &str) -> Result<(String, String), ScrapeError> {
 
 /// GETs `url` and returns the body of a 200 response.
 pub fn get(url: &str, timeout: Duration) -> Result<String, ScrapeError> {
+    let (status, body) = get_response(url, timeout)?;
+    if status != 200 {
+        return Err(ScrapeError::Status {
+            url: url.into(),
+            status: status.to_string(),
+        });
+    }
+    Ok(body)
+}
+
+/// GETs `url` and returns the status code and body of whatever it answered.
+pub fn get_response(url: &str, timeout: Duration) -> Result<(u16, String), ScrapeError> {
     let (authority, path) = split_url(url)?;
     let connect = |e| ScrapeError::Connect {
         url: url.into(),
@@ -71,22 +83,21 @@ pub fn get(url: &str, timeout: Duration) -> Result<String, ScrapeError> {
     let (head, body) = raw
         .split_once("\r\n\r\n")
         .ok_or_else(|| malformed("no end of headers"))?;
-    let status = head.lines().next().unwrap_or("");
-    let code = status.split_whitespace().nth(1).unwrap_or("");
-    if code != "200" {
-        return Err(ScrapeError::Status {
-            url: url.into(),
-            status: status.to_string(),
-        });
-    }
-    if head
+    let status = head
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| malformed("no status code"))?;
+    let body = if head
         .lines()
         .any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding:") && l.contains("chunked"))
     {
-        dechunk(body).ok_or_else(|| malformed("bad chunked encoding"))
+        dechunk(body).ok_or_else(|| malformed("bad chunked encoding"))?
     } else {
-        Ok(body.to_string())
-    }
+        body.to_string()
+    };
+    Ok((status, body))
 }
 
 fn dechunk(mut body: &str) -> Option<String> {

@@ -9,17 +9,15 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use anyhow::{Context as _, anyhow};
+use anyhow::Context as _;
 use memtrace_common::{ATTR_STACKS, Allocator, Counter, EVENT_FAILED, GFP_UNKNOWN, NotableEvent};
 use serde::Serialize;
-use tokio::io::{Interest, unix::AsyncFd};
 
 use crate::{
     events,
     gfp::GfpTable,
     probes::{AttachPreference, Tracer, TracerOptions},
     symbolize::Symbolizer,
-    tracefs,
 };
 
 /// Flags of `memtrace trace`.
@@ -321,10 +319,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     for p in tracer.probes().iter().filter(|p| !p.attached()) {
         tracing::warn!(probe = %p.probe, reason = p.note.as_deref().unwrap_or(""), "probe not attached");
     }
-    let gfp = tracefs::ensure_mounted()
-        .ok()
-        .and_then(|(dir, _)| tracefs::Format::read(&dir, "kmem", "kmalloc").ok())
-        .and_then(|f| GfpTable::from_print_fmt(&f.print_fmt).ok());
+    let gfp = GfpTable::from_kernel().ok();
     let symbols = match Symbolizer::load() {
         Ok(s) => Some(s),
         Err(e) => {
@@ -333,9 +328,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         }
     };
     let ring = tracer.take_events()?;
-    // SAFETY: the ring buffer owns its fd for as long as the AsyncFd lives.
-    let mut fd = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-        .map_err(|e| anyhow!("cannot poll the events ring buffer: {e}"))?;
+    let mut fd = events::poll(ring)?;
     let clock = Clock::now();
     eprintln!(
         "memtrace trace: {attached} probes attached; {}",
