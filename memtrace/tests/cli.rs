@@ -1,13 +1,8 @@
 //! Smoke tests of the binary: help, version, a bad flag, and `check`'s exit code.
 
-use std::process::Command;
+mod support;
 
-fn memtrace(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_memtrace"))
-        .args(args)
-        .output()
-        .expect("run memtrace")
-}
+use support::memtrace;
 
 #[test]
 fn help_lists_subcommands() {

@@ -126,14 +126,11 @@ fn daemon_serves_metrics_that_move_with_load_and_stops_on_sigterm() {
     }
 
     // A second daemon on the same port: one clear line, non-zero exit, nothing loaded.
-    let out = Command::new(env!("CARGO_BIN_EXE_memtrace"))
-        .args([
-            "daemon",
-            "--web.listen-address",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .output()
-        .unwrap();
+    let out = support::memtrace(&[
+        "daemon",
+        "--web.listen-address",
+        &format!("127.0.0.1:{port}"),
+    ]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     let last = err.trim().lines().last().unwrap_or("");
@@ -164,10 +161,7 @@ fn daemon_rejects_bad_flags_in_one_line() {
         &["daemon", "--attach", "kprobe"],
         &["daemon", "--caches.max", "0"],
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_memtrace"))
-            .args(args)
-            .output()
-            .unwrap();
+        let out = support::memtrace(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(err.trim().lines().count(), 1, "{err}");

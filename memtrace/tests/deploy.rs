@@ -11,32 +11,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::{free_port, get, require_kernel};
+use support::{free_port, get, need, require_kernel};
 
 fn deploy(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../deploy")
         .join(rel)
-}
-
-fn tool(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
-
-/// The tool, or a loud skip (a failure in CI).
-fn need(name: &str) -> Option<PathBuf> {
-    let t = tool(name);
-    if t.is_none() {
-        let msg = format!("{name} is not installed");
-        if std::env::var_os("CI").is_some() {
-            panic!("{msg}");
-        }
-        eprintln!("SKIPPED: {msg}");
-    }
-    t
 }
 
 fn unit_text() -> String {

@@ -14,7 +14,6 @@ use std::collections::BTreeMap;
 use memtrace::{
     gfp::GfpTable,
     probes::{AttachMode, AttachPreference, Snapshot, Tracer, TracerOptions},
-    tracefs,
 };
 use memtrace_common::{
     Allocator, Counter, EVENT_FAILED, EVENT_LARGE, NotableEvent, SizeStats, size_bucket,
@@ -57,18 +56,12 @@ impl Window {
     }
 
     fn label(&self, raw: u64) -> String {
-        match raw {
-            memtrace_common::GFP_OVERFLOW => "other".into(),
-            memtrace_common::GFP_UNKNOWN => "unknown".into(),
-            _ => self.gfp.label(raw).to_string(),
-        }
+        GfpTable::label_of(Some(&self.gfp), raw)
     }
 }
 
 fn gfp_table() -> GfpTable {
-    let (dir, _) = tracefs::ensure_mounted().expect("tracefs");
-    let fmt = tracefs::Format::read(&dir, "kmem", "kmalloc").expect("kmalloc format");
-    GfpTable::from_print_fmt(&fmt.print_fmt).expect("GFP table")
+    GfpTable::from_kernel().expect("the kernel's GFP table")
 }
 
 /// Attaches memtrace (filtered to a fresh worker thread) and ftrace for `events`, runs

@@ -4,8 +4,6 @@
 
 mod support;
 
-use std::process::Command;
-
 use memtrace::limits::{Sources, collect};
 use support::{Daemon, free_port, require_kernel, setxattr_kmalloc};
 
@@ -61,11 +59,8 @@ fn largest_free_block_matches_buddyinfo_at_the_same_moment() {
 #[test]
 fn limits_subcommand_prints_every_figure_with_its_source() {
     let port = free_port(); // nothing listens: observed figures are skipped, not an error
-    let out = Command::new(env!("CARGO_BIN_EXE_memtrace"))
-        .args(["limits", "--json", "--from"])
-        .arg(format!("http://127.0.0.1:{port}/metrics"))
-        .output()
-        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let out = support::memtrace(&["limits", "--json", "--from", &url]);
     assert_eq!(
         out.status.code(),
         Some(1),
@@ -77,10 +72,7 @@ fn limits_subcommand_prints_every_figure_with_its_source() {
         "{err}"
     );
 
-    let out = Command::new(env!("CARGO_BIN_EXE_memtrace"))
-        .args(["limits", "--json"])
-        .output()
-        .unwrap();
+    let out = support::memtrace(&["limits", "--json"]);
     assert!(
         out.status.success(),
         "{}",
@@ -104,10 +96,7 @@ fn limits_subcommand_prints_every_figure_with_its_source() {
     }
     assert!(l["zones"].as_array().is_some_and(|z| !z.is_empty()));
 
-    let out = Command::new(env!("CARGO_BIN_EXE_memtrace"))
-        .arg("limits")
-        .output()
-        .unwrap();
+    let out = support::memtrace(&["limits"]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("Observed since the daemon started"), "{text}");
@@ -131,10 +120,7 @@ fn a_high_order_allocation_moves_the_observed_figures() {
         setxattr_kmalloc(&file, 65536);
     }
     let _ = std::fs::remove_dir_all(&dir);
-    let out = Command::new(env!("CARGO_BIN_EXE_memtrace"))
-        .args(["limits", "--json", "--from", &url])
-        .output()
-        .unwrap();
+    let out = support::memtrace(&["limits", "--json", "--from", &url]);
     assert!(
         out.status.success(),
         "{}",

@@ -153,10 +153,7 @@ fn trace_stops_after_its_duration() {
         return;
     };
     let t = std::time::Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_memtrace"))
-        .args(["trace", "--duration", "1"])
-        .output()
-        .unwrap();
+    let out = support::memtrace(&["trace", "--duration", "1"]);
     assert!(
         out.status.success(),
         "{}",
@@ -177,10 +174,7 @@ fn trace_rejects_bad_flags_in_one_line() {
         &["trace", "--duration", "NaN"],
         &["trace", "--duration", "-1"],
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_memtrace"))
-            .args(args)
-            .output()
-            .unwrap();
+        let out = support::memtrace(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         assert_eq!(
             String::from_utf8_lossy(&out.stderr).trim().lines().count(),

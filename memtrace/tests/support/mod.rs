@@ -42,6 +42,30 @@ pub fn require_kernel() -> Option<MutexGuard<'static, ()>> {
     None
 }
 
+/// Runs the memtrace binary under test with `args` and collects its output.
+pub fn memtrace(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_memtrace"))
+        .args(args)
+        .output()
+        .expect("run memtrace")
+}
+
+/// The path of a program on PATH, or a loud skip (a failure when `CI` is set).
+pub fn need(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    let found = std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file());
+    if found.is_none() {
+        let msg = format!("{name} is not installed: run `cargo xtask setup`");
+        if std::env::var_os("CI").is_some() {
+            panic!("{msg}");
+        }
+        eprintln!("SKIPPED: {msg}");
+    }
+    found
+}
+
 /// One event line of an ftrace buffer.
 #[derive(Debug, Clone)]
 pub struct TraceEvent {
@@ -203,15 +227,30 @@ impl Worker {
         }
     }
 
-    /// Runs `job` on the worker and waits for it to finish.
-    pub fn run(&self, job: impl FnOnce() + Send + 'static) {
+    /// Hands `job` to the worker; the receiver hears when it is done.
+    fn submit(&self, job: impl FnOnce() + Send + 'static) -> mpsc::Receiver<()> {
         let (done_tx, done_rx) = mpsc::channel();
         self.jobs
             .as_ref()
             .unwrap()
             .send((Box::new(job), done_tx))
             .expect("worker alive");
-        done_rx.recv().expect("worker finished the job");
+        done_rx
+    }
+
+    /// Runs `job` on the worker and waits for it to finish.
+    pub fn run(&self, job: impl FnOnce() + Send + 'static) {
+        self.submit(job).recv().expect("worker finished the job");
+    }
+
+    /// Runs `job` on the worker; returns false if it did not finish within `timeout` (it may
+    /// still be running).
+    pub fn run_timeout(
+        &self,
+        job: impl FnOnce() + Send + 'static,
+        timeout: std::time::Duration,
+    ) -> bool {
+        self.submit(job).recv_timeout(timeout).is_ok()
     }
 }
 
@@ -239,24 +278,6 @@ pub fn setxattr_kmalloc(path: &std::path::Path, size: usize) {
             size,
             0,
         );
-    }
-}
-
-impl Worker {
-    /// Runs `job` on the worker; returns false if it did not finish within `timeout` (it may
-    /// still be running).
-    pub fn run_timeout(
-        &self,
-        job: impl FnOnce() + Send + 'static,
-        timeout: std::time::Duration,
-    ) -> bool {
-        let (done_tx, done_rx) = mpsc::channel();
-        self.jobs
-            .as_ref()
-            .unwrap()
-            .send((Box::new(job), done_tx))
-            .expect("worker alive");
-        done_rx.recv_timeout(timeout).is_ok()
     }
 }
 
@@ -497,8 +518,6 @@ pub fn compact_memory() {
 // HTTP and the daemon, for end-to-end tests
 
 use std::{
-    io::{Read as _, Write as _},
-    net::TcpStream,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -511,45 +530,12 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A minimal HTTP/1.1 GET (test-only): status code and body.
-pub fn get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw)?;
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    // Bodies here are small; axum may use chunked encoding: strip chunk framing.
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    Ok((code, body))
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = &rest[n + 2..];
-    }
-    out
+/// GET `http://127.0.0.1:{port}{path}`: status code and body (memtrace's own HTTP reader).
+pub fn get(port: u16, path: &str) -> Result<(u16, String), memtrace::scrape::ScrapeError> {
+    memtrace::scrape::get_response(
+        &format!("http://127.0.0.1:{port}{path}"),
+        Duration::from_secs(10),
+    )
 }
 
 pub struct Daemon {
