@@ -160,6 +160,10 @@ fn daemon_rejects_bad_flags_in_one_line() {
         &["daemon", "--web.telemetry-path", "metrics"],
         &["daemon", "--attach", "kprobe"],
         &["daemon", "--caches.max", "0"],
+        &["daemon", "--callsites.max", "0"],
+        &["daemon", "--attribution.callsites", "maybe"],
+        &["daemon", "--events.min-order", "65"],
+        &["daemon", "--log-format", "yaml"],
     ] {
         let out = support::memtrace(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
