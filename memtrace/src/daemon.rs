@@ -1,13 +1,13 @@
 //! `memtrace daemon`: attach the probes and serve Prometheus metrics until SIGINT/SIGTERM.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, VecDeque},
     net::SocketAddr,
     sync::{Arc, Mutex},
 };
 
 use aya::maps::{MapData, RingBuf};
-use memtrace_common::Allocator;
+use memtrace_common::{Allocator, NotableEvent};
 
 use anyhow::anyhow;
 use axum::{
@@ -22,8 +22,7 @@ use prometheus::{Encoder as _, Registry, TextEncoder};
 use crate::{
     check::kernel_release,
     events::{self, Kind},
-    gfp::GfpTable,
-    kernel, limits, metrics,
+    metrics,
     metrics::{Exporter, LabelLimits},
     probes::{AttachPreference, Tracer, TracerOptions},
 };
@@ -150,6 +149,7 @@ struct AppState {
     registry: Registry,
     kernel: String,
     telemetry_path: String,
+    clock: crate::trace::Clock,
 }
 
 /// Runs the daemon until SIGINT or SIGTERM; returns once programs are detached.
@@ -197,40 +197,18 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         }
     }
 
-    let gfp = match GfpTable::from_kernel() {
-        Ok(t) => Some(t),
-        Err(e) => {
-            tracing::warn!("GFP flags cannot be decoded ({e}); gfp labels will read \"other\"");
-            None
-        }
-    };
     let registry = Registry::new();
     registry.register(Box::new(
         prometheus::process_collector::ProcessCollector::for_self(),
     ))?;
-
-    let migratetypes = tracer.migratetypes().clone();
-    let symbols = match crate::symbolize::Cached::new(std::time::Duration::from_secs(10)) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!(
-                "call sites cannot be symbolized ({e}); function labels read \"unknown\""
-            );
-            None
-        }
-    };
     let kernel = kernel_release();
-    let exporter = Exporter::new(
-        gfp,
-        migratetypes,
-        kernel::pageblock_order(),
-        kernel.clone(),
+    let exporter = Exporter::for_running_kernel(
+        tracer.migratetypes().clone(),
         LabelLimits {
             caches: args.caches_max as usize,
             callsites: args.callsites_max as usize,
             processes: args.processes_max as usize,
         },
-        symbols,
     );
     let state = Arc::new(AppState {
         inner: Mutex::new((tracer, exporter)),
@@ -238,11 +216,13 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         registry,
         kernel,
         telemetry_path: args.telemetry_path.clone(),
+        clock: crate::trace::Clock::now(),
     });
     let app = Router::new()
         .route("/", get(landing))
         .route("/healthz", get(|| async { "ok\n" }))
         .route(&args.telemetry_path, get(serve_metrics))
+        .route(FAILURES_PATH, get(serve_failures))
         .with_state(state.clone());
 
     tracing::info!(
@@ -260,10 +240,28 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Notable events read from the ring buffer, by allocator and kind.
+/// Where the latest allocation failures are served, as JSON (`memtrace top --from` reads it).
+pub const FAILURES_PATH: &str = "/api/failures";
+
+/// Failures kept for [`FAILURES_PATH`].
+const RECENT_FAILURES: usize = 256;
+
+/// Notable events read from the ring buffer, by allocator and kind, and the latest failures
+/// (raw: symbolized when served), each with a sequence number.
 #[derive(Default)]
 struct NotableCounts {
     counts: Mutex<BTreeMap<(Allocator, Kind), u64>>,
+    recent: Mutex<(u64, VecDeque<(u64, NotableEvent)>)>,
+}
+
+/// One entry of [`FAILURES_PATH`]: a `memtrace trace --json` record with a sequence number
+/// that grows by one per failure the daemon has seen (a reader that polls keeps the highest
+/// it has read and skips what it already has).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SeqRecord {
+    pub seq: u64,
+    #[serde(flatten)]
+    pub record: crate::trace::Record,
 }
 
 impl NotableCounts {
@@ -301,9 +299,18 @@ async fn drain_events(ring: RingBuf<MapData>, counts: Arc<NotableCounts>) {
         events::drain(guard.get_inner_mut(), |e| local.push(e));
         guard.clear_ready();
         let mut c = counts.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut recent = counts.recent.lock().unwrap_or_else(|p| p.into_inner());
         for e in local {
             if let Some(a) = events::allocator(&e) {
                 *c.entry((a, Kind::of(&e))).or_default() += 1;
+            }
+            if Kind::of(&e) == Kind::Failure {
+                let (next, list) = &mut *recent;
+                *next += 1;
+                if list.len() == RECENT_FAILURES {
+                    list.pop_front();
+                }
+                list.push_back((*next, e));
             }
         }
     }
@@ -336,24 +343,43 @@ async fn landing(State(state): State<Arc<AppState>>) -> Html<String> {
     ))
 }
 
+async fn serve_failures(State(state): State<Arc<AppState>>) -> Response {
+    let raw: Vec<(u64, NotableEvent)> = {
+        let recent = state
+            .notable
+            .recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        recent.1.iter().cloned().collect()
+    };
+    let records: Vec<SeqRecord> = {
+        let mut inner = state.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let exporter = &mut inner.1;
+        let gfp = exporter.gfp.as_ref();
+        let symbols = exporter.symbols.as_mut().map(|s| s.get());
+        raw.iter()
+            .map(|(seq, e)| SeqRecord {
+                seq: *seq,
+                record: crate::trace::record(e, gfp, symbols, None, &state.clock),
+            })
+            .collect()
+    };
+    match serde_json::to_vec(&records) {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding failed: {e}\n"),
+        )
+            .into_response(),
+    }
+}
+
 async fn serve_metrics(State(state): State<Arc<AppState>>) -> Response {
     let families = {
         let mut inner = state.inner.lock().unwrap_or_else(|p| p.into_inner());
         let (tracer, exporter) = &mut *inner;
-        tracer.snapshot().map(|snap| {
-            let mut f = exporter.families(&snap, tracer.probes());
+        metrics::kernel_families(tracer, exporter).map(|mut f| {
             f.push(state.notable.family());
-            // A failing collector does not break the scrape: it says so and logs why.
-            match limits::collect(&limits::Sources::live()) {
-                Ok(l) => {
-                    f.extend(metrics::limits_families(&l));
-                    f.push(metrics::collector_up("limits", true));
-                }
-                Err(e) => {
-                    tracing::warn!("limits collector failed: {e}");
-                    f.push(metrics::collector_up("limits", false));
-                }
-            }
             f
         })
     };

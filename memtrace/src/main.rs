@@ -37,6 +37,9 @@ enum Command {
     },
     /// Attach the probes and serve Prometheus metrics until SIGINT or SIGTERM.
     Daemon(memtrace::daemon::DaemonArgs),
+    /// A live terminal view of kernel allocation: rates per allocator, call sites, slab
+    /// caches, processes, page orders and vmalloc, with the latest failures.
+    Top(memtrace::top::TopArgs),
     /// Stream notable allocation events: failures, large kmalloc/vmalloc, high-order pages.
     Trace(memtrace::trace::TraceArgs),
     /// How large an allocation can succeed right now: page allocator orders, free
@@ -188,6 +191,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     )?,
                 }
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Top(args) => {
+            memtrace::top::run(args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Trace(args) => {

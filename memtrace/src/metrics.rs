@@ -75,6 +75,27 @@ fn histogram(pairs: &[(&str, &str)], s: &SizeStats) -> proto::Metric {
     m
 }
 
+/// Every kernel-derived family of one scrape: the maps, read now, and the limits collector
+/// (which, failing, says so in `memtrace_collector_up` instead of failing the scrape).
+pub fn kernel_families(
+    tracer: &crate::probes::Tracer,
+    exporter: &mut Exporter,
+) -> anyhow::Result<Vec<MetricFamily>> {
+    let snap = tracer.snapshot()?;
+    let mut f = exporter.families(&snap, tracer.probes());
+    match crate::limits::collect(&crate::limits::Sources::live()) {
+        Ok(l) => {
+            f.extend(limits_families(&l));
+            f.push(collector_up("limits", true));
+        }
+        Err(e) => {
+            tracing::warn!("limits collector failed: {e}");
+            f.push(collector_up("limits", false));
+        }
+    }
+    Ok(f)
+}
+
 /// `memtrace_notable_events_total` from ((allocator, kind), count) pairs.
 pub fn notable_family(counts: &[((&str, &str), u64)]) -> MetricFamily {
     family(
@@ -235,6 +256,36 @@ impl Exporter {
             max_callsites: limits.callsites,
             max_processes: limits.processes,
         }
+    }
+
+    /// An exporter for the running kernel: its GFP names (from tracefs), the tracer's
+    /// migrate-type names, its page-block order and `/proc/kallsyms`. What cannot be read
+    /// degrades to `other`/`unknown` labels, with a warning.
+    pub fn for_running_kernel(migratetypes: BTreeMap<u32, String>, limits: LabelLimits) -> Self {
+        let gfp = match GfpTable::from_kernel() {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!("GFP flags cannot be decoded ({e}); gfp labels will read \"other\"");
+                None
+            }
+        };
+        let symbols = match crate::symbolize::Cached::new(std::time::Duration::from_secs(10)) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(
+                    "call sites cannot be symbolized ({e}); function labels read \"unknown\""
+                );
+                None
+            }
+        };
+        Exporter::new(
+            gfp,
+            migratetypes,
+            crate::kernel::pageblock_order(),
+            crate::check::kernel_release(),
+            limits,
+            symbols,
+        )
     }
 
     /// The function a call site belongs to (never its address).

@@ -23,7 +23,7 @@ pub enum ScrapeError {
 }
 
 /// Splits `http://host:port/path` into (`host:port`, `/path`); the port defaults to 80.
-fn split_url(url: &str) -> Result<(String, String), ScrapeError> {
+pub fn split_url(url: &str) -> Result<(String, String), ScrapeError> {
     let rest = url
         .strip_prefix("http://")
         .ok_or_else(|| ScrapeError::BadUrl(url.into()))?;

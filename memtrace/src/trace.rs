@@ -86,7 +86,7 @@ impl AllocatorArg {
 }
 
 /// One printed event (also the `--json` schema).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Record {
     /// Wall-clock time, RFC 3339 with microseconds, UTC.
     pub time: String,
@@ -96,9 +96,9 @@ pub struct Record {
     pub pid: u32,
     pub tid: u32,
     pub comm: String,
-    pub allocator: &'static str,
+    pub allocator: String,
     /// `failure` or `large`.
-    pub kind: &'static str,
+    pub kind: String,
     /// Bytes requested and allocated (kmalloc, kmem_cache, vmalloc, percpu; pages: the block size).
     pub bytes_requested: u64,
     pub bytes_allocated: u64,
@@ -175,8 +175,8 @@ pub fn record(
         pid: e.tgid,
         tid: e.tid,
         comm: escape(&events::comm(e)),
-        allocator,
-        kind: events::Kind::of(e).name(),
+        allocator: allocator.to_string(),
+        kind: events::Kind::of(e).name().to_string(),
         bytes_requested: e.bytes_req,
         bytes_allocated: e.bytes_alloc,
         order: (allocator == "page").then_some(e.order),
@@ -260,6 +260,12 @@ impl Clock {
             mono_ns: ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64,
             wall: SystemTime::now(),
         }
+    }
+
+    /// The time now, RFC 3339 UTC with microseconds.
+    pub fn wall_now() -> String {
+        let c = Clock::now();
+        c.wall(c.mono_ns)
     }
 
     /// RFC 3339 UTC with microseconds.

@@ -119,7 +119,7 @@ const BPF_LINKER_LLVM: std::ops::RangeInclusive<u32> = 21..=23;
 /// Debian packages the tests use: `prometheus` brings the server and `promtool`, against
 /// which the exporter and the alerting rules are checked; `systemd` brings
 /// `systemd-analyze` for the unit; `util-linux` brings `setpriv` for the capability test.
-const DEBIAN_PACKAGES: &[&str] = &["prometheus", "systemd", "util-linux"];
+const DEBIAN_PACKAGES: &[&str] = &["prometheus", "systemd", "util-linux", "tmux"];
 
 fn setup() -> anyhow::Result<()> {
     let started = std::time::Instant::now();

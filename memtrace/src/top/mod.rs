@@ -1,0 +1,436 @@
+//! `memtrace top`: a live terminal view of kernel allocation, from this process's own
+//! programs or from a running daemon, plus a batch mode for scripts.
+
+pub mod app;
+pub mod ui;
+
+use std::{
+    io::{IsTerminal as _, Write as _},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use aya::maps::{MapData, RingBuf};
+use ratatui::crossterm::event::{self, Event};
+
+use crate::{
+    daemon::{FAILURES_PATH, SeqRecord},
+    events,
+    metrics::{Exporter, LabelLimits},
+    model::Model,
+    probes::{AttachPreference, Tracer, TracerOptions},
+    scrape::{self, parse_exposition},
+    trace::{Clock, Record},
+};
+use app::{Action, App, SortKey, View};
+
+/// Flags of `memtrace top`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TopArgs {
+    /// Read a running daemon instead of attaching programs here: its address
+    /// (`http://host:9701`) or its metrics URL (`http://host:9701/metrics`).
+    #[arg(long, value_name = "URL")]
+    pub from: Option<String>,
+    /// Seconds between refreshes.
+    #[arg(long, default_value_t = 1.0, value_parser = parse_interval, value_name = "SECONDS")]
+    pub interval: f64,
+    /// The table shown first.
+    #[arg(long, value_enum, default_value_t = View::Callsites)]
+    pub view: View,
+    /// What the table is sorted by first.
+    #[arg(long, value_enum, default_value_t = SortKey::Rate)]
+    pub sort: SortKey,
+    /// Show only rows containing this text (case-insensitive).
+    #[arg(long, default_value = "", value_name = "TEXT")]
+    pub filter: String,
+    /// Print one plain-text snapshot (rates over one interval) and exit: `--batch --iterations 1`.
+    #[arg(long, conflicts_with_all = ["batch", "iterations"])]
+    pub once: bool,
+    /// Print plain-text snapshots instead of the full screen, one per interval, until
+    /// Ctrl-C or --iterations (like `top -b`).
+    #[arg(long)]
+    pub batch: bool,
+    /// Snapshots to print in batch mode (the first comes after one interval, with rates).
+    #[arg(long, requires = "batch", value_parser = clap::value_parser!(u64).range(1..), value_name = "N")]
+    pub iterations: Option<u64>,
+    /// Rows of the table printed per batch snapshot.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=10_000), value_name = "N")]
+    pub rows: u64,
+    /// Without --from: how to attach the probes.
+    #[arg(long, value_enum, default_value_t = AttachPreference::Auto)]
+    pub attach: AttachPreference,
+}
+
+fn parse_interval(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.1..=3600.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a number of seconds from 0.1 to 3600")),
+    }
+}
+
+/// Where the numbers come from: both give a [`Model`] from memtrace's own metrics, and the
+/// failures seen since the last poll.
+enum Source {
+    /// Programs attached by this process, read through the same exporter the daemon uses.
+    Local {
+        tracer: Box<Tracer>,
+        exporter: Box<Exporter>,
+        ring: RingBuf<MapData>,
+        clock: Clock,
+    },
+    /// A daemon's `/metrics` and `/api/failures`.
+    Remote {
+        metrics_url: String,
+        failures_url: String,
+        last_seq: Option<u64>,
+    },
+}
+
+/// Rows of the attribution tables when `top` runs its own programs.
+const LOCAL_LABELS: LabelLimits = LabelLimits {
+    caches: 200,
+    callsites: 200,
+    processes: 200,
+};
+
+impl Source {
+    fn open(args: &TopArgs) -> anyhow::Result<Source> {
+        match &args.from {
+            Some(url) => {
+                let (metrics_url, failures_url) = daemon_urls(url)?;
+                // An unreachable daemon is reported before the screen is taken.
+                scrape::get(&metrics_url, Duration::from_secs(3))
+                    .with_context(|| format!("no memtrace daemon answered at {metrics_url}"))?;
+                Ok(Source::Remote {
+                    metrics_url,
+                    failures_url,
+                    last_seq: None,
+                })
+            }
+            None => {
+                let mut tracer = Tracer::start(&TracerOptions {
+                    attach: args.attach,
+                    // Failures only: top shows the latest; large allocations are not needed.
+                    notable_min_bytes: 0,
+                    notable_min_order: u32::MAX,
+                    ..Default::default()
+                })?;
+                let ring = tracer.take_events()?;
+                let exporter =
+                    Exporter::for_running_kernel(tracer.migratetypes().clone(), LOCAL_LABELS);
+                Ok(Source::Local {
+                    tracer: Box::new(tracer),
+                    exporter: Box::new(exporter),
+                    ring,
+                    clock: Clock::now(),
+                })
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Source::Local { .. } => "this process's probes".to_string(),
+            Source::Remote { metrics_url, .. } => metrics_url.clone(),
+        }
+    }
+
+    /// The model now, and the failures since the last call.
+    fn poll(&mut self) -> anyhow::Result<(Model, Vec<Record>)> {
+        match self {
+            Source::Local {
+                tracer,
+                exporter,
+                ring,
+                clock,
+            } => {
+                let mut raw = Vec::new();
+                events::drain(ring, |e| raw.push(e));
+                let families = crate::metrics::kernel_families(tracer, exporter)?;
+                let text = prometheus::TextEncoder::new().encode_to_string(&families)?;
+                let model = Model::from_samples(&parse_exposition(&text));
+                let gfp = exporter.gfp.as_ref();
+                let symbols = exporter.symbols.as_mut().map(|s| s.get());
+                let failures = raw
+                    .iter()
+                    .filter(|e| events::Kind::of(e) == events::Kind::Failure)
+                    .map(|e| crate::trace::record(e, gfp, symbols, None, clock))
+                    .collect();
+                Ok((model, failures))
+            }
+            Source::Remote {
+                metrics_url,
+                failures_url,
+                last_seq,
+            } => {
+                let text = scrape::get(metrics_url, Duration::from_secs(3))?;
+                let model = Model::from_samples(&parse_exposition(&text));
+                let failures = match scrape::get_response(failures_url, Duration::from_secs(3))? {
+                    (200, body) => {
+                        let list: Vec<SeqRecord> =
+                            serde_json::from_str(&body).with_context(|| {
+                                format!("{failures_url} did not return memtrace failures")
+                            })?;
+                        let newest = list.iter().map(|r| r.seq).max();
+                        // The first poll only marks where we are: earlier failures are not
+                        // "since top started".
+                        let fresh = match *last_seq {
+                            None => Vec::new(),
+                            Some(seen) => list
+                                .into_iter()
+                                .filter(|r| r.seq > seen)
+                                .map(|r| r.record)
+                                .collect(),
+                        };
+                        *last_seq = Some(newest.unwrap_or(0).max(last_seq.unwrap_or(0)));
+                        fresh
+                    }
+                    // An older daemon without the endpoint: metrics still work.
+                    (404, _) => Vec::new(),
+                    (status, _) => bail!("{failures_url} answered {status}"),
+                };
+                Ok((model, failures))
+            }
+        }
+    }
+}
+
+/// The metrics and failures URLs of a daemon given as `http://host:port[/path]` (no path:
+/// `/metrics`).
+fn daemon_urls(url: &str) -> anyhow::Result<(String, String)> {
+    let (authority, path) = scrape::split_url(url).map_err(|e| anyhow::anyhow!("--from: {e}"))?;
+    let path = if path == "/" { "/metrics" } else { &path };
+    Ok((
+        format!("http://{authority}{path}"),
+        format!("http://{authority}{FAILURES_PATH}"),
+    ))
+}
+
+/// Set by SIGINT, SIGTERM or SIGHUP (the terminal went away).
+fn watch_signals() -> anyhow::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                use tokio::signal::unix::{SignalKind, signal};
+                let kinds = [
+                    SignalKind::interrupt(),
+                    SignalKind::terminate(),
+                    SignalKind::hangup(),
+                ];
+                let mut sigs = Vec::new();
+                for k in kinds {
+                    match signal(k) {
+                        Ok(s) => sigs.push(s),
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    }
+                }
+                let _ = ready_tx.send(Ok(()));
+                let [a, b, c] = &mut sigs[..] else { return };
+                tokio::select! {
+                    _ = a.recv() => {}
+                    _ = b.recv() => {}
+                    _ = c.recv() => {}
+                }
+                flag.store(true, Ordering::SeqCst);
+            })
+        })?;
+    ready_rx
+        .recv()
+        .context("the signal thread ended")?
+        .context("cannot watch signals")?;
+    Ok(stop)
+}
+
+/// Runs `memtrace top` until `q`, Ctrl-C, a signal, or the last batch iteration.
+pub fn run(args: TopArgs) -> anyhow::Result<()> {
+    let batch = args.batch || args.once;
+    let interactive = std::io::stdout().is_terminal() && std::io::stdin().is_terminal();
+    if !batch && !interactive {
+        bail!(
+            "standard input/output is not a terminal; use --batch or --once for plain-text output"
+        );
+    }
+    let stop = watch_signals()?;
+    let mut source = Source::open(&args)?;
+    let mut app = App::new(source.describe(), args.view, args.sort, args.filter.clone());
+    let interval = Duration::from_secs_f64(args.interval);
+    if batch {
+        let iterations = if args.once { Some(1) } else { args.iterations };
+        run_batch(
+            &mut source,
+            &mut app,
+            interval,
+            iterations,
+            args.rows as usize,
+            &stop,
+        )
+    } else {
+        run_screen(&mut source, &mut app, interval, &stop)
+    }
+}
+
+fn refresh(source: &mut Source, app: &mut App, last: &mut Instant) {
+    let now = Instant::now();
+    match source.poll() {
+        Ok((model, failures)) => {
+            app.update(model, now.duration_since(*last).as_secs_f64(), failures);
+            *last = now;
+        }
+        Err(e) => app.error = Some(crate::probes::one_line(e.as_ref())),
+    }
+    app.clamp_selection();
+}
+
+/// Sleeps up to `d`, waking early when a signal arrives; false if one did.
+fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) -> bool {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        if stop.load(Ordering::SeqCst) {
+            return false;
+        }
+        std::thread::sleep((end - Instant::now()).min(Duration::from_millis(50)));
+    }
+    !stop.load(Ordering::SeqCst)
+}
+
+fn run_batch(
+    source: &mut Source,
+    app: &mut App,
+    interval: Duration,
+    iterations: Option<u64>,
+    rows: usize,
+    stop: &AtomicBool,
+) -> anyhow::Result<()> {
+    let mut last = Instant::now();
+    refresh(source, app, &mut last);
+    if let Some(e) = &app.error {
+        bail!("{e}");
+    }
+    let mut printed = 0u64;
+    let mut out = std::io::stdout().lock();
+    while iterations.is_none_or(|n| printed < n) {
+        if !sleep_unless_stopped(interval, stop) {
+            break;
+        }
+        refresh(source, app, &mut last);
+        let when = Clock::wall_now();
+        if printed > 0 {
+            writeln!(out)?;
+        }
+        // A closed pipe (`| head`) ends the output quietly.
+        match out
+            .write_all(ui::batch_text(app, &when, rows).as_bytes())
+            .and_then(|()| out.flush())
+        {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            r => r?,
+        }
+        printed += 1;
+    }
+    Ok(())
+}
+
+/// Restores the terminal when dropped: on return, on error and while unwinding from a
+/// panic (ratatui's own panic hook restores it before the message is printed too).
+struct TerminalGuard;
+
+impl Drop for TerminalGuard {
+    fn drop(&mut self) {
+        ratatui::restore();
+    }
+}
+
+fn run_screen(
+    source: &mut Source,
+    app: &mut App,
+    interval: Duration,
+    stop: &AtomicBool,
+) -> anyhow::Result<()> {
+    let mut last = Instant::now();
+    refresh(source, app, &mut last);
+    // The guard first: if setting up fails halfway (raw mode on, no alternate screen), the
+    // terminal is still restored.
+    let _guard = TerminalGuard;
+    let mut terminal = ratatui::try_init().context("cannot set up the terminal")?;
+    // Debug builds only: lets the tests prove that a panic restores the terminal too.
+    #[cfg(debug_assertions)]
+    let panic_after_draw = std::env::var_os("MEMTRACE_TOP_TEST_PANIC").is_some();
+    let mut next = Instant::now() + interval;
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        if !app.paused && Instant::now() >= next {
+            refresh(source, app, &mut last);
+            next = Instant::now() + interval;
+        }
+        terminal
+            .draw(|f| ui::draw(f, app))
+            .context("drawing the screen")?;
+        #[cfg(debug_assertions)]
+        if panic_after_draw {
+            panic!("MEMTRACE_TOP_TEST_PANIC is set");
+        }
+        let wait = next
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_millis(200));
+        if event::poll(wait).context("reading the terminal")? {
+            match event::read().context("reading the terminal")? {
+                Event::Key(k) => {
+                    if app.on_key(k) == Action::Quit {
+                        return Ok(());
+                    }
+                    app.clamp_selection();
+                }
+                // The next draw uses the new size.
+                Event::Resize(..) => terminal.autoresize().context("resizing")?,
+                _ => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn daemon_urls_from_an_address_or_a_metrics_url() {
+        assert_eq!(
+            daemon_urls("http://h:9701").unwrap(),
+            (
+                "http://h:9701/metrics".into(),
+                "http://h:9701/api/failures".into()
+            )
+        );
+        assert_eq!(
+            daemon_urls("http://h:9701/custom").unwrap().0,
+            "http://h:9701/custom"
+        );
+        assert_eq!(daemon_urls("http://h").unwrap().0, "http://h:80/metrics");
+        assert!(daemon_urls("https://h").is_err());
+        assert!(daemon_urls("http:///x").is_err());
+    }
+
+    #[test]
+    fn intervals_are_bounded() {
+        assert_eq!(parse_interval("0.5"), Ok(0.5));
+        assert!(parse_interval("0").is_err());
+        assert!(parse_interval("nan").is_err());
+        assert!(parse_interval("x").is_err());
+    }
+}
