@@ -116,21 +116,24 @@ impl Observed {
     }
 }
 
-/// `4 MiB (4194304 B)`-style sizes.
-pub fn human_bytes(b: u64) -> String {
+/// `v` bytes in the largest binary unit that keeps it at 1 or more: (value, unit).
+pub fn scaled_bytes(v: f64) -> (f64, &'static str) {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = b as f64;
+    let mut v = if v.is_finite() { v.max(0.0) } else { 0.0 };
     let mut u = 0;
     while v >= 1024.0 && u + 1 < UNITS.len() {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 {
-        format!("{b} B")
-    } else if v.fract() == 0.0 {
-        format!("{v:.0} {} ({b} B)", UNITS[u])
-    } else {
-        format!("{v:.1} {} ({b} B)", UNITS[u])
+    (v, UNITS[u])
+}
+
+/// `4 MiB (4194304 B)`-style sizes.
+pub fn human_bytes(b: u64) -> String {
+    match scaled_bytes(b as f64) {
+        (_, "B") => format!("{b} B"),
+        (v, unit) if v.fract() == 0.0 => format!("{v:.0} {unit} ({b} B)"),
+        (v, unit) => format!("{v:.1} {unit} ({b} B)"),
     }
 }
 

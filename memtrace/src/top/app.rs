@@ -825,17 +825,9 @@ pub fn fmt_rate(v: f64) -> String {
 
 /// `512 B`, `1.5 KiB`, `3.0 GiB`.
 pub fn fmt_bytes(v: f64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = if v.is_finite() { v.max(0.0) } else { 0.0 };
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{v:.0} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
+    match crate::observed::scaled_bytes(v) {
+        (v, "B") => format!("{v:.0} B"),
+        (v, unit) => format!("{v:.1} {unit}"),
     }
 }
 
@@ -989,7 +981,11 @@ mod tests {
         assert_eq!(app.selected, 0);
         let d = app.detail();
         assert!(d.title.starts_with("kmalloc sizes"), "{d:?}");
-        assert_eq!(d.bars[1].1, 4.0, "4 allocations of ≤ 16 B: {d:?}");
+        assert_eq!(
+            d.bars,
+            vec![("≤ 16 B".to_string(), 4.0, "4".to_string())],
+            "4 allocations of ≤ 16 B, empty buckets around it left out: {d:?}"
+        );
         app.view = View::Caches;
         let d = app.detail();
         assert_eq!(d.bars[1].2, "192 B");
