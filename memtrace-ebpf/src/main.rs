@@ -174,14 +174,38 @@ fn read(base: *const u8, loc: FieldLoc) -> u64 {
     }
 }
 
+/// Reads an unsigned field of 4 or 8 bytes at `base + loc.offset`, where `base` is a typed
+/// kernel pointer a BTF tracepoint was given: a direct load, which the verifier checks
+/// against the kernel's BTF and guards against faults (no helper call). 0 if absent.
+#[inline(always)]
+fn deref(base: *const u8, loc: FieldLoc) -> u64 {
+    // SAFETY: `base` is a BTF-typed pointer and `loc` a member of its type, resolved from the
+    // running kernel's BTF; the verifier rejects any other access, and the kernel turns a
+    // fault into a zero.
+    unsafe {
+        let p = base.add(loc.offset as usize);
+        match loc.size {
+            8 => core::ptr::read_volatile(p as *const u64),
+            4 => u64::from(core::ptr::read_volatile(p as *const u32)),
+            _ => 0,
+        }
+    }
+}
+
 #[inline(always)]
 fn field(ctx: *mut c_void, loc: FieldLoc) -> u64 {
     read(ctx as *const u8, loc)
 }
 
+/// Words of a [`Record`].
+const RECORD_WORDS: usize = RECORD_BYTES / 8;
+
 /// A copy of the start of the context: one helper call per event instead of one per field.
+/// Whole words, so that a BTF tracepoint's typed pointer arguments (`struct page *`,
+/// `struct kmem_cache *`) are spilled to the stack and filled back whole, as the verifier
+/// requires: a pointer copied byte-wise is refused.
 struct Record {
-    buf: [u8; RECORD_BYTES],
+    buf: [u64; RECORD_WORDS],
 }
 
 impl Record {
@@ -194,7 +218,7 @@ impl Record {
     #[inline(always)]
     fn load(ctx: *mut c_void, len: u16, btf: bool) -> Record {
         let mut r = Record {
-            buf: [0; RECORD_BYTES],
+            buf: [0; RECORD_WORDS],
         };
         let n = if (len as usize) > RECORD_BYTES {
             RECORD_BYTES
@@ -209,8 +233,7 @@ impl Record {
                     if $i < words {
                         // SAFETY: argument $i exists (it is below the span of the fields the
                         // kernel's prototype has); a constant-offset context read.
-                        let v = unsafe { core::ptr::read_volatile(args.add($i)) };
-                        r.buf[$i * 8..$i * 8 + 8].copy_from_slice(&v.to_ne_bytes());
+                        r.buf[$i] = unsafe { core::ptr::read_volatile(args.add($i)) };
                     }
                 )*};
             }
@@ -236,9 +259,12 @@ impl Record {
         if off + 8 > RECORD_BYTES {
             return 0;
         }
+        if loc.size == 8 && off.is_multiple_of(8) {
+            return self.buf[off / 8];
+        }
         // SAFETY: in bounds (checked above); unaligned reads of plain integers.
         unsafe {
-            let p = self.buf.as_ptr().add(off);
+            let p = self.buf.as_ptr().cast::<u8>().add(off);
             match loc.size {
                 8 => core::ptr::read_unaligned(p as *const u64),
                 4 => u64::from(core::ptr::read_unaligned(p as *const u32)),
@@ -296,6 +322,14 @@ fn bump(counter: Counter) {
     add_counter(counter as u32, 1);
 }
 
+/// Words of [`MEMTRACE_ZERO`]: at least the largest map value.
+const ZERO_WORDS: usize = 32;
+
+/// The all-zero value new map entries start from (see [`slot`]). Exported and mutable, so
+/// that the compiler can neither fold it nor place it in .rodata; nothing writes it.
+#[unsafe(no_mangle)]
+static mut MEMTRACE_ZERO: [u64; ZERO_WORDS] = [0; ZERO_WORDS];
+
 /// The per-CPU slot of `key` in `map`, created (zeroed) on first use. When the map is full,
 /// the slot of `overflow`, which userspace pre-inserts, and the MapFull counter says so:
 /// counting goes on, never silently lost.
@@ -306,13 +340,16 @@ fn slot<K: Copy, V>(map: &PerCpuHashMap<K, V>, key: K, overflow: K) -> Option<*m
     if let Some(p) = map.get_ptr_mut(key) {
         return Some(p);
     }
-    // The zero value must live on the stack. A reference to a constant (`&0`) would be a
-    // promoted read-only constant, which LLVM may merge with a zero-initialised load-time
-    // global in .rodata: userspace then overwrites the "zero" at load time (seen here: new
-    // entries started at NOTABLE_MIN_BYTES).
-    // SAFETY: V is plain integers, for which all-zero is valid.
-    let zero: V = unsafe { core::mem::zeroed() };
-    let _ = map.insert(key, &zero, BPF_NOEXIST as u64);
+    // The zero value must not be a constant: a reference to one (`&0`) is a promoted
+    // read-only constant, which LLVM may merge with a zero-initialised load-time global in
+    // .rodata, which userspace then overwrites at load time (seen here: new entries started at
+    // NOTABLE_MIN_BYTES). It is not a stack local either (a SizeStats is 184 bytes of the
+    // 512-byte stack): it is writable, exported memory that nothing writes.
+    const { assert!(core::mem::size_of::<V>() <= core::mem::size_of::<[u64; ZERO_WORDS]>()) };
+    // SAFETY: ZERO is all-zero and large enough (asserted above); V is plain integers, for
+    // which all-zero is valid; nothing ever writes ZERO.
+    let zero = unsafe { &*(&raw const MEMTRACE_ZERO).cast::<V>() };
+    let _ = map.insert(key, zero, BPF_NOEXIST as u64);
     if let Some(p) = map.get_ptr_mut(key) {
         return Some(p);
     }
@@ -453,9 +490,9 @@ fn on_kmalloc(ctx: *mut c_void, l: &KmallocLayout, btf: bool) {
 }
 
 #[inline(always)]
-fn on_free(ctx: *mut c_void, l: &FreeLayout, counter: Counter) {
+fn on_free(ctx: *mut c_void, l: &FreeLayout, counter: Counter, btf: bool) {
     // Freeing NULL is legal and frees nothing.
-    if wanted() && field(ctx, l.ptr) != 0 {
+    if wanted() && Record::load(ctx, span(&[l.ptr]), btf).get(l.ptr) != 0 {
         bump(counter);
     }
 }
@@ -468,20 +505,34 @@ fn read_name(src: *const u8, buf: &mut [u8; CACHE_NAME_LEN]) {
 }
 
 #[inline(always)]
-fn on_kmem_cache_alloc(ctx: *mut c_void, l: &KmemCacheAllocLayout) {
+fn on_kmem_cache_alloc(ctx: *mut c_void, l: &KmemCacheAllocLayout, btf: bool) {
     if !wanted() {
         return;
     }
-    let gfp = field(ctx, l.gfp_flags);
-    if field(ctx, l.ptr) == 0 {
+    let r = Record::load(
+        ctx,
+        span(&[
+            l.call_site,
+            l.ptr,
+            l.s,
+            l.name,
+            l.bytes_req,
+            l.bytes_alloc,
+            l.gfp_flags,
+        ]),
+        btf,
+    );
+    let gfp = r.get(l.gfp_flags);
+    let call_site = r.get(l.call_site);
+    if r.get(l.ptr) == 0 {
         count_failure(Allocator::KmemCache, 0, gfp);
         emit(
             ctx,
             Notable {
                 allocator: Allocator::KmemCache,
-                call_site: field(ctx, l.call_site),
-                bytes_req: field(ctx, l.bytes_req),
-                bytes_alloc: field(ctx, l.bytes_alloc),
+                call_site,
+                bytes_req: r.get(l.bytes_req),
+                bytes_alloc: r.get(l.bytes_alloc),
                 gfp,
                 order: 0,
                 flags: EVENT_FAILED,
@@ -494,24 +545,24 @@ fn on_kmem_cache_alloc(ctx: *mut c_void, l: &KmemCacheAllocLayout) {
     };
     let (id, requested, allocated, cache) = if l.s.is_present() {
         // BTF tracepoint: the cache itself; its name is read only when first seen.
-        let s = field(ctx, l.s) as *const u8;
+        let s = r.get(l.s) as *const u8;
         // SAFETY: a plain read of a global.
         let off = unsafe { core::ptr::read_volatile(&LAYOUTS.kmem_cache) };
-        (s as u64, read(s, off.object_size), read(s, off.size), s)
+        (s as u64, deref(s, off.object_size), deref(s, off.size), s)
     } else {
         // Classic tracepoint: the record holds the name as a __data_loc string.
-        let loc = field(ctx, l.name);
+        let loc = r.get(l.name);
         let src = (ctx as *const u8).wrapping_add((loc & 0xffff) as usize);
         read_name(src, &mut name.name);
         (
             cache_name_id(&name.name),
-            field(ctx, l.bytes_req),
-            field(ctx, l.bytes_alloc),
+            r.get(l.bytes_req),
+            r.get(l.bytes_alloc),
             core::ptr::null(),
         )
     };
     record_size(Allocator::KmemCache, gfp, requested, allocated);
-    attribute(Allocator::KmemCache, field(ctx, l.call_site), allocated);
+    attribute(Allocator::KmemCache, call_site, allocated);
 
     let p = match CACHE_STATS.get_ptr_mut(id) {
         Some(p) => Some(p),
@@ -537,16 +588,14 @@ fn on_kmem_cache_alloc(ctx: *mut c_void, l: &KmemCacheAllocLayout) {
 }
 
 #[inline(always)]
-fn on_mm_page_alloc(ctx: *mut c_void, l: &PageAllocLayout) {
+fn on_mm_page_alloc(ctx: *mut c_void, l: &PageAllocLayout, btf: bool) {
     if !wanted() {
         return;
     }
-    // The BTF argument `page` is a typed kernel pointer, which the verifier will not let a
-    // program copy byte-wise into a buffer: this record is always copied by the helper.
     let r = Record::load(
         ctx,
         span(&[l.pfn, l.page, l.order, l.gfp_flags, l.migratetype]),
-        false,
+        btf,
     );
     let order = order_slot(r.get(l.order));
     let gfp = r.get(l.gfp_flags);
@@ -700,31 +749,32 @@ macro_rules! probe {
 probe!(kmalloc, "kmalloc", kmalloc_tp, kmalloc_btf, |c, l, b| {
     on_kmalloc(c, &l, b)
 });
-probe!(kfree, "kfree", kfree_tp, kfree_btf, |c, l, _b| on_free(
+probe!(kfree, "kfree", kfree_tp, kfree_btf, |c, l, b| on_free(
     c,
     &l,
-    Counter::KmallocFrees
+    Counter::KmallocFrees,
+    b
 ));
 probe!(
     kmem_cache_alloc,
     "kmem_cache_alloc",
     kmem_cache_alloc_tp,
     kmem_cache_alloc_btf,
-    |c, l, _b| on_kmem_cache_alloc(c, &l)
+    |c, l, b| on_kmem_cache_alloc(c, &l, b)
 );
 probe!(
     kmem_cache_free,
     "kmem_cache_free",
     kmem_cache_free_tp,
     kmem_cache_free_btf,
-    |c, l, _b| on_free(c, &l, Counter::KmemCacheFrees)
+    |c, l, b| on_free(c, &l, Counter::KmemCacheFrees, b)
 );
 probe!(
     mm_page_alloc,
     "mm_page_alloc",
     mm_page_alloc_tp,
     mm_page_alloc_btf,
-    |c, l, _b| { on_mm_page_alloc(c, &l) }
+    |c, l, b| { on_mm_page_alloc(c, &l, b) }
 );
 probe!(
     mm_page_free,
