@@ -120,7 +120,7 @@ fn main() -> ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(memtrace::top::log_writer);
     match cli.log_format {
         LogFormat::Json => logs.json().init(),
         LogFormat::Text => logs

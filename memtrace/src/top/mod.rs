@@ -344,6 +344,19 @@ fn run_batch(
     Ok(())
 }
 
+/// True while `top` owns the screen: log lines written then would tear it.
+static SCREEN: AtomicBool = AtomicBool::new(false);
+
+/// Where log lines go: standard error, except while `top` owns the screen (what goes wrong
+/// then is shown on its status line instead).
+pub fn log_writer() -> Box<dyn std::io::Write> {
+    if SCREEN.load(Ordering::SeqCst) {
+        Box::new(std::io::sink())
+    } else {
+        Box::new(std::io::stderr())
+    }
+}
+
 /// Restores the terminal when dropped: on return, on error and while unwinding from a
 /// panic (ratatui's own panic hook restores it before the message is printed too).
 struct TerminalGuard;
@@ -351,6 +364,7 @@ struct TerminalGuard;
 impl Drop for TerminalGuard {
     fn drop(&mut self) {
         ratatui::restore();
+        SCREEN.store(false, Ordering::SeqCst);
     }
 }
 
@@ -366,6 +380,7 @@ fn run_screen(
     // terminal is still restored.
     let _guard = TerminalGuard;
     let mut terminal = ratatui::try_init().context("cannot set up the terminal")?;
+    SCREEN.store(true, Ordering::SeqCst);
     // Debug builds only: lets the tests prove that a panic restores the terminal too.
     #[cfg(debug_assertions)]
     let panic_after_draw = std::env::var_os("MEMTRACE_TOP_TEST_PANIC").is_some();
