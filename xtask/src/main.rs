@@ -9,6 +9,7 @@ use std::{
 use anyhow::{Context as _, anyhow, bail};
 
 mod bench;
+mod install;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -34,6 +35,23 @@ enum Task {
     /// Set up, then run every test exactly as CI does: unit tests, then the kernel
     /// integration tests single-threaded in both the dev and release profiles.
     Test,
+    /// Install the release binary, the systemd unit and its environment file (kept if it
+    /// exists); prints what it did. The service is started only with `--enable`.
+    Install {
+        /// Install under this directory instead of `/` (a staging root: nothing outside it
+        /// is touched).
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+        /// The binary goes to PREFIX/bin/memtrace, and the unit's ExecStart names it.
+        #[arg(long, default_value = "/usr/local")]
+        prefix: PathBuf,
+        /// Install this memtrace binary instead of building the release binary.
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// Then `systemctl daemon-reload` and `systemctl enable --now memtrace`.
+        #[arg(long)]
+        enable: bool,
+    },
     /// rustfmt --check and clippy -D warnings on the whole workspace.
     Lint,
     /// Measure memtrace's overhead against no tracing, the bare hooks and bpftrace, in one
@@ -55,6 +73,12 @@ fn main() {
         Task::Build => setup().and_then(|()| cargo(&["build", "--release"])),
         Task::Run { args } => setup().and_then(|()| run(&args)),
         Task::Test => setup().and_then(|()| test()),
+        Task::Install {
+            root,
+            prefix,
+            binary,
+            enable,
+        } => install(root, prefix, binary, enable),
         Task::Lint => setup().and_then(|()| lint()),
         Task::Bench { reps, seconds } => setup().and_then(|()| bench(reps, seconds)),
     };
@@ -299,7 +323,7 @@ fn cargo_home() -> anyhow::Result<PathBuf> {
 
 fn run(args: &[OsString]) -> anyhow::Result<()> {
     cargo(&["build", "--release", "--package", "memtrace"])?;
-    let bin = workspace_root().join("target/release/memtrace");
+    let bin = target_dir().join("release/memtrace");
     let mut cmd = if is_root() {
         Command::new(&bin)
     } else {
@@ -313,6 +337,41 @@ fn run(args: &[OsString]) -> anyhow::Result<()> {
         .status()
         .context("cannot start memtrace (is sudo installed?)")?;
     std::process::exit(st.code().unwrap_or(1));
+}
+
+/// The target directory cargo builds into (`CARGO_TARGET_DIR`, relative to the workspace).
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) => workspace_root().join(d),
+        None => workspace_root().join("target"),
+    }
+}
+
+fn install(
+    root: PathBuf,
+    prefix: PathBuf,
+    binary: Option<PathBuf>,
+    enable: bool,
+) -> anyhow::Result<()> {
+    install::check(&root, &prefix, enable)?;
+    let binary = match binary {
+        Some(b) => b,
+        None => {
+            setup()?;
+            cargo(&["build", "--release", "--package", "memtrace"])?;
+            target_dir().join("release/memtrace")
+        }
+    };
+    install::install(
+        &workspace_root(),
+        &install::Options {
+            root,
+            prefix,
+            binary,
+            enable,
+        },
+    )
+    .map(drop)
 }
 
 fn test() -> anyhow::Result<()> {
