@@ -22,7 +22,8 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Task {
     /// Install what building and testing need (idempotent): nightly rust-src, bpf-linker
-    /// built against the nightly's own LLVM, and the Debian packages the tests use.
+    /// built against the nightly's own LLVM, the Debian packages the tests use, and
+    /// kubernetes-validate (PyPI) for the Kubernetes manifests.
     Setup,
     /// Build the release binary (the eBPF object is embedded by memtrace/build.rs).
     Build,
@@ -217,11 +218,57 @@ fn setup() -> anyhow::Result<()> {
 
     // 3. Debian packages the tests need.
     install_debian(DEBIAN_PACKAGES)?;
+
+    // 4. kubernetes-validate, which checks deploy/kubernetes against the Kubernetes schemas.
+    install_kubernetes_validate()?;
     eprintln!(
         "xtask: setup complete in {:.1}s",
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// The PyPI package `kubernetes-validate` (it bundles the Kubernetes API's JSON schemas;
+/// `--strict` rejects unknown fields), pinned: the tests validate the DaemonSet with it.
+const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
+
+/// Installs kubernetes-validate into its own virtual environment (Debian's Python refuses
+/// `pip install` outside one) in CARGO_HOME, linked as `CARGO_HOME/bin/kubernetes-validate`
+/// so that it is on PATH wherever cargo is. Does nothing if that version is there.
+fn install_kubernetes_validate() -> anyhow::Result<()> {
+    let home = cargo_home()?;
+    let link = home.join("bin/kubernetes-validate");
+    let installed = Command::new(&link)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| {
+            o.status.success()
+                && String::from_utf8_lossy(&o.stdout).trim() == KUBERNETES_VALIDATE_VERSION
+        });
+    if installed {
+        return Ok(());
+    }
+    install_debian(&["python3-venv"])?;
+    let venv = home.join(format!(
+        "memtrace-venv/kubernetes-validate-{KUBERNETES_VALIDATE_VERSION}"
+    ));
+    if !venv.join("bin/pip").is_file() {
+        status(
+            Command::new("/usr/bin/python3")
+                .args(["-m", "venv"])
+                .arg(&venv),
+        )?;
+    }
+    status(Command::new(venv.join("bin/pip")).args([
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        &format!("kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}"),
+    ]))?;
+    std::fs::create_dir_all(home.join("bin"))?;
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(venv.join("bin/kubernetes-validate"), &link)
+        .with_context(|| format!("symlink {}", link.display()))
 }
 
 /// Installs the Debian packages of `wanted` that are missing (as root).
