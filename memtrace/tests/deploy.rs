@@ -263,15 +263,23 @@ fn kubernetes_manifests_pass_a_strict_schema_check() {
 }
 
 /// The documents of a YAML file as JSON, parsed by PyYAML from kubernetes-validate's own
-/// Python environment (the interpreter its script names).
+/// Python environment: the `python3` beside its script (a virtual environment's, as setup
+/// installs it), or else the interpreter its `#!` line names.
 fn yaml_documents(tool: &Path, file: &Path) -> Vec<serde_json::Value> {
-    let script = std::fs::read_to_string(tool).expect("read the kubernetes-validate script");
-    let python = script
-        .lines()
-        .next()
-        .and_then(|l| l.strip_prefix("#!"))
-        .map(str::trim)
-        .unwrap_or_else(|| panic!("{} has no #! line", tool.display()));
+    let beside = std::fs::canonicalize(tool)
+        .ok()
+        .and_then(|t| Some(t.parent()?.join("python3")))
+        .filter(|p| p.exists());
+    let python = beside.unwrap_or_else(|| {
+        let script = std::fs::read_to_string(tool).expect("read the kubernetes-validate script");
+        let first = script.lines().next().unwrap_or("");
+        PathBuf::from(
+            first
+                .strip_prefix("#!")
+                .map(str::trim)
+                .unwrap_or_else(|| panic!("{} has no #! line", tool.display())),
+        )
+    });
     let out = Command::new(python)
         .args([
             "-c",
