@@ -1,6 +1,8 @@
 //! The deployment files, checked with the real tools: the systemd unit passes
 //! `systemd-analyze verify` and its capability set is exactly what the daemon needs (each
-//! capability is shown necessary by taking it away); the Prometheus rules and configuration
+//! capability is shown necessary by taking it away); the Kubernetes manifests pass a strict
+//! schema check (`kubernetes-validate`, which must also reject a misspelt field) and grant
+//! the container exactly the unit's capabilities; the Prometheus rules and configuration
 //! pass promtool's checks and unit tests.
 
 mod support;
@@ -178,4 +180,260 @@ fn prometheus_rules_and_config_pass_promtool() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// The Kubernetes versions the manifests are validated against: the oldest and the newest
+/// kubernetes-validate bundles.
+const KUBERNETES_VERSIONS: &[&str] = &["1.25.0", "1.37.0"];
+
+/// Runs `kubernetes-validate --strict` on `files` for `version`: (success, output).
+fn kubernetes_validate(tool: &Path, version: &str, files: &[PathBuf]) -> (bool, String) {
+    let out = Command::new(tool)
+        .args(["--strict", "--kubernetes-version", version])
+        .args(files)
+        .output()
+        .expect("run kubernetes-validate");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn kubernetes_manifests_pass_a_strict_schema_check() {
+    let Some(tool) = need("kubernetes-validate") else {
+        return;
+    };
+    let files = [
+        deploy("kubernetes/daemonset.yaml"),
+        deploy("kubernetes/servicemonitor.yaml"),
+    ];
+    for version in KUBERNETES_VERSIONS {
+        let (ok, text) = kubernetes_validate(&tool, version, &files);
+        assert!(ok, "kubernetes-validate {version}: {text}");
+        // Every core resource was checked against a schema (the ServiceMonitor is a custom
+        // resource kubernetes-validate has no schema for; it is checked below).
+        for resource in [
+            "namespace/memtrace",
+            "serviceaccount/memtrace",
+            "daemonset/memtrace",
+            "service/memtrace",
+        ] {
+            assert!(
+                text.contains(&format!("passed for resource {resource} ")),
+                "kubernetes-validate {version} did not check {resource}: {text}"
+            );
+        }
+    }
+    // The check can fail: misspelt or mistyped fields in a copy are rejected.
+    let original = std::fs::read_to_string(&files[0]).unwrap();
+    let dir = std::env::temp_dir().join(format!("memtrace-k8s-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (from, to, complaint) in [
+        (
+            "readOnlyRootFilesystem: true",
+            "readOnlyRootFileSystem: true",
+            "'readOnlyRootFileSystem' was unexpected",
+        ),
+        (
+            "hostPID: false",
+            "hostPid: false",
+            "'hostPid' was unexpected",
+        ),
+        (
+            "containerPort: 9701",
+            "containerPort: \"9701\"",
+            "is not of type 'integer'",
+        ),
+    ] {
+        assert!(original.contains(from), "daemonset.yaml has {from}");
+        let bad = dir.join("daemonset.yaml");
+        std::fs::write(&bad, original.replacen(from, to, 1)).unwrap();
+        let (ok, text) = kubernetes_validate(&tool, KUBERNETES_VERSIONS[1], &[bad]);
+        assert!(
+            !ok && text.contains(complaint),
+            "kubernetes-validate accepted `{to}`: {text}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The documents of a YAML file as JSON, parsed by PyYAML from kubernetes-validate's own
+/// Python environment: the `python3` beside its script (a virtual environment's, as setup
+/// installs it), or else the interpreter its `#!` line names.
+fn yaml_documents(tool: &Path, file: &Path) -> Vec<serde_json::Value> {
+    let beside = std::fs::canonicalize(tool)
+        .ok()
+        .and_then(|t| Some(t.parent()?.join("python3")))
+        .filter(|p| p.exists());
+    let python = beside.unwrap_or_else(|| {
+        let script = std::fs::read_to_string(tool).expect("read the kubernetes-validate script");
+        let first = script.lines().next().unwrap_or("");
+        PathBuf::from(
+            first
+                .strip_prefix("#!")
+                .map(str::trim)
+                .unwrap_or_else(|| panic!("{} has no #! line", tool.display())),
+        )
+    });
+    let out = Command::new(python)
+        .args([
+            "-c",
+            "import json, sys, yaml; json.dump([d for d in yaml.safe_load_all(open(sys.argv[1])) if d], sys.stdout)",
+        ])
+        .arg(file)
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "parse {}: {}",
+        file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON from PyYAML")
+}
+
+#[test]
+fn the_daemonset_is_privileged_enough_and_no_more() {
+    let Some(tool) = need("kubernetes-validate") else {
+        return;
+    };
+    let docs = yaml_documents(&tool, &deploy("kubernetes/daemonset.yaml"));
+    let of_kind = |kind: &str| -> &serde_json::Value {
+        let found: Vec<&serde_json::Value> = docs.iter().filter(|d| d["kind"] == kind).collect();
+        assert_eq!(found.len(), 1, "one {kind} in daemonset.yaml");
+        found[0]
+    };
+    let ns = of_kind("Namespace")["metadata"]["name"].clone();
+    let sa = of_kind("ServiceAccount");
+    let ds = of_kind("DaemonSet");
+    assert_eq!(sa["metadata"]["namespace"], ns);
+    assert_eq!(ds["metadata"]["namespace"], ns);
+    let pod = &ds["spec"]["template"];
+    let spec = &pod["spec"];
+    assert_eq!(spec["serviceAccountName"], sa["metadata"]["name"]);
+    assert_eq!(
+        spec["automountServiceAccountToken"], false,
+        "memtrace needs no API token"
+    );
+    for host in ["hostPID", "hostNetwork", "hostIPC"] {
+        assert!(
+            spec[host].is_null() || spec[host] == false,
+            "{host} must not be set"
+        );
+    }
+    let containers = spec["containers"].as_array().expect("containers");
+    assert_eq!(containers.len(), 1);
+    let c = &containers[0];
+    let sc = &c["securityContext"];
+    assert!(
+        sc["privileged"].is_null() || sc["privileged"] == false,
+        "not privileged"
+    );
+    assert!(spec["securityContext"]["privileged"].is_null());
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    // Exactly the set the unit proves necessary and sufficient (see the capability test).
+    let mut want: Vec<String> = unit_caps()
+        .iter()
+        .map(|c| c.trim_start_matches("CAP_").to_string())
+        .collect();
+    want.sort();
+    let mut got: Vec<String> = sc["capabilities"]["add"]
+        .as_array()
+        .expect("capabilities.add")
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    got.sort();
+    assert_eq!(got, want, "the container's capabilities are the unit's");
+    // Only the host paths memtrace reads, read-only.
+    let volumes = spec["volumes"].as_array().expect("volumes");
+    let mut host_paths = Vec::new();
+    for v in volumes {
+        let path = v["hostPath"]["path"]
+            .as_str()
+            .unwrap_or_else(|| panic!("only hostPath volumes: {v}"));
+        host_paths.push(path.to_string());
+        let mount = c["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == v["name"])
+            .unwrap_or_else(|| panic!("volume {} is mounted", v["name"]));
+        assert_eq!(mount["readOnly"], true, "{path} is mounted read-only");
+        assert_eq!(
+            mount["mountPath"], path,
+            "{path} where memtrace looks for it"
+        );
+    }
+    host_paths.sort();
+    assert_eq!(host_paths, ["/sys/kernel/btf", "/sys/kernel/tracing"]);
+
+    // The port: served, scraped, probed and named alike.
+    let port = &c["ports"][0];
+    let number = port["containerPort"].as_u64().expect("containerPort");
+    let name = port["name"].as_str().expect("a named port");
+    let ann = &pod["metadata"]["annotations"];
+    assert_eq!(ann["prometheus.io/scrape"], "true");
+    assert_eq!(ann["prometheus.io/port"], number.to_string());
+    let listen = c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "MEMTRACE_WEB_LISTEN_ADDRESS")
+        .expect("the listen address is set")["value"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        listen.ends_with(&format!(":{number}")),
+        "the daemon listens on {listen}, the pod declares {number}"
+    );
+    for probe in ["livenessProbe", "readinessProbe"] {
+        let get = &c[probe]["httpGet"];
+        assert_eq!(get["path"], "/healthz", "{probe}");
+        assert!(
+            get["port"] == name || get["port"] == number,
+            "{probe} port {}",
+            get["port"]
+        );
+    }
+    assert!(
+        c["resources"]["limits"]["memory"].is_string(),
+        "a memory limit"
+    );
+    assert!(
+        c["image"].as_str().unwrap().contains(":VERSION"),
+        "the image is the documented placeholder"
+    );
+
+    // The ServiceMonitor scrapes that port through the Service.
+    let mon = yaml_documents(&tool, &deploy("kubernetes/servicemonitor.yaml"));
+    let svc = mon
+        .iter()
+        .find(|d| d["kind"] == "Service")
+        .expect("Service");
+    let sm = mon
+        .iter()
+        .find(|d| d["kind"] == "ServiceMonitor")
+        .expect("ServiceMonitor");
+    assert_eq!(svc["metadata"]["namespace"], ns);
+    assert_eq!(sm["metadata"]["namespace"], ns);
+    assert_eq!(
+        svc["spec"]["selector"], pod["metadata"]["labels"],
+        "the Service selects the memtrace pods"
+    );
+    let svc_port = &svc["spec"]["ports"][0];
+    assert!(svc_port["targetPort"] == name || svc_port["targetPort"] == number);
+    assert_eq!(sm["spec"]["endpoints"][0]["port"], svc_port["name"]);
+    assert_eq!(
+        sm["spec"]["selector"]["matchLabels"],
+        svc["metadata"]["labels"]
+    );
 }

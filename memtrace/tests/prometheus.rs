@@ -6,11 +6,11 @@ mod support;
 use std::{
     collections::BTreeSet,
     io::Write as _,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    process::{Command, Stdio},
+    time::Duration,
 };
 
-use support::{Daemon, free_port, get, need, require_kernel};
+use support::{Daemon, Prometheus, free_port, get, need, require_kernel, urlencode};
 
 /// A series as `name{a="x",b="y"}` with sorted labels, whoever reported it.
 fn canonical<'a>(name: &str, labels: impl Iterator<Item = (&'a str, &'a str)>) -> String {
@@ -18,15 +18,6 @@ fn canonical<'a>(name: &str, labels: impl Iterator<Item = (&'a str, &'a str)>) -
     pairs.sort();
     let labels: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
     format!("{name}{{{}}}", labels.join(","))
-}
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]
@@ -39,32 +30,7 @@ fn prometheus_stores_every_series_and_promtool_accepts_them() {
     };
 
     let daemon = Daemon::start(free_port());
-    let dir = std::env::temp_dir().join(format!("memtrace-prometheus-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: memtrace\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
-            daemon.port
-        ),
-    )
-    .unwrap();
-    let prom_port = free_port();
-    let _server = Server(
-        Command::new(&prometheus)
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start prometheus"),
-    );
+    let server = Prometheus::start(&prometheus, &[format!("127.0.0.1:{}", daemon.port)]);
 
     // promtool's linter accepts the exposition.
     let text = daemon.scrape_text();
@@ -90,27 +56,7 @@ fn prometheus_stores_every_series_and_promtool_accepts_them() {
     );
 
     // Wait for Prometheus to scrape the daemon at least twice after our own scrape.
-    let query = |q: &str| -> serde_json::Value {
-        let path = format!("/api/v1/query?query={}", urlencode(q));
-        let (code, body) = get(prom_port, &path).unwrap_or((0, String::new()));
-        if code != 200 {
-            return serde_json::Value::Null;
-        }
-        serde_json::from_str(&body).unwrap_or(serde_json::Value::Null)
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let v = query("up{job=\"memtrace\"}");
-        let up = v["data"]["result"][0]["value"][1].as_str().unwrap_or("");
-        if up == "1" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "Prometheus never scraped the daemon successfully"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    server.wait_up(1);
     let ours: BTreeSet<String> = memtrace::scrape::parse_exposition(&daemon.scrape_text())
         .iter()
         .filter(|s| s.name.starts_with("memtrace_"))
@@ -128,7 +74,7 @@ fn prometheus_stores_every_series_and_promtool_accepts_them() {
         urlencode("match[]"),
         urlencode("{__name__=~\"memtrace_.+\"}")
     );
-    let (code, body) = get(prom_port, &path).expect("series API");
+    let (code, body) = get(server.port, &path).expect("series API");
     assert_eq!(code, 200, "{body}");
     let json: serde_json::Value = serde_json::from_str(&body).expect("series JSON");
     let stored: BTreeSet<String> = json["data"]
@@ -160,18 +106,6 @@ fn prometheus_stores_every_series_and_promtool_accepts_them() {
         "series Prometheus did not store: {missing:?}"
     );
     daemon.terminate();
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 #[test]

@@ -9,6 +9,7 @@ use std::{
 use anyhow::{Context as _, anyhow, bail};
 
 mod bench;
+mod install;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -21,7 +22,8 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Task {
     /// Install what building and testing need (idempotent): nightly rust-src, bpf-linker
-    /// built against the nightly's own LLVM, and the Debian packages the tests use.
+    /// built against the nightly's own LLVM, the Debian packages the tests use, and
+    /// kubernetes-validate (PyPI) for the Kubernetes manifests.
     Setup,
     /// Build the release binary (the eBPF object is embedded by memtrace/build.rs).
     Build,
@@ -34,6 +36,23 @@ enum Task {
     /// Set up, then run every test exactly as CI does: unit tests, then the kernel
     /// integration tests single-threaded in both the dev and release profiles.
     Test,
+    /// Install the release binary, the systemd unit and its environment file (kept if it
+    /// exists); prints what it did. The service is started only with `--enable`.
+    Install {
+        /// Install under this directory instead of `/` (a staging root: nothing outside it
+        /// is touched).
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+        /// The binary goes to PREFIX/bin/memtrace, and the unit's ExecStart names it.
+        #[arg(long, default_value = "/usr/local")]
+        prefix: PathBuf,
+        /// Install this memtrace binary instead of building the release binary.
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// Then `systemctl daemon-reload` and `systemctl enable --now memtrace`.
+        #[arg(long)]
+        enable: bool,
+    },
     /// rustfmt --check and clippy -D warnings on the whole workspace.
     Lint,
     /// Measure memtrace's overhead against no tracing, the bare hooks and bpftrace, in one
@@ -55,6 +74,12 @@ fn main() {
         Task::Build => setup().and_then(|()| cargo(&["build", "--release"])),
         Task::Run { args } => setup().and_then(|()| run(&args)),
         Task::Test => setup().and_then(|()| test()),
+        Task::Install {
+            root,
+            prefix,
+            binary,
+            enable,
+        } => install(root, prefix, binary, enable),
         Task::Lint => setup().and_then(|()| lint()),
         Task::Bench { reps, seconds } => setup().and_then(|()| bench(reps, seconds)),
     };
@@ -193,11 +218,57 @@ fn setup() -> anyhow::Result<()> {
 
     // 3. Debian packages the tests need.
     install_debian(DEBIAN_PACKAGES)?;
+
+    // 4. kubernetes-validate, which checks deploy/kubernetes against the Kubernetes schemas.
+    install_kubernetes_validate()?;
     eprintln!(
         "xtask: setup complete in {:.1}s",
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// The PyPI package `kubernetes-validate` (it bundles the Kubernetes API's JSON schemas;
+/// `--strict` rejects unknown fields), pinned: the tests validate the DaemonSet with it.
+const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
+
+/// Installs kubernetes-validate into its own virtual environment (Debian's Python refuses
+/// `pip install` outside one) in CARGO_HOME, linked as `CARGO_HOME/bin/kubernetes-validate`
+/// so that it is on PATH wherever cargo is. Does nothing if that version is there.
+fn install_kubernetes_validate() -> anyhow::Result<()> {
+    let home = cargo_home()?;
+    let link = home.join("bin/kubernetes-validate");
+    let installed = Command::new(&link)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| {
+            o.status.success()
+                && String::from_utf8_lossy(&o.stdout).trim() == KUBERNETES_VALIDATE_VERSION
+        });
+    if installed {
+        return Ok(());
+    }
+    install_debian(&["python3-venv"])?;
+    let venv = home.join(format!(
+        "memtrace-venv/kubernetes-validate-{KUBERNETES_VALIDATE_VERSION}"
+    ));
+    if !venv.join("bin/pip").is_file() {
+        status(
+            Command::new("/usr/bin/python3")
+                .args(["-m", "venv"])
+                .arg(&venv),
+        )?;
+    }
+    status(Command::new(venv.join("bin/pip")).args([
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        &format!("kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}"),
+    ]))?;
+    std::fs::create_dir_all(home.join("bin"))?;
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(venv.join("bin/kubernetes-validate"), &link)
+        .with_context(|| format!("symlink {}", link.display()))
 }
 
 /// Installs the Debian packages of `wanted` that are missing (as root).
@@ -299,7 +370,7 @@ fn cargo_home() -> anyhow::Result<PathBuf> {
 
 fn run(args: &[OsString]) -> anyhow::Result<()> {
     cargo(&["build", "--release", "--package", "memtrace"])?;
-    let bin = workspace_root().join("target/release/memtrace");
+    let bin = target_dir().join("release/memtrace");
     let mut cmd = if is_root() {
         Command::new(&bin)
     } else {
@@ -313,6 +384,41 @@ fn run(args: &[OsString]) -> anyhow::Result<()> {
         .status()
         .context("cannot start memtrace (is sudo installed?)")?;
     std::process::exit(st.code().unwrap_or(1));
+}
+
+/// The target directory cargo builds into (`CARGO_TARGET_DIR`, relative to the workspace).
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) => workspace_root().join(d),
+        None => workspace_root().join("target"),
+    }
+}
+
+fn install(
+    root: PathBuf,
+    prefix: PathBuf,
+    binary: Option<PathBuf>,
+    enable: bool,
+) -> anyhow::Result<()> {
+    install::check(&root, &prefix, enable)?;
+    let binary = match binary {
+        Some(b) => b,
+        None => {
+            setup()?;
+            cargo(&["build", "--release", "--package", "memtrace"])?;
+            target_dir().join("release/memtrace")
+        }
+    };
+    install::install(
+        &workspace_root(),
+        &install::Options {
+            root,
+            prefix,
+            binary,
+            enable,
+        },
+    )
+    .map(drop)
 }
 
 fn test() -> anyhow::Result<()> {
