@@ -15,16 +15,18 @@ use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_F_REUSE_STACKID, BPF_NOEXIST},
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
-        bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_probe_read_kernel_str_bytes,
     },
     macros::{btf_tracepoint, fentry, map, tracepoint},
     maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
     programs::{BtfTracePointContext, FEntryContext, TracePointContext, tracing::StackIdContext},
 };
 use memtrace_common::{
-    ATTR_CALLSITES, ATTR_COMMS, ATTR_STACKS, Allocator, CACHE_NAME_LEN, CACHE_OVERFLOW, CACHES_MAX,
-    CALLSITES_MAX, COMMS_MAX, COMPACTION_STALLS_BASE, COUNTERS_LEN, CacheName, CacheStats, CommKey,
+    ATTR_CALLSITES, ATTR_CGROUPS, ATTR_COMMS, ATTR_STACKS, Allocator, CACHE_NAME_LEN,
+    CACHE_OVERFLOW, CACHES_MAX, CALLSITES_MAX, CGROUP_OVERFLOW, CGROUP_UNREADABLE, CGROUPS_MAX,
+    COMMS_MAX, COMPACTION_STALLS_BASE, COUNTERS_LEN, CacheName, CacheStats, CgroupKey, CommKey,
     Counter, EVENT_FAILED, EVENT_LARGE, EVENTS_RING_BYTES, EXTFRAG_BASE, ExtfragLayout, FieldLoc,
     FreeLayout, GFP_KEYS_MAX, GFP_OVERFLOW, GFP_UNKNOWN, GfpKey, KmallocLayout,
     KmemCacheAllocLayout, Layouts, MAXIMA_LEN, Maximum, NotableEvent, PAGE_FREES_BASE,
@@ -72,6 +74,9 @@ static CALLSITES: PerCpuHashMap<SiteKey, Usage> = PerCpuHashMap::with_max_entrie
 static COMMS: PerCpuHashMap<CommKey, Usage> = PerCpuHashMap::with_max_entries(COMMS_MAX, 0);
 
 #[map]
+static CGROUPS: PerCpuHashMap<CgroupKey, Usage> = PerCpuHashMap::with_max_entries(CGROUPS_MAX, 0);
+
+#[map]
 static STACKS: StackTrace = StackTrace::with_max_entries(STACKS_MAX, 0);
 
 #[inline(always)]
@@ -80,8 +85,51 @@ fn attribution() -> u32 {
     unsafe { core::ptr::read_volatile(&ATTRIBUTION) }
 }
 
-/// Counts a successful allocation of `bytes` for its call site (when the tracepoint has one)
-/// and for the current task's name, as far as attribution is on.
+/// Counts one allocation of `bytes` in `key`'s per-CPU [`Usage`] of `map` (or its overflow).
+#[inline(always)]
+fn count_usage<K: Copy>(map: &PerCpuHashMap<K, Usage>, key: K, overflow: K, bytes: u64) {
+    if let Some(p) = slot::<_, Usage>(map, key, overflow) {
+        // SAFETY: per-CPU value.
+        unsafe {
+            (*p).allocations += 1;
+            (*p).bytes += bytes;
+        }
+    }
+}
+
+/// The current task's memory cgroup id (its cgroupfs directory's inode number), read through
+/// the BTF offsets in `LAYOUTS.memcg`: task → css_set → memory css → cgroup → kernfs node →
+/// id. [`CGROUP_UNREADABLE`] if a link cannot be read. Five helper calls: only paid with
+/// [`ATTR_CGROUPS`] on.
+#[inline(always)]
+fn memcg_id() -> u64 {
+    // SAFETY: a plain read of a global.
+    let off = unsafe { core::ptr::read_volatile(&LAYOUTS.memcg) };
+    // SAFETY: the helper takes no arguments.
+    let mut p = unsafe { bpf_get_current_task() } as *const u8;
+    for o in [
+        off.task_cgroups,
+        off.css_set_memory,
+        off.css_cgroup,
+        off.cgroup_kn,
+    ] {
+        // SAFETY: bpf_probe_read_kernel checks the address; a failed read ends the chain.
+        match unsafe { bpf_probe_read_kernel(p.wrapping_add(o as usize) as *const u64) } {
+            Ok(next) if next != 0 => p = next as *const u8,
+            _ => return CGROUP_UNREADABLE,
+        }
+    }
+    // SAFETY: as above.
+    match unsafe {
+        bpf_probe_read_kernel(p.wrapping_add(off.kernfs_node_id as usize) as *const u64)
+    } {
+        Ok(id) if id != CGROUP_OVERFLOW => id,
+        _ => CGROUP_UNREADABLE,
+    }
+}
+
+/// Counts a successful allocation of `bytes` for its call site (when the tracepoint has one),
+/// for the current task's name and for its memory cgroup, as far as attribution is on.
 #[inline(always)]
 fn attribute(allocator: Allocator, call_site: u64, bytes: u64) {
     let on = attribution();
@@ -95,13 +143,7 @@ fn attribute(allocator: Allocator, call_site: u64, bytes: u64) {
             call_site: 0,
             ..key
         };
-        if let Some(p) = slot::<_, Usage>(&CALLSITES, key, overflow) {
-            // SAFETY: per-CPU value.
-            unsafe {
-                (*p).allocations += 1;
-                (*p).bytes += bytes;
-            }
-        }
+        count_usage(&CALLSITES, key, overflow, bytes);
     }
     if on & ATTR_COMMS != 0 {
         let key = CommKey {
@@ -112,13 +154,19 @@ fn attribute(allocator: Allocator, call_site: u64, bytes: u64) {
             allocator: allocator as u32,
             comm: [0; 16],
         };
-        if let Some(p) = slot::<_, Usage>(&COMMS, key, overflow) {
-            // SAFETY: per-CPU value.
-            unsafe {
-                (*p).allocations += 1;
-                (*p).bytes += bytes;
-            }
-        }
+        count_usage(&COMMS, key, overflow, bytes);
+    }
+    if on & ATTR_CGROUPS != 0 {
+        let key = CgroupKey {
+            allocator: allocator as u32,
+            _pad: 0,
+            cgroup: memcg_id(),
+        };
+        let overflow = CgroupKey {
+            cgroup: CGROUP_OVERFLOW,
+            ..key
+        };
+        count_usage(&CGROUPS, key, overflow, bytes);
     }
 }
 
