@@ -167,6 +167,8 @@ fn daemon_rejects_bad_flags_in_one_line() {
         &["daemon", "--caches.max", "0"],
         &["daemon", "--callsites.max", "0"],
         &["daemon", "--attribution.callsites", "maybe"],
+        &["daemon", "--cgroups.max", "0"],
+        &["daemon", "--attribution.cgroups", "maybe"],
         &["daemon", "--events.min-order", "65"],
         &["daemon", "--log-format", "yaml"],
     ] {
@@ -281,18 +283,23 @@ fn own_memory_cgroup() -> String {
     v2.expect("a memory cgroup in /proc/self/cgroup")
 }
 
-/// `--attribution.cgroups true`: allocations of this process show under its own memory
-/// cgroup's path, and a cgroup label is never a number.
+/// `attribution.cgroups = true` (here from the configuration file, the key of
+/// `--attribution.cgroups`): allocations of this process show under its own memory cgroup's
+/// path, and a cgroup label is never a number.
 #[test]
 fn daemon_counts_per_memory_cgroup_when_asked() {
     let Some(_guard) = require_kernel() else {
         return;
     };
     let port = free_port();
-    let d = Daemon::start_with(
-        port,
-        &["--attribution.cgroups", "true", "--cgroups.max", "1000"],
-    );
+    let config = std::env::temp_dir().join(format!("memtrace-cg-{}.toml", std::process::id()));
+    std::fs::write(
+        &config,
+        "[attribution]\ncgroups = true\n[cgroups]\nmax = 1000\n",
+    )
+    .unwrap();
+    let d = Daemon::start_with(port, &["--config", &config.display().to_string()]);
+    let _ = std::fs::remove_file(&config);
     let own = own_memory_cgroup();
     let key =
         format!("memtrace_cgroup_allocations_total{{allocator=\"kmalloc\",cgroup=\"{own}\"}}");
