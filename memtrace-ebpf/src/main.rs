@@ -16,8 +16,8 @@ use aya_ebpf::{
     bindings::{BPF_F_REUSE_STACKID, BPF_NOEXIST},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
-        bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        bpf_probe_read_kernel_str_bytes,
+        bpf_get_current_task_btf, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+        bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
     },
     macros::{btf_tracepoint, fentry, map, tracepoint},
     maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
@@ -99,39 +99,67 @@ fn count_usage<K: Copy>(map: &PerCpuHashMap<K, Usage>, key: K, overflow: K, byte
 
 /// The current task's memory cgroup id (its cgroupfs directory's inode number), read through
 /// the BTF offsets in `LAYOUTS.memcg`: task → css_set → memory css → cgroup → kernfs node →
-/// id. [`CGROUP_UNREADABLE`] if a link cannot be read. Five helper calls: only paid with
-/// [`ATTR_CGROUPS`] on.
+/// id. [`CGROUP_UNREADABLE`] if a link cannot be read. Only paid with [`ATTR_CGROUPS`] on.
+///
+/// A BTF tracepoint (`btf`) gets a BTF-typed task from `bpf_get_current_task_btf` and follows
+/// the links with plain loads, which the verifier checks against the kernel's BTF and turns
+/// into fault-safe loads: no helper call per link. A classic tracepoint may not have typed
+/// pointers and reads each link with `bpf_probe_read_kernel` (five helper calls). `btf` is a
+/// constant in each program, so each keeps only its own way.
 #[inline(always)]
-fn memcg_id() -> u64 {
+fn memcg_id(btf: bool) -> u64 {
     // SAFETY: a plain read of a global.
     let off = unsafe { core::ptr::read_volatile(&LAYOUTS.memcg) };
-    // SAFETY: the helper takes no arguments.
-    let mut p = unsafe { bpf_get_current_task() } as *const u8;
-    for o in [
+    let links = [
         off.task_cgroups,
         off.css_set_memory,
         off.css_cgroup,
         off.cgroup_kn,
-    ] {
-        // SAFETY: bpf_probe_read_kernel checks the address; a failed read ends the chain.
-        match unsafe { bpf_probe_read_kernel(p.wrapping_add(o as usize) as *const u64) } {
-            Ok(next) if next != 0 => p = next as *const u8,
-            _ => return CGROUP_UNREADABLE,
+    ];
+    let id = if btf {
+        // SAFETY: the helper takes no arguments.
+        let mut p = unsafe { bpf_get_current_task_btf() } as *const u8;
+        for o in links {
+            // SAFETY: `p` is a BTF-typed kernel pointer and `o` the offset of one of its
+            // members from the same BTF: the verifier checks the load and makes a fault
+            // yield 0.
+            let next =
+                unsafe { core::ptr::read_volatile(p.wrapping_add(o as usize) as *const u64) };
+            if next == 0 {
+                return CGROUP_UNREADABLE;
+            }
+            p = next as *const u8;
         }
-    }
-    // SAFETY: as above.
-    match unsafe {
-        bpf_probe_read_kernel(p.wrapping_add(off.kernfs_node_id as usize) as *const u64)
-    } {
-        Ok(id) if id != CGROUP_OVERFLOW => id,
-        _ => CGROUP_UNREADABLE,
+        // SAFETY: as above, the kernfs node's id member.
+        unsafe {
+            core::ptr::read_volatile(p.wrapping_add(off.kernfs_node_id as usize) as *const u64)
+        }
+    } else {
+        // SAFETY: the helper takes no arguments.
+        let mut p = unsafe { bpf_get_current_task() } as *const u8;
+        for o in links {
+            // SAFETY: bpf_probe_read_kernel checks the address; a failed read ends the chain.
+            match unsafe { bpf_probe_read_kernel(p.wrapping_add(o as usize) as *const u64) } {
+                Ok(next) if next != 0 => p = next as *const u8,
+                _ => return CGROUP_UNREADABLE,
+            }
+        }
+        // SAFETY: as above.
+        unsafe { bpf_probe_read_kernel(p.wrapping_add(off.kernfs_node_id as usize) as *const u64) }
+            .unwrap_or(CGROUP_UNREADABLE)
+    };
+    if id == CGROUP_OVERFLOW {
+        CGROUP_UNREADABLE
+    } else {
+        id
     }
 }
 
 /// Counts a successful allocation of `bytes` for its call site (when the tracepoint has one),
 /// for the current task's name and for its memory cgroup, as far as attribution is on.
+/// `btf`: the program is a BTF tracepoint.
 #[inline(always)]
-fn attribute(allocator: Allocator, call_site: u64, bytes: u64) {
+fn attribute(allocator: Allocator, call_site: u64, bytes: u64, btf: bool) {
     let on = attribution();
     if on & ATTR_CALLSITES != 0 && call_site != 0 {
         let key = SiteKey {
@@ -160,7 +188,7 @@ fn attribute(allocator: Allocator, call_site: u64, bytes: u64) {
         let key = CgroupKey {
             allocator: allocator as u32,
             _pad: 0,
-            cgroup: memcg_id(),
+            cgroup: memcg_id(btf),
         };
         let overflow = CgroupKey {
             cgroup: CGROUP_OVERFLOW,
@@ -492,7 +520,7 @@ fn on_kmalloc(ctx: *mut c_void, l: &KmallocLayout, btf: bool) {
         return;
     }
     record_size(Allocator::Kmalloc, gfp, bytes_req, bytes_alloc);
-    attribute(Allocator::Kmalloc, n.call_site, bytes_alloc);
+    attribute(Allocator::Kmalloc, n.call_site, bytes_alloc, btf);
     raise(Maximum::KmallocBytes, bytes_alloc);
     if bytes_alloc >= min_bytes() {
         n.flags = EVENT_LARGE;
@@ -516,7 +544,7 @@ fn read_name(src: *const u8, buf: &mut [u8; CACHE_NAME_LEN]) {
 }
 
 #[inline(always)]
-fn on_kmem_cache_alloc(ctx: *mut c_void, l: &KmemCacheAllocLayout) {
+fn on_kmem_cache_alloc(ctx: *mut c_void, l: &KmemCacheAllocLayout, btf: bool) {
     if !wanted() {
         return;
     }
@@ -559,7 +587,12 @@ fn on_kmem_cache_alloc(ctx: *mut c_void, l: &KmemCacheAllocLayout) {
         )
     };
     record_size(Allocator::KmemCache, gfp, requested, allocated);
-    attribute(Allocator::KmemCache, field(ctx, l.call_site), allocated);
+    attribute(
+        Allocator::KmemCache,
+        field(ctx, l.call_site),
+        allocated,
+        btf,
+    );
 
     let p = match CACHE_STATS.get_ptr_mut(id) {
         Some(p) => Some(p),
@@ -585,7 +618,7 @@ fn on_kmem_cache_alloc(ctx: *mut c_void, l: &KmemCacheAllocLayout) {
 }
 
 #[inline(always)]
-fn on_mm_page_alloc(ctx: *mut c_void, l: &PageAllocLayout) {
+fn on_mm_page_alloc(ctx: *mut c_void, l: &PageAllocLayout, btf: bool) {
     if !wanted() {
         return;
     }
@@ -634,7 +667,7 @@ fn on_mm_page_alloc(ctx: *mut c_void, l: &PageAllocLayout) {
         );
     }
     raise(Maximum::PageOrderPlusOne, order as u64 + 1);
-    attribute(Allocator::Page, 0, page_bytes(order));
+    attribute(Allocator::Page, 0, page_bytes(order), btf);
     let key = PageKey {
         order,
         migratetype: r.get(l.migratetype) as u32,
@@ -666,7 +699,7 @@ fn on_extfrag(ctx: *mut c_void, l: &ExtfragLayout) {
 }
 
 #[inline(always)]
-fn on_alloc_vmap_area(ctx: *mut c_void, l: &VmapAreaLayout) {
+fn on_alloc_vmap_area(ctx: *mut c_void, l: &VmapAreaLayout, btf: bool) {
     if !wanted() {
         return;
     }
@@ -687,7 +720,7 @@ fn on_alloc_vmap_area(ctx: *mut c_void, l: &VmapAreaLayout) {
         return;
     }
     record_size(Allocator::Vmalloc, GFP_UNKNOWN, size, size);
-    attribute(Allocator::Vmalloc, 0, size);
+    attribute(Allocator::Vmalloc, 0, size, btf);
     raise(Maximum::VmallocBytes, size);
     if size >= min_bytes() {
         n.flags = EVENT_LARGE;
@@ -718,7 +751,7 @@ fn on_percpu_alloc(ctx: *mut c_void, l: &PercpuAllocLayout, btf: bool) {
             r.get(l.size),
             bytes_alloc,
         );
-        attribute(Allocator::Percpu, r.get(l.call_site), bytes_alloc);
+        attribute(Allocator::Percpu, r.get(l.call_site), bytes_alloc, btf);
     }
 }
 
@@ -758,7 +791,7 @@ probe!(
     "kmem_cache_alloc",
     kmem_cache_alloc_tp,
     kmem_cache_alloc_btf,
-    |c, l, _b| on_kmem_cache_alloc(c, &l)
+    |c, l, b| on_kmem_cache_alloc(c, &l, b)
 );
 probe!(
     kmem_cache_free,
@@ -772,7 +805,7 @@ probe!(
     "mm_page_alloc",
     mm_page_alloc_tp,
     mm_page_alloc_btf,
-    |c, l, _b| { on_mm_page_alloc(c, &l) }
+    |c, l, b| { on_mm_page_alloc(c, &l, b) }
 );
 probe!(
     mm_page_free,
@@ -793,7 +826,7 @@ probe!(
     "alloc_vmap_area",
     alloc_vmap_area_tp,
     alloc_vmap_area_btf,
-    |c, l, _b| on_alloc_vmap_area(c, &l)
+    |c, l, b| on_alloc_vmap_area(c, &l, b)
 );
 probe!(
     purge_vmap_area_lazy,
