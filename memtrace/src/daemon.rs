@@ -133,9 +133,9 @@ pub struct DaemonArgs {
         value_name = "BOOL"
     )]
     pub attribution_processes: bool,
-    /// Count allocations per memory cgroup (memtrace_cgroup_*): five kernel reads (task →
-    /// css_set → memory css → cgroup → kernfs node) and one more per-CPU hash update per
-    /// allocation. Off by default.
+    /// Count allocations per memory cgroup (memtrace_cgroup_*): five pointer loads (task →
+    /// css_set → memory css → cgroup → kernfs node → id) and one more per-CPU hash update
+    /// per allocation. Off by default.
     #[arg(
         long = "attribution.cgroups",
         env = "MEMTRACE_ATTRIBUTION_CGROUPS",
