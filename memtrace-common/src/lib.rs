@@ -474,6 +474,25 @@ impl EventLayouts {
     };
 }
 
+/// Byte offsets, from the running kernel's BTF, of the pointer chain from the current task
+/// to its memory cgroup's id:
+/// `task_struct.cgroups` (`struct css_set *`) → `css_set.subsys[memory_cgrp_id]`
+/// (`struct cgroup_subsys_state *`) → `cgroup_subsys_state.cgroup` (`struct cgroup *`) →
+/// `cgroup.kn` (`struct kernfs_node *`) → `kernfs_node.id` (`u64`, the cgroup directory's
+/// inode number). Works on cgroup v1 and v2 alike. Only read with [`ATTR_CGROUPS`] on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemcgOffsets {
+    pub task_cgroups: u32,
+    /// `css_set.subsys` plus `8 * memory_cgrp_id`.
+    pub css_set_memory: u32,
+    pub css_cgroup: u32,
+    pub cgroup_kn: u32,
+    pub kernfs_node_id: u32,
+    /// Explicit padding; always zero.
+    pub _pad: u32,
+}
+
 /// The two layout sets, one per way of attaching, and the struct offsets the BTF programs
 /// dereference. A program attached as a classic tracepoint reads `tp`, one attached as a
 /// BTF tracepoint reads `btf`.
@@ -483,6 +502,7 @@ pub struct Layouts {
     pub tp: EventLayouts,
     pub btf: EventLayouts,
     pub kmem_cache: KmemCacheOffsets,
+    pub memcg: MemcgOffsets,
 }
 
 impl Layouts {
@@ -493,6 +513,14 @@ impl Layouts {
             name: NO,
             object_size: NO,
             size: NO,
+        },
+        memcg: MemcgOffsets {
+            task_cgroups: 0,
+            css_set_memory: 0,
+            css_cgroup: 0,
+            cgroup_kn: 0,
+            kernfs_node_id: 0,
+            _pad: 0,
         },
     };
 }
@@ -563,7 +591,23 @@ pub struct CommKey {
     pub comm: [u8; 16],
 }
 
-/// Value of [`MAP_CALLSITES`] and [`MAP_COMMS`].
+/// Key of [`MAP_CGROUPS`]: an allocator and the allocating task's memory cgroup id (the
+/// cgroup directory's inode number). [`CGROUP_OVERFLOW`] is the overflow slot,
+/// [`CGROUP_UNREADABLE`] the id of a task whose cgroup could not be read.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CgroupKey {
+    pub allocator: u32,
+    pub _pad: u32,
+    pub cgroup: u64,
+}
+
+/// [`CgroupKey::cgroup`] of the overflow slot (kernfs ids start at 1).
+pub const CGROUP_OVERFLOW: u64 = 0;
+/// [`CgroupKey::cgroup`] when the pointer chain to the id could not be read.
+pub const CGROUP_UNREADABLE: u64 = u64::MAX;
+
+/// Value of [`MAP_CALLSITES`], [`MAP_COMMS`] and [`MAP_CGROUPS`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Usage {
@@ -585,6 +629,9 @@ pub const ATTR_CALLSITES: u32 = 1;
 pub const ATTR_COMMS: u32 = 2;
 /// [`GLOBAL_ATTRIBUTION`] bit: record the kernel stack of every notable event.
 pub const ATTR_STACKS: u32 = 4;
+/// [`GLOBAL_ATTRIBUTION`] bit: count allocations per memory cgroup (reads
+/// [`MemcgOffsets`]; userspace sets it only when they resolved).
+pub const ATTR_CGROUPS: u32 = 8;
 
 /// Debug without the kernel address (KASLR): the call site is shown only as present or not.
 impl core::fmt::Debug for NotableEvent {
@@ -635,7 +682,7 @@ pub const GLOBAL_NOTABLE_MIN_BYTES: &str = "NOTABLE_MIN_BYTES";
 pub const GLOBAL_NOTABLE_MIN_ORDER: &str = "NOTABLE_MIN_ORDER";
 
 /// Load-time global (`u32`): which attribution is on ([`ATTR_CALLSITES`], [`ATTR_COMMS`],
-/// [`ATTR_STACKS`]).
+/// [`ATTR_STACKS`], [`ATTR_CGROUPS`]).
 pub const GLOBAL_ATTRIBUTION: &str = "ATTRIBUTION";
 
 /// Load-time global (`u32`): 1 makes every program return at once, counting nothing (the
@@ -649,12 +696,16 @@ pub const GLOBAL_PAGE_SIZE: &str = "PAGE_SIZE";
 pub const MAP_CALLSITES: &str = "CALLSITES";
 /// Per-CPU hash: [`CommKey`] → [`Usage`].
 pub const MAP_COMMS: &str = "COMMS";
+/// Per-CPU hash: [`CgroupKey`] → [`Usage`].
+pub const MAP_CGROUPS: &str = "CGROUPS";
 /// Stack trace map of notable events' kernel stacks.
 pub const MAP_STACKS: &str = "STACKS";
 /// Default capacity of [`MAP_CALLSITES`] (userspace may resize it at load).
 pub const CALLSITES_MAX: u32 = 8192;
 /// Default capacity of [`MAP_COMMS`].
 pub const COMMS_MAX: u32 = 4096;
+/// Default capacity of [`MAP_CGROUPS`]: allocators × memory cgroups.
+pub const CGROUPS_MAX: u32 = 4096;
 /// Capacity of [`MAP_STACKS`]. Identical stacks share an id; on a hash collision the newer
 /// stack replaces the older (`BPF_F_REUSE_STACKID`), which keeps the map bounded.
 pub const STACKS_MAX: u32 = 2048;
@@ -799,6 +850,7 @@ mod pod {
     unsafe impl aya::Pod for NotableEvent {}
     unsafe impl aya::Pod for SiteKey {}
     unsafe impl aya::Pod for CommKey {}
+    unsafe impl aya::Pod for CgroupKey {}
     unsafe impl aya::Pod for Usage {}
     unsafe impl aya::Pod for SizeStats {}
     unsafe impl aya::Pod for FieldLoc {}
@@ -843,6 +895,8 @@ mod tests {
         assert_eq!(core::mem::size_of::<NotableEvent>(), 5 * 8 + 8 * 4 + 16);
         assert_eq!(core::mem::size_of::<SiteKey>(), 16);
         assert_eq!(core::mem::size_of::<CommKey>(), 20);
+        assert_eq!(core::mem::size_of::<CgroupKey>(), 16);
+        assert_eq!(core::mem::size_of::<MemcgOffsets>(), 24);
         assert_eq!(core::mem::size_of::<Layouts>() % 4, 0);
     }
 

@@ -15,7 +15,8 @@ use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_F_REUSE_STACKID, BPF_NOEXIST},
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_get_current_task_btf, bpf_get_smp_processor_id, bpf_ktime_get_ns,
         bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
     },
     macros::{btf_tracepoint, fentry, map, tracepoint},
@@ -23,8 +24,9 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, FEntryContext, TracePointContext, tracing::StackIdContext},
 };
 use memtrace_common::{
-    ATTR_CALLSITES, ATTR_COMMS, ATTR_STACKS, Allocator, CACHE_NAME_LEN, CACHE_OVERFLOW, CACHES_MAX,
-    CALLSITES_MAX, COMMS_MAX, COMPACTION_STALLS_BASE, COUNTERS_LEN, CacheName, CacheStats, CommKey,
+    ATTR_CALLSITES, ATTR_CGROUPS, ATTR_COMMS, ATTR_STACKS, Allocator, CACHE_NAME_LEN,
+    CACHE_OVERFLOW, CACHES_MAX, CALLSITES_MAX, CGROUP_OVERFLOW, CGROUP_UNREADABLE, CGROUPS_MAX,
+    COMMS_MAX, COMPACTION_STALLS_BASE, COUNTERS_LEN, CacheName, CacheStats, CgroupKey, CommKey,
     Counter, EVENT_FAILED, EVENT_LARGE, EVENTS_RING_BYTES, EXTFRAG_BASE, ExtfragLayout, FieldLoc,
     FreeLayout, GFP_KEYS_MAX, GFP_OVERFLOW, GFP_UNKNOWN, GfpKey, KmallocLayout,
     KmemCacheAllocLayout, Layouts, MAXIMA_LEN, Maximum, NotableEvent, PAGE_FREES_BASE,
@@ -72,6 +74,9 @@ static CALLSITES: PerCpuHashMap<SiteKey, Usage> = PerCpuHashMap::with_max_entrie
 static COMMS: PerCpuHashMap<CommKey, Usage> = PerCpuHashMap::with_max_entries(COMMS_MAX, 0);
 
 #[map]
+static CGROUPS: PerCpuHashMap<CgroupKey, Usage> = PerCpuHashMap::with_max_entries(CGROUPS_MAX, 0);
+
+#[map]
 static STACKS: StackTrace = StackTrace::with_max_entries(STACKS_MAX, 0);
 
 #[inline(always)]
@@ -80,10 +85,81 @@ fn attribution() -> u32 {
     unsafe { core::ptr::read_volatile(&ATTRIBUTION) }
 }
 
-/// Counts a successful allocation of `bytes` for its call site (when the tracepoint has one)
-/// and for the current task's name, as far as attribution is on.
+/// Counts one allocation of `bytes` in `key`'s per-CPU [`Usage`] of `map` (or its overflow).
 #[inline(always)]
-fn attribute(allocator: Allocator, call_site: u64, bytes: u64) {
+fn count_usage<K: Copy>(map: &PerCpuHashMap<K, Usage>, key: K, overflow: K, bytes: u64) {
+    if let Some(p) = slot::<_, Usage>(map, key, overflow) {
+        // SAFETY: per-CPU value.
+        unsafe {
+            (*p).allocations += 1;
+            (*p).bytes += bytes;
+        }
+    }
+}
+
+/// The current task's memory cgroup id (its cgroupfs directory's inode number), read through
+/// the BTF offsets in `LAYOUTS.memcg`: task → css_set → memory css → cgroup → kernfs node →
+/// id. [`CGROUP_UNREADABLE`] if a link cannot be read. Only paid with [`ATTR_CGROUPS`] on.
+///
+/// A BTF tracepoint (`btf`) gets a BTF-typed task from `bpf_get_current_task_btf` and follows
+/// the links with plain loads, which the verifier checks against the kernel's BTF and turns
+/// into fault-safe loads: no helper call per link. A classic tracepoint may not have typed
+/// pointers and reads each link with `bpf_probe_read_kernel` (five helper calls). `btf` is a
+/// constant in each program, so each keeps only its own way.
+#[inline(always)]
+fn memcg_id(btf: bool) -> u64 {
+    // SAFETY: a plain read of a global.
+    let off = unsafe { core::ptr::read_volatile(&LAYOUTS.memcg) };
+    let links = [
+        off.task_cgroups,
+        off.css_set_memory,
+        off.css_cgroup,
+        off.cgroup_kn,
+    ];
+    let id = if btf {
+        // SAFETY: the helper takes no arguments.
+        let mut p = unsafe { bpf_get_current_task_btf() } as *const u8;
+        for o in links {
+            // SAFETY: `p` is a BTF-typed kernel pointer and `o` the offset of one of its
+            // members from the same BTF: the verifier checks the load and makes a fault
+            // yield 0.
+            let next =
+                unsafe { core::ptr::read_volatile(p.wrapping_add(o as usize) as *const u64) };
+            if next == 0 {
+                return CGROUP_UNREADABLE;
+            }
+            p = next as *const u8;
+        }
+        // SAFETY: as above, the kernfs node's id member.
+        unsafe {
+            core::ptr::read_volatile(p.wrapping_add(off.kernfs_node_id as usize) as *const u64)
+        }
+    } else {
+        // SAFETY: the helper takes no arguments.
+        let mut p = unsafe { bpf_get_current_task() } as *const u8;
+        for o in links {
+            // SAFETY: bpf_probe_read_kernel checks the address; a failed read ends the chain.
+            match unsafe { bpf_probe_read_kernel(p.wrapping_add(o as usize) as *const u64) } {
+                Ok(next) if next != 0 => p = next as *const u8,
+                _ => return CGROUP_UNREADABLE,
+            }
+        }
+        // SAFETY: as above.
+        unsafe { bpf_probe_read_kernel(p.wrapping_add(off.kernfs_node_id as usize) as *const u64) }
+            .unwrap_or(CGROUP_UNREADABLE)
+    };
+    if id == CGROUP_OVERFLOW {
+        CGROUP_UNREADABLE
+    } else {
+        id
+    }
+}
+
+/// Counts a successful allocation of `bytes` for its call site (when the tracepoint has one),
+/// for the current task's name and for its memory cgroup, as far as attribution is on.
+/// `btf`: the program is a BTF tracepoint.
+#[inline(always)]
+fn attribute(allocator: Allocator, call_site: u64, bytes: u64, btf: bool) {
     let on = attribution();
     if on & ATTR_CALLSITES != 0 && call_site != 0 {
         let key = SiteKey {
@@ -95,13 +171,7 @@ fn attribute(allocator: Allocator, call_site: u64, bytes: u64) {
             call_site: 0,
             ..key
         };
-        if let Some(p) = slot::<_, Usage>(&CALLSITES, key, overflow) {
-            // SAFETY: per-CPU value.
-            unsafe {
-                (*p).allocations += 1;
-                (*p).bytes += bytes;
-            }
-        }
+        count_usage(&CALLSITES, key, overflow, bytes);
     }
     if on & ATTR_COMMS != 0 {
         let key = CommKey {
@@ -112,13 +182,19 @@ fn attribute(allocator: Allocator, call_site: u64, bytes: u64) {
             allocator: allocator as u32,
             comm: [0; 16],
         };
-        if let Some(p) = slot::<_, Usage>(&COMMS, key, overflow) {
-            // SAFETY: per-CPU value.
-            unsafe {
-                (*p).allocations += 1;
-                (*p).bytes += bytes;
-            }
-        }
+        count_usage(&COMMS, key, overflow, bytes);
+    }
+    if on & ATTR_CGROUPS != 0 {
+        let key = CgroupKey {
+            allocator: allocator as u32,
+            _pad: 0,
+            cgroup: memcg_id(btf),
+        };
+        let overflow = CgroupKey {
+            cgroup: CGROUP_OVERFLOW,
+            ..key
+        };
+        count_usage(&CGROUPS, key, overflow, bytes);
     }
 }
 
@@ -481,7 +557,7 @@ fn on_kmalloc(ctx: *mut c_void, l: &KmallocLayout, btf: bool) {
         return;
     }
     record_size(Allocator::Kmalloc, gfp, bytes_req, bytes_alloc);
-    attribute(Allocator::Kmalloc, n.call_site, bytes_alloc);
+    attribute(Allocator::Kmalloc, n.call_site, bytes_alloc, btf);
     raise(Maximum::KmallocBytes, bytes_alloc);
     if bytes_alloc >= min_bytes() {
         n.flags = EVENT_LARGE;
@@ -562,7 +638,7 @@ fn on_kmem_cache_alloc(ctx: *mut c_void, l: &KmemCacheAllocLayout, btf: bool) {
         )
     };
     record_size(Allocator::KmemCache, gfp, requested, allocated);
-    attribute(Allocator::KmemCache, call_site, allocated);
+    attribute(Allocator::KmemCache, call_site, allocated, btf);
 
     let p = match CACHE_STATS.get_ptr_mut(id) {
         Some(p) => Some(p),
@@ -635,7 +711,7 @@ fn on_mm_page_alloc(ctx: *mut c_void, l: &PageAllocLayout, btf: bool) {
         );
     }
     raise(Maximum::PageOrderPlusOne, order as u64 + 1);
-    attribute(Allocator::Page, 0, page_bytes(order));
+    attribute(Allocator::Page, 0, page_bytes(order), btf);
     let key = PageKey {
         order,
         migratetype: r.get(l.migratetype) as u32,
@@ -667,7 +743,7 @@ fn on_extfrag(ctx: *mut c_void, l: &ExtfragLayout) {
 }
 
 #[inline(always)]
-fn on_alloc_vmap_area(ctx: *mut c_void, l: &VmapAreaLayout) {
+fn on_alloc_vmap_area(ctx: *mut c_void, l: &VmapAreaLayout, btf: bool) {
     if !wanted() {
         return;
     }
@@ -688,7 +764,7 @@ fn on_alloc_vmap_area(ctx: *mut c_void, l: &VmapAreaLayout) {
         return;
     }
     record_size(Allocator::Vmalloc, GFP_UNKNOWN, size, size);
-    attribute(Allocator::Vmalloc, 0, size);
+    attribute(Allocator::Vmalloc, 0, size, btf);
     raise(Maximum::VmallocBytes, size);
     if size >= min_bytes() {
         n.flags = EVENT_LARGE;
@@ -719,7 +795,7 @@ fn on_percpu_alloc(ctx: *mut c_void, l: &PercpuAllocLayout, btf: bool) {
             r.get(l.size),
             bytes_alloc,
         );
-        attribute(Allocator::Percpu, r.get(l.call_site), bytes_alloc);
+        attribute(Allocator::Percpu, r.get(l.call_site), bytes_alloc, btf);
     }
 }
 
@@ -795,7 +871,7 @@ probe!(
     "alloc_vmap_area",
     alloc_vmap_area_tp,
     alloc_vmap_area_btf,
-    |c, l, _b| on_alloc_vmap_area(c, &l)
+    |c, l, b| on_alloc_vmap_area(c, &l, b)
 );
 probe!(
     purge_vmap_area_lazy,

@@ -72,6 +72,8 @@ pub struct Member {
     pub name: String,
     pub byte_offset: u32,
     pub size: u32,
+    /// Whether the member is a plain integer (or enum), not a struct, union, array or pointer.
+    pub integer: bool,
 }
 
 fn u32_at(data: &[u8], off: usize) -> Result<u32, BtfError> {
@@ -323,6 +325,10 @@ impl Btf {
                         name: self.str_at(n).to_string(),
                         byte_offset: bit_off / 8,
                         size: self.size_of(ty),
+                        integer: matches!(
+                            self.types.get(self.resolve(ty) as usize).map(|t| t.kind),
+                            Some(KIND_INT | KIND_ENUM | KIND_ENUM64)
+                        ),
                     }
                 })
                 .collect(),
@@ -414,6 +420,7 @@ mod tests {
         let m = btf.struct_members("s").unwrap();
         assert_eq!(m[1].name, "b");
         assert_eq!(m[1].byte_offset, 8);
+        assert!(m[0].integer && !m[1].integer, "int a; void *b");
         assert_eq!(
             btf.enum_values("mt").unwrap(),
             vec![("M_A".to_string(), 0), ("M_B".to_string(), -1)]

@@ -84,6 +84,16 @@ pub struct DaemonArgs {
         value_name = "N"
     )]
     pub processes_max: u32,
+    /// Most memory cgroups exported per allocator with their own `cgroup` label (with
+    /// --attribution.cgroups); the rest count in `cgroup="other"`.
+    #[arg(
+        long = "cgroups.max",
+        env = "MEMTRACE_CGROUPS_MAX",
+        default_value_t = 50,
+        value_parser = clap::value_parser!(u32).range(1..=10_000),
+        value_name = "N"
+    )]
+    pub cgroups_max: u32,
     /// kmalloc and vmalloc allocations of at least this many bytes are notable events
     /// (counted in memtrace_notable_events_total); 0 turns them off.
     #[arg(
@@ -122,6 +132,17 @@ pub struct DaemonArgs {
         value_name = "BOOL"
     )]
     pub attribution_processes: bool,
+    /// Count allocations per memory cgroup (memtrace_cgroup_*): five pointer loads (task →
+    /// css_set → memory css → cgroup → kernfs node → id) and one more per-CPU hash update
+    /// per allocation. Off by default.
+    #[arg(
+        long = "attribution.cgroups",
+        env = "MEMTRACE_ATTRIBUTION_CGROUPS",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        value_name = "BOOL"
+    )]
+    pub attribution_cgroups: bool,
     /// Also record the kernel stack of every notable event in the kernel (a stack walk per
     /// event). The daemon exports no stacks (`memtrace trace --stacks` prints them); this
     /// measures their cost with `cargo xtask bench`.
@@ -164,6 +185,21 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
             )
         })?;
 
+    // Per-cgroup counting needs the memory hierarchy to name cgroups: without one it is off.
+    let cgroup_paths = if args.attribution_cgroups {
+        match crate::cgroup::Resolver::from_system() {
+            Ok((r, version)) => {
+                tracing::info!(root = %r.root().display(), ?version, "memory cgroups named from");
+                Some(r)
+            }
+            Err(e) => {
+                tracing::warn!("per-cgroup counting is off: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let mut tracer = Tracer::start(&TracerOptions {
         attach: args.attach,
         notable_min_bytes: args.events_min_bytes,
@@ -180,10 +216,21 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
             memtrace_common::ATTR_STACKS
         } else {
             0
+        } | if cgroup_paths.is_some() {
+            memtrace_common::ATTR_CGROUPS
+        } else {
+            0
         },
         hooks_only: args.hooks_only,
         ..Default::default()
     })?;
+    let cgroup_paths = match (cgroup_paths, tracer.cgroups_unavailable()) {
+        (Some(_), Some(why)) => {
+            tracing::warn!("per-cgroup counting is off: {why}");
+            None
+        }
+        (paths, _) => paths,
+    };
     let notable = Arc::new(NotableCounts::default());
     let drain = tokio::spawn(drain_events(tracer.take_events()?, notable.clone()));
     for p in tracer.probes() {
@@ -208,8 +255,13 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
             caches: args.caches_max as usize,
             callsites: args.callsites_max as usize,
             processes: args.processes_max as usize,
+            cgroups: args.cgroups_max as usize,
         },
     );
+    let exporter = match cgroup_paths {
+        Some(r) => exporter.with_cgroup_paths(r),
+        None => exporter,
+    };
     let state = Arc::new(AppState {
         inner: Mutex::new((tracer, exporter)),
         notable,

@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeMap, path::Path};
 
-use memtrace_common::{EventLayouts, FieldLoc, KmemCacheOffsets, Layouts, PROBES};
+use memtrace_common::{EventLayouts, FieldLoc, KmemCacheOffsets, Layouts, MemcgOffsets, PROBES};
 
 use crate::{btf::Btf, tracefs::Format};
 
@@ -14,6 +14,7 @@ pub struct Resolved {
     pub layouts: Layouts,
     tp_missing: BTreeMap<&'static str, String>,
     btf_missing: BTreeMap<&'static str, String>,
+    memcg_missing: Option<String>,
 }
 
 impl Resolved {
@@ -25,6 +26,11 @@ impl Resolved {
     /// Why `event` cannot be used as a BTF tracepoint, if it cannot.
     pub fn btf_missing(&self, event: &str) -> Option<&str> {
         self.btf_missing.get(event).map(String::as_str)
+    }
+
+    /// Why the programs cannot read the current task's memory cgroup, if they cannot.
+    pub fn memcg_missing(&self) -> Option<&str> {
+        self.memcg_missing.as_deref()
     }
 }
 
@@ -209,6 +215,51 @@ fn kmem_cache_offsets(btf: &Btf, out: &mut KmemCacheOffsets) -> Option<String> {
     }
 }
 
+/// The offsets of the chain from `task_struct` to its memory cgroup's kernfs id (see
+/// [`MemcgOffsets`]), or what this kernel's BTF lacks for it.
+pub fn memcg_offsets(btf: &Btf) -> Result<MemcgOffsets, String> {
+    let member = |st: &str, name: &str| -> Result<crate::btf::Member, String> {
+        btf.struct_members(st)
+            .ok_or_else(|| format!("no struct {st} in the kernel's BTF"))?
+            .into_iter()
+            .find(|m| m.name == name)
+            .ok_or_else(|| format!("struct {st} has no member {name}"))
+    };
+    let pointer = |st: &str, name: &str| -> Result<u32, String> {
+        let m = member(st, name)?;
+        if m.size != 8 || m.integer {
+            return Err(format!("{st}.{name} is not a pointer"));
+        }
+        Ok(m.byte_offset)
+    };
+    let memory = btf
+        .enum_values("cgroup_subsys_id")
+        .and_then(|v| v.into_iter().find(|(n, _)| n == "memory_cgrp_id"))
+        .map(|(_, v)| v)
+        .ok_or("no memory_cgrp_id in the kernel's BTF (memory cgroups not built in)")?;
+    let subsys = member("css_set", "subsys")?;
+    if memory < 0 || (memory as u64 + 1) * 8 > u64::from(subsys.size) {
+        return Err(format!(
+            "css_set.subsys ({} B) has no slot {memory} (memory_cgrp_id)",
+            subsys.size
+        ));
+    }
+    // Before Linux 5.5 the id was a union of a 32-bit inode and a generation; only the
+    // 64-bit integer id equals the directory's inode number.
+    let id = member("kernfs_node", "id")?;
+    if id.size != 8 || !id.integer {
+        return Err("kernfs_node.id is not a 64-bit integer (a kernel before 5.5)".into());
+    }
+    Ok(MemcgOffsets {
+        task_cgroups: pointer("task_struct", "cgroups")?,
+        css_set_memory: subsys.byte_offset + 8 * memory as u32,
+        css_cgroup: pointer("cgroup_subsys_state", "cgroup")?,
+        cgroup_kn: pointer("cgroup", "kn")?,
+        kernfs_node_id: id.byte_offset,
+        _pad: 0,
+    })
+}
+
 /// Resolves every event's layout from what this kernel offers.
 pub fn resolve(btf: Option<&Btf>, tracefs: Option<&Path>) -> Resolved {
     let mut r = Resolved {
@@ -216,6 +267,11 @@ pub fn resolve(btf: Option<&Btf>, tracefs: Option<&Path>) -> Resolved {
         ..Default::default()
     };
     let cache_offsets = btf.and_then(|b| kmem_cache_offsets(b, &mut r.layouts.kmem_cache));
+    match btf.map(memcg_offsets) {
+        Some(Ok(o)) => r.layouts.memcg = o,
+        Some(Err(why)) => r.memcg_missing = Some(why),
+        None => r.memcg_missing = Some("kernel BTF unavailable".into()),
+    }
     for spec in PROBES {
         let (category, event) = (spec.category, spec.event);
         match tracefs.map(|dir| Format::read(dir, category, event)) {
@@ -338,5 +394,104 @@ mod tests {
         ]);
         assert!(fill_event("kmem_cache_alloc", &args, Mode::Btf, &mut l).is_empty());
         assert_eq!(l.kmem_cache_alloc.s, FieldLoc::new(16, 8));
+    }
+
+    /// A BTF blob with just the chain from `task_struct` to `kernfs_node.id`; `old_id`
+    /// makes the id a union (as before Linux 5.5), `no_memcg` drops `memory_cgrp_id`.
+    fn memcg_btf(old_id: bool, no_memcg: bool) -> Vec<u8> {
+        let names = [
+            "u64",
+            "task_struct",
+            "cgroups",
+            "css_set",
+            "subsys",
+            "cgroup_subsys_state",
+            "cgroup",
+            "kn",
+            "kernfs_node",
+            "id",
+            "cgroup_subsys_id",
+            "cpuset_cgrp_id",
+            "memory_cgrp_id",
+            "kernfs_node_id",
+            "ino",
+        ];
+        let mut strings = vec![0u8];
+        let mut at = BTreeMap::new();
+        for n in names {
+            at.insert(n, strings.len() as u32);
+            strings.extend_from_slice(n.as_bytes());
+            strings.push(0);
+        }
+        let s = |n: &str| at[n];
+        let (int, ptr, array, st, un, en) = (1u32, 2u32, 3u32, 4u32, 5u32, 6u32);
+        let one = |kind: u32| (kind << 24) | 1;
+        let id_type = if old_id { 10 } else { 1 };
+        let memcg = if no_memcg {
+            s("cpuset_cgrp_id")
+        } else {
+            s("memory_cgrp_id")
+        };
+        let words: Vec<u32> = [
+            vec![s("u64"), int << 24, 8, 64],  // 1: u64
+            vec![0, ptr << 24, 0],             // 2: void *
+            vec![0, array << 24, 0, 2, 1, 12], // 3: void *[12]
+            vec![s("task_struct"), one(st), 64, s("cgroups"), 2, 40 * 8], // 4
+            vec![s("css_set"), one(st), 200, s("subsys"), 3, 16 * 8], // 5
+            vec![s("cgroup_subsys_state"), one(st), 16, s("cgroup"), 2, 0], // 6
+            vec![s("cgroup"), one(st), 64, s("kn"), 2, 32 * 8], // 7
+            vec![s("kernfs_node"), one(st), 128, s("id"), id_type, 96 * 8], // 8
+            vec![
+                s("cgroup_subsys_id"),
+                (en << 24) | 2,
+                4,
+                s("cpuset_cgrp_id"),
+                0,
+                memcg,
+                4,
+            ], // 9
+            vec![s("kernfs_node_id"), one(un), 8, s("ino"), 1, 0], // 10
+        ]
+        .concat();
+        let types: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let mut out = vec![0x9f, 0xeb, 1, 0];
+        for w in [
+            24u32,
+            0,
+            types.len() as u32,
+            types.len() as u32,
+            strings.len() as u32,
+        ] {
+            out.extend_from_slice(&w.to_le_bytes());
+        }
+        out.extend_from_slice(&types);
+        out.extend_from_slice(&strings);
+        out
+    }
+
+    #[test]
+    fn memcg_offsets_follow_the_chain_and_refuse_what_does_not_fit() {
+        let btf = Btf::parse(&memcg_btf(false, false)).unwrap();
+        assert_eq!(
+            memcg_offsets(&btf),
+            Ok(MemcgOffsets {
+                task_cgroups: 40,
+                css_set_memory: 16 + 8 * 4,
+                css_cgroup: 0,
+                cgroup_kn: 32,
+                kernfs_node_id: 96,
+                _pad: 0,
+            })
+        );
+        let old = Btf::parse(&memcg_btf(true, false)).unwrap();
+        let why = memcg_offsets(&old).unwrap_err();
+        assert!(why.contains("kernfs_node.id"), "{why}");
+        let none = Btf::parse(&memcg_btf(false, true)).unwrap();
+        let why = memcg_offsets(&none).unwrap_err();
+        assert!(why.contains("memory_cgrp_id"), "{why}");
+        // And resolve() reports it instead of failing.
+        let r = resolve(Some(&old), None);
+        assert!(r.memcg_missing().is_some());
+        assert_eq!(r.layouts.memcg, MemcgOffsets::default());
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod btf;
 pub mod cardinality;
+pub mod cgroup;
 pub mod check;
 pub mod config;
 pub mod daemon;

@@ -223,8 +223,11 @@ pub struct Exporter {
     pub symbols: Option<crate::symbolize::Cached>,
     callsites: BTreeMap<Allocator, Limiter>,
     processes: BTreeMap<Allocator, Limiter>,
-    max_callsites: usize,
-    max_processes: usize,
+    cgroups: BTreeMap<Allocator, Limiter>,
+    limits: LabelLimits,
+    /// Memory cgroup ids become paths through this; `None` when no memory hierarchy is
+    /// mounted (then every cgroup reads `cgroup="unknown"`).
+    cgroup_paths: Option<crate::cgroup::Resolver>,
 }
 
 /// Bounds of the attribution labels.
@@ -233,6 +236,44 @@ pub struct LabelLimits {
     pub caches: usize,
     pub callsites: usize,
     pub processes: usize,
+    pub cgroups: usize,
+}
+
+/// Per allocator and label value: (allocations, bytes).
+type UsageByLabel = BTreeMap<Allocator, BTreeMap<String, Vec<u64>>>;
+
+/// Adds `u` to `label`'s usage under allocator `a`.
+fn add_usage(m: &mut UsageByLabel, a: Allocator, label: String, u: &memtrace_common::Usage) {
+    let v = m
+        .entry(a)
+        .or_default()
+        .entry(label)
+        .or_insert_with(|| vec![0, 0]);
+    v[0] += u.allocations;
+    v[1] += u.bytes;
+}
+
+/// The `_allocations_total` and `_allocated_bytes_total` series of one attribution label,
+/// bounded per allocator by `limiters` (created with `max` slots on first use).
+fn usage_series(
+    by_label: &UsageByLabel,
+    limiters: &mut BTreeMap<Allocator, Limiter>,
+    max: usize,
+    label: &str,
+) -> (Vec<proto::Metric>, Vec<proto::Metric>) {
+    let (mut allocs, mut bytes) = (Vec::new(), Vec::new());
+    for (a, current) in by_label {
+        let series = limiters
+            .entry(*a)
+            .or_insert_with(|| Limiter::new(max))
+            .apply(current, 0);
+        for (value, v) in series {
+            let pairs = [("allocator", a.name()), (label, value.as_str())];
+            allocs.push(counter(&pairs, v[0] as f64));
+            bytes.push(counter(&pairs, v[1] as f64));
+        }
+    }
+    (allocs, bytes)
 }
 
 impl Exporter {
@@ -253,8 +294,9 @@ impl Exporter {
             symbols,
             callsites: BTreeMap::new(),
             processes: BTreeMap::new(),
-            max_callsites: limits.callsites,
-            max_processes: limits.processes,
+            cgroups: BTreeMap::new(),
+            limits,
+            cgroup_paths: None,
         }
     }
 
@@ -288,6 +330,12 @@ impl Exporter {
         )
     }
 
+    /// Names memory cgroups (the `cgroup` label) with `resolver`.
+    pub fn with_cgroup_paths(mut self, resolver: crate::cgroup::Resolver) -> Self {
+        self.cgroup_paths = Some(resolver);
+        self
+    }
+
     /// The function a call site belongs to (never its address).
     fn function(&mut self, addr: u64) -> String {
         if addr == 0 {
@@ -299,73 +347,44 @@ impl Exporter {
         }
     }
 
-    /// Attribution series: per call site (function) and per task name, each bounded per
-    /// allocator by its limiter.
+    /// Attribution series: per call site (function), per task name and per memory cgroup,
+    /// each bounded per allocator by its limiter.
     fn attribution(&mut self, snap: &Snapshot, out: &mut Vec<MetricFamily>) {
-        let mut by_function: BTreeMap<Allocator, BTreeMap<String, Vec<u64>>> = BTreeMap::new();
+        let mut by_function = UsageByLabel::new();
         for ((a, addr), u) in &snap.callsites {
             let f = self.function(*addr);
-            let v = by_function
-                .entry(*a)
-                .or_default()
-                .entry(f)
-                .or_insert_with(|| vec![0, 0]);
-            v[0] += u.allocations;
-            v[1] += u.bytes;
+            add_usage(&mut by_function, *a, f, u);
         }
-        let mut by_comm: BTreeMap<Allocator, BTreeMap<String, Vec<u64>>> = BTreeMap::new();
+        let mut by_comm = UsageByLabel::new();
         for ((a, comm), u) in &snap.comms {
             let c = if comm.is_empty() {
                 crate::cardinality::OTHER.to_string()
             } else {
                 comm.clone()
             };
-            let v = by_comm
-                .entry(*a)
-                .or_default()
-                .entry(c)
-                .or_insert_with(|| vec![0, 0]);
-            v[0] += u.allocations;
-            v[1] += u.bytes;
+            add_usage(&mut by_comm, *a, c, u);
         }
-        let (mut site_allocs, mut site_bytes) = (Vec::new(), Vec::new());
-        for (a, current) in &by_function {
-            let max = self.max_callsites;
-            let series = self
-                .callsites
-                .entry(*a)
-                .or_insert_with(|| Limiter::new(max))
-                .apply(current, 0);
-            for (f, v) in series {
-                site_allocs.push(counter(
-                    &[("allocator", a.name()), ("function", &f)],
-                    v[0] as f64,
-                ));
-                site_bytes.push(counter(
-                    &[("allocator", a.name()), ("function", &f)],
-                    v[1] as f64,
-                ));
+        let mut by_cgroup = UsageByLabel::new();
+        if !snap.cgroups.is_empty() {
+            let paths = match &mut self.cgroup_paths {
+                Some(r) => r.labels(snap.cgroups.keys().map(|(_, id)| *id)),
+                None => Default::default(),
+            };
+            for ((a, id), u) in &snap.cgroups {
+                let path = paths
+                    .get(id)
+                    .cloned()
+                    .unwrap_or_else(|| crate::cgroup::UNKNOWN.to_string());
+                add_usage(&mut by_cgroup, *a, path, u);
             }
         }
-        let (mut proc_allocs, mut proc_bytes) = (Vec::new(), Vec::new());
-        for (a, current) in &by_comm {
-            let max = self.max_processes;
-            let series = self
-                .processes
-                .entry(*a)
-                .or_insert_with(|| Limiter::new(max))
-                .apply(current, 0);
-            for (c, v) in series {
-                proc_allocs.push(counter(
-                    &[("allocator", a.name()), ("comm", &c)],
-                    v[0] as f64,
-                ));
-                proc_bytes.push(counter(
-                    &[("allocator", a.name()), ("comm", &c)],
-                    v[1] as f64,
-                ));
-            }
-        }
+        let l = self.limits;
+        let (site_allocs, site_bytes) =
+            usage_series(&by_function, &mut self.callsites, l.callsites, "function");
+        let (proc_allocs, proc_bytes) =
+            usage_series(&by_comm, &mut self.processes, l.processes, "comm");
+        let (cg_allocs, cg_bytes) =
+            usage_series(&by_cgroup, &mut self.cgroups, l.cgroups, "cgroup");
         out.push(family(
             "memtrace_callsite_allocations_total",
             "Allocations per calling kernel function (top functions per allocator, plus other).",
@@ -389,6 +408,18 @@ impl Exporter {
             "Bytes allocated per task name (comm; top names per allocator, plus other).",
             MetricType::COUNTER,
             proc_bytes,
+        ));
+        out.push(family(
+            "memtrace_cgroup_allocations_total",
+            "Allocations per memory cgroup of the allocating task (path below the memory hierarchy's root; top cgroups per allocator, plus other). Only with --attribution.cgroups.",
+            MetricType::COUNTER,
+            cg_allocs,
+        ));
+        out.push(family(
+            "memtrace_cgroup_allocated_bytes_total",
+            "Bytes allocated per memory cgroup of the allocating task (top cgroups per allocator, plus other). Only with --attribution.cgroups.",
+            MetricType::COUNTER,
+            cg_bytes,
         ));
     }
 
@@ -755,6 +786,7 @@ mod tests {
                 caches: 2,
                 callsites: 2,
                 processes: 2,
+                cgroups: 2,
             },
             None,
         );
@@ -804,5 +836,61 @@ mod tests {
         assert!(text.contains("memtrace_vmalloc_largest_seen_bytes 266240"));
         assert!(text.contains("memtrace_page_largest_seen_order 4"));
         assert!(!text.to_lowercase().contains("0xffff"));
+    }
+
+    #[test]
+    fn cgroup_series_are_paths_bounded_per_allocator() {
+        use std::os::unix::fs::MetadataExt as _;
+        let root = std::env::temp_dir().join(format!("memtrace-metrics-cg-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        for d in ["a", "b", "c"] {
+            std::fs::create_dir_all(root.join("s").join(d)).unwrap();
+        }
+        let ino = |rel: &str| std::fs::metadata(root.join(rel)).unwrap().ino();
+        let mut snap = Snapshot::default();
+        let usage = |n: u64| memtrace_common::Usage {
+            allocations: n,
+            bytes: 64 * n,
+        };
+        snap.cgroups
+            .insert((Allocator::Kmalloc, ino("s/a")), usage(30));
+        snap.cgroups
+            .insert((Allocator::Kmalloc, ino("s/b")), usage(20));
+        snap.cgroups
+            .insert((Allocator::Kmalloc, ino("s/c")), usage(10));
+        snap.cgroups.insert((Allocator::Page, ino("")), usage(4));
+        snap.cgroups.insert(
+            (Allocator::Page, memtrace_common::CGROUP_UNREADABLE),
+            usage(1),
+        );
+        snap.cgroups.insert(
+            (Allocator::Page, memtrace_common::CGROUP_OVERFLOW),
+            usage(2),
+        );
+        let limits = LabelLimits {
+            caches: 2,
+            callsites: 2,
+            processes: 2,
+            cgroups: 2,
+        };
+        let mut e = Exporter::new(None, BTreeMap::new(), None, "6.18".into(), limits, None)
+            .with_cgroup_paths(crate::cgroup::Resolver::new(root.clone()));
+        let text = render(&e.families(&snap, &[]));
+        let _ = std::fs::remove_dir_all(&root);
+        for line in [
+            "memtrace_cgroup_allocations_total{allocator=\"kmalloc\",cgroup=\"/s/a\"} 30",
+            "memtrace_cgroup_allocations_total{allocator=\"kmalloc\",cgroup=\"/s/b\"} 20",
+            "memtrace_cgroup_allocations_total{allocator=\"kmalloc\",cgroup=\"other\"} 10",
+            "memtrace_cgroup_allocated_bytes_total{allocator=\"kmalloc\",cgroup=\"/s/a\"} 1920",
+            "memtrace_cgroup_allocations_total{allocator=\"page\",cgroup=\"/\"} 4",
+            "memtrace_cgroup_allocations_total{allocator=\"page\",cgroup=\"unknown\"} 1",
+            "memtrace_cgroup_allocations_total{allocator=\"page\",cgroup=\"other\"} 2",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        // Without per-cgroup counting, no cgroup family at all.
+        let mut e = Exporter::new(None, BTreeMap::new(), None, "6.18".into(), limits, None);
+        let text = render(&e.families(&Snapshot::default(), &[]));
+        assert!(!text.contains("memtrace_cgroup_"), "{text}");
     }
 }

@@ -12,12 +12,12 @@ use aya::{
     util::nr_cpus,
 };
 use memtrace_common::{
-    Allocator, CACHE_OVERFLOW, COUNTERS_LEN, CacheName, CacheStats, CommKey, GFP_OVERFLOW,
-    GLOBAL_ATTRIBUTION, GLOBAL_FILTER_TGID, GLOBAL_FILTER_TID, GLOBAL_LAYOUTS,
-    GLOBAL_NOTABLE_MIN_BYTES, GLOBAL_NOTABLE_MIN_ORDER, GLOBAL_PAGE_SIZE, GfpKey, Layouts,
-    MAP_CACHE_NAMES, MAP_CACHE_STATS, MAP_CALLSITES, MAP_COMMS, MAP_COUNTERS, MAP_EVENTS,
-    MAP_FAILURES, MAP_MAXIMA, MAP_PAGE_ALLOCS, MAP_SIZE_STATS, MAP_STACKS, MAXIMA_LEN, ORDER_SLOTS,
-    PROBES, PageKey, ProbeSpec, SiteKey, SizeStats, Usage,
+    ATTR_CGROUPS, Allocator, CACHE_OVERFLOW, CGROUP_OVERFLOW, COUNTERS_LEN, CacheName, CacheStats,
+    CgroupKey, CommKey, GFP_OVERFLOW, GLOBAL_ATTRIBUTION, GLOBAL_FILTER_TGID, GLOBAL_FILTER_TID,
+    GLOBAL_LAYOUTS, GLOBAL_NOTABLE_MIN_BYTES, GLOBAL_NOTABLE_MIN_ORDER, GLOBAL_PAGE_SIZE, GfpKey,
+    Layouts, MAP_CACHE_NAMES, MAP_CACHE_STATS, MAP_CALLSITES, MAP_CGROUPS, MAP_COMMS, MAP_COUNTERS,
+    MAP_EVENTS, MAP_FAILURES, MAP_MAXIMA, MAP_PAGE_ALLOCS, MAP_SIZE_STATS, MAP_STACKS, MAXIMA_LEN,
+    ORDER_SLOTS, PROBES, PageKey, ProbeSpec, SiteKey, SizeStats, Usage,
 };
 use serde::Serialize;
 
@@ -87,7 +87,8 @@ pub struct TracerOptions {
     /// Page allocations of at least this order become notable events (`u32::MAX`: none).
     pub notable_min_order: u32,
     /// Which attribution is on: [`memtrace_common::ATTR_CALLSITES`], `ATTR_COMMS`,
-    /// `ATTR_STACKS`.
+    /// `ATTR_STACKS`, `ATTR_CGROUPS` (dropped, with a note, where the kernel's BTF lacks
+    /// what it needs: see [`Tracer::cgroups_unavailable`]).
     pub attribution: u32,
     /// Attach every probe but count nothing (benchmarks' floor).
     pub hooks_only: bool,
@@ -95,6 +96,9 @@ pub struct TracerOptions {
     pub callsites_max: u32,
     /// Capacity of the task-name map (distinct allocator × comm pairs).
     pub comms_max: u32,
+    /// Capacity of the memory-cgroup map (distinct allocator × cgroup pairs), with
+    /// `ATTR_CGROUPS` on.
+    pub cgroups_max: u32,
     pub attach: AttachPreference,
 }
 
@@ -110,6 +114,7 @@ impl Default for TracerOptions {
             hooks_only: false,
             callsites_max: memtrace_common::CALLSITES_MAX,
             comms_max: memtrace_common::COMMS_MAX,
+            cgroups_max: memtrace_common::CGROUPS_MAX,
         }
     }
 }
@@ -122,6 +127,8 @@ pub struct Tracer {
     /// The kernel's migrate-type names, read from the BTF parsed at start (so nobody parses
     /// it again).
     migratetypes: BTreeMap<u32, String>,
+    /// Why per-cgroup counting was asked for but is off.
+    cgroups_unavailable: Option<String>,
 }
 
 /// A short, one-line description of an error chain (aya's load errors embed the whole
@@ -163,6 +170,9 @@ pub struct Snapshot {
     pub callsites: BTreeMap<(Allocator, u64), Usage>,
     /// (allocator, task name; "" = overflow) → usage
     pub comms: BTreeMap<(Allocator, String), Usage>,
+    /// (allocator, memory cgroup id: the cgroup directory's inode number;
+    /// [`CGROUP_OVERFLOW`] = overflow) → usage. Empty unless `ATTR_CGROUPS` is on.
+    pub cgroups: BTreeMap<(Allocator, u64), Usage>,
 }
 
 impl Snapshot {
@@ -277,6 +287,15 @@ impl Tracer {
         }
 
         let layouts = layout::resolve(btf.as_ref(), tracefs_dir.as_deref());
+        let mut opts = opts.clone();
+        let mut cgroups_unavailable = None;
+        if opts.attribution & ATTR_CGROUPS != 0 {
+            if let Some(why) = layouts.memcg_missing() {
+                opts.attribution &= !ATTR_CGROUPS;
+                cgroups_unavailable = Some(why.to_string());
+            }
+        }
+        let opts = &opts;
         let mut ebpf = load_object(&layouts.layouts, opts)?;
 
         let mut probes = Vec::new();
@@ -309,6 +328,7 @@ impl Tracer {
             probes,
             nr_cpus,
             migratetypes,
+            cgroups_unavailable,
         };
         tracer.insert_overflow_keys()?;
         Ok(tracer)
@@ -316,6 +336,12 @@ impl Tracer {
 
     pub fn probes(&self) -> &[ProbeStatus] {
         &self.probes
+    }
+
+    /// Why per-memory-cgroup counting is off although `ATTR_CGROUPS` was asked for (this
+    /// kernel's BTF lacks a member of the chain from the task to its memory cgroup).
+    pub fn cgroups_unavailable(&self) -> Option<&str> {
+        self.cgroups_unavailable.as_deref()
     }
 
     /// The running kernel's `enum migratetype` names by value (empty without BTF).
@@ -388,6 +414,12 @@ impl Tracer {
             comm: [0; 16],
         });
         pre_insert(e, MAP_COMMS, comms, Usage::default(), n)?;
+        let cgroups = Allocator::ALL.map(|a| CgroupKey {
+            allocator: a as u32,
+            _pad: 0,
+            cgroup: CGROUP_OVERFLOW,
+        });
+        pre_insert(e, MAP_CGROUPS, cgroups, Usage::default(), n)?;
         pre_insert(e, MAP_CACHE_STATS, [CACHE_OVERFLOW], CacheStats::ZERO, n)
     }
 
@@ -473,6 +505,13 @@ impl Tracer {
                 snap.comms.entry((a, comm)).or_default().add(&u);
             }
         }
+        for (key, u) in
+            read_summed::<CgroupKey, Usage>(&self.ebpf, MAP_CGROUPS, Usage::default(), Usage::add)?
+        {
+            if let (Some(a), true) = (Allocator::from_u32(key.allocator), u.allocations > 0) {
+                snap.cgroups.entry((a, key.cgroup)).or_default().add(&u);
+            }
+        }
         Ok(snap)
     }
 }
@@ -494,6 +533,15 @@ pub(crate) fn load_object(layouts: &Layouts, opts: &TracerOptions) -> anyhow::Re
         )
         .map_max_entries(MAP_CALLSITES, opts.callsites_max)
         .map_max_entries(MAP_COMMS, opts.comms_max)
+        // Off, the map holds only its overflow slots: no per-CPU memory for nothing.
+        .map_max_entries(
+            MAP_CGROUPS,
+            if opts.attribution & ATTR_CGROUPS != 0 {
+                opts.cgroups_max
+            } else {
+                Allocator::ALL.len() as u32
+            },
+        )
         .load(EBPF_OBJECT)
         .map_err(|e| {
             anyhow!(

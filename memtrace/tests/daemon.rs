@@ -118,6 +118,11 @@ fn daemon_serves_metrics_that_move_with_load_and_stops_on_sigterm() {
             "{probe}"
         );
     }
+    // Per-cgroup counting is off by default: no cgroup series.
+    assert!(
+        !after.keys().any(|k| k.starts_with("memtrace_cgroup_")),
+        "cgroup series without --attribution.cgroups"
+    );
     // Counters never go backwards between scrapes.
     for (k, v) in &before {
         if k.contains("_total") || k.contains("_bucket") || k.ends_with("_count") {
@@ -162,6 +167,8 @@ fn daemon_rejects_bad_flags_in_one_line() {
         &["daemon", "--caches.max", "0"],
         &["daemon", "--callsites.max", "0"],
         &["daemon", "--attribution.callsites", "maybe"],
+        &["daemon", "--cgroups.max", "0"],
+        &["daemon", "--attribution.cgroups", "maybe"],
         &["daemon", "--events.min-order", "65"],
         &["daemon", "--log-format", "yaml"],
     ] {
@@ -252,4 +259,68 @@ fn json_logs_are_one_object_per_line() {
     let _ = child.kill();
     let _ = child.wait();
     assert!(seen >= 2, "the daemon logged its probes and its address");
+}
+
+/// This process's memory cgroup, relative to its hierarchy's root, from /proc/self/cgroup
+/// (the v1 `memory` line, else the v2 `0::` line).
+fn own_memory_cgroup() -> String {
+    let text = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let mut v2 = None;
+    for l in text.lines() {
+        let mut parts = l.splitn(3, ':');
+        let (id, ctrl, path) = (
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+        );
+        if ctrl.split(',').any(|c| c == "memory") {
+            return path.to_string();
+        }
+        if id == "0" && ctrl.is_empty() {
+            v2 = Some(path.to_string());
+        }
+    }
+    v2.expect("a memory cgroup in /proc/self/cgroup")
+}
+
+/// `attribution.cgroups = true` (here from the configuration file, the key of
+/// `--attribution.cgroups`): allocations of this process show under its own memory cgroup's
+/// path, and a cgroup label is never a number.
+#[test]
+fn daemon_counts_per_memory_cgroup_when_asked() {
+    let Some(_guard) = require_kernel() else {
+        return;
+    };
+    let port = free_port();
+    let config = std::env::temp_dir().join(format!("memtrace-cg-{}.toml", std::process::id()));
+    std::fs::write(
+        &config,
+        "[attribution]\ncgroups = true\n[cgroups]\nmax = 1000\n",
+    )
+    .unwrap();
+    let d = Daemon::start_with(port, &["--config", &config.display().to_string()]);
+    let _ = std::fs::remove_file(&config);
+    let own = own_memory_cgroup();
+    let key =
+        format!("memtrace_cgroup_allocations_total{{allocator=\"kmalloc\",cgroup=\"{own}\"}}");
+    let before = d.scrape();
+    let dir = std::env::temp_dir().join(format!("memtrace-daemon-cg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("target");
+    std::fs::write(&file, b"x").unwrap();
+    for _ in 0..200 {
+        setxattr_kmalloc(&file, 3000);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let after = d.scrape();
+    let moved = metric(&after, &key) - metric(&before, &key);
+    assert!(moved >= 200.0, "{key} moved by {moved}");
+    for k in after.keys().filter(|k| k.starts_with("memtrace_cgroup_")) {
+        let cg = k.split("cgroup=\"").nth(1).unwrap_or("");
+        assert!(
+            cg.starts_with('/') || cg.starts_with("other\"") || cg.starts_with("unknown\""),
+            "a cgroup label is a path, other or unknown: {k}"
+        );
+    }
+    d.terminate();
 }

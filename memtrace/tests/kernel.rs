@@ -854,3 +854,176 @@ fn thread_filter_excludes_other_threads() {
     assert!(snap.pages.is_empty() && snap.caches.is_empty(), "{snap:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// ---------------------------------------------------------------------------------------
+// attribution: memory cgroups
+
+/// memtrace's `cgroup` series of `allocator` as (allocations, bytes) per label value, through
+/// the exporter (so through the id → path resolver), as a scrape would show them.
+fn cgroup_series(
+    snap: &Snapshot,
+    allocator: Allocator,
+    resolver: Option<memtrace::cgroup::Resolver>,
+) -> BTreeMap<String, (u64, u64)> {
+    use prometheus::Encoder as _;
+    let limits = memtrace::metrics::LabelLimits {
+        caches: 50,
+        callsites: 50,
+        processes: 50,
+        cgroups: 50,
+    };
+    let mut e =
+        memtrace::metrics::Exporter::new(None, BTreeMap::new(), None, "test".into(), limits, None);
+    if let Some(r) = resolver {
+        e = e.with_cgroup_paths(r);
+    }
+    let mut buf = Vec::new();
+    prometheus::TextEncoder::new()
+        .encode(&e.families(snap, &[]), &mut buf)
+        .unwrap();
+    let text = String::from_utf8(buf).unwrap();
+    support::assert_no_addresses(&text);
+    let mut out: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for s in memtrace::scrape::parse_exposition(&text) {
+        if s.labels.get("allocator").map(String::as_str) != Some(allocator.name()) {
+            continue;
+        }
+        let Some(cg) = s.labels.get("cgroup") else {
+            continue;
+        };
+        let v = out.entry(cg.clone()).or_default();
+        match s.name.as_str() {
+            "memtrace_cgroup_allocations_total" => v.0 += s.value as u64,
+            "memtrace_cgroup_allocated_bytes_total" => v.1 += s.value as u64,
+            _ => {}
+        }
+    }
+    out
+}
+
+/// A worker moved into a fresh memory cgroup (v1 here; the same code reads v2) allocates with
+/// known syscalls: memtrace's `memtrace_cgroup_*{cgroup="/<that cgroup>"}` must equal
+/// ftrace's count of the worker's successful kmallocs, slab allocations and page allocations
+/// (and bytes), exactly, and no other cgroup may appear. With per-cgroup counting off (the
+/// default), there is no cgroup series at all.
+#[test]
+fn memory_cgroups_match_ftrace_in_both_attach_modes() {
+    let Some(_guard) = require_kernel() else {
+        return;
+    };
+    let dir = tempdir("cgroups");
+    let file = dir.join("xattr-target");
+    std::fs::write(&file, b"x").unwrap();
+    for (pref, expect) in BOTH {
+        for on in [true, false] {
+            // A generous limit: nothing may fail.
+            let memcg = Memcg::new(1 << 30);
+            let (resolver, _version) =
+                memtrace::cgroup::Resolver::from_system().expect("a memory cgroup hierarchy");
+            let path = format!(
+                "/{}",
+                memcg
+                    .dir
+                    .strip_prefix(resolver.root())
+                    .expect("the test cgroup is in the memory hierarchy")
+                    .display()
+            );
+            let worker = Worker::spawn();
+            let (enter, leave) = memcg.tasks_paths();
+            worker.run(move || support::enter_tasks(&enter));
+            let attribution = memtrace_common::ATTR_CALLSITES
+                | memtrace_common::ATTR_COMMS
+                | if on { memtrace_common::ATTR_CGROUPS } else { 0 };
+            let tracer = Tracer::start(&TracerOptions {
+                filter_tid: worker.tid,
+                attach: pref,
+                attribution,
+                ..Default::default()
+            })
+            .unwrap_or_else(|e| panic!("memtrace could not start: {e:#}"));
+            assert_eq!(
+                tracer.cgroups_unavailable(),
+                None,
+                "this kernel has the BTF"
+            );
+            let events = [
+                ("kmem", "kmalloc"),
+                ("kmem", "kmem_cache_alloc"),
+                ("kmem", "mm_page_alloc"),
+            ];
+            for (c, e) in events {
+                let st = tracer
+                    .probes()
+                    .iter()
+                    .find(|p| p.probe == format!("{c}:{e}"))
+                    .expect("probe");
+                assert_eq!(st.mode, Some(expect), "{st:?}");
+            }
+            let ftrace = Ftrace::start(&events, worker.tid);
+            let f = file.clone();
+            worker.run(move || {
+                for _ in 0..50 {
+                    setxattr_kmalloc(&f, 1000);
+                }
+                open_close(&f, 20);
+                pipe_pages(8);
+            });
+            let trace = ftrace.stop();
+            let snap = tracer.snapshot().expect("snapshot");
+            worker.run(move || support::enter_tasks(&leave));
+            assert_eq!(snap.counter(Counter::MapFull), 0, "no map overflowed");
+
+            for (event, allocator, ok_field) in [
+                ("kmalloc", Allocator::Kmalloc, "ptr"),
+                ("kmem_cache_alloc", Allocator::KmemCache, "ptr"),
+                ("mm_page_alloc", Allocator::Page, "page"),
+            ] {
+                let ok: Vec<&TraceEvent> = trace
+                    .iter()
+                    .filter(|e| e.name == event && !e.is_null(ok_field))
+                    .collect();
+                let bytes: u64 = ok
+                    .iter()
+                    .map(|e| match allocator {
+                        Allocator::Page => memtrace::probes::page_size() << e.u64("order"),
+                        _ => e.u64("bytes_alloc"),
+                    })
+                    .sum();
+                let got = cgroup_series(
+                    &snap,
+                    allocator,
+                    memtrace::cgroup::Resolver::from_system()
+                        .ok()
+                        .map(|(r, _)| r),
+                );
+                eprintln!(
+                    "{expect} cgroups {}: {event} ftrace {} ({bytes} B), memtrace {got:?}",
+                    if on { "on" } else { "off" },
+                    ok.len()
+                );
+                if !on {
+                    assert!(got.is_empty(), "no cgroup series when off: {got:?}");
+                    assert!(snap.cgroups.is_empty(), "nothing counted when off");
+                    continue;
+                }
+                let want: BTreeMap<String, (u64, u64)> =
+                    [(path.clone(), (ok.len() as u64, bytes))].into();
+                assert_eq!(got, want, "{event} per memory cgroup differs from ftrace");
+            }
+            if on {
+                use std::os::unix::fs::MetadataExt as _;
+                let ino = std::fs::metadata(&memcg.dir).expect("cgroup dir").ino();
+                assert!(
+                    snap.cgroups
+                        .get(&(Allocator::Kmalloc, ino))
+                        .is_some_and(|u| u.allocations >= 50),
+                    "the kernel's id is the cgroup directory's inode number"
+                );
+            }
+            drop(tracer);
+            drop(worker);
+            drop(memcg);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -95,6 +95,7 @@ const LOCAL_LABELS: LabelLimits = LabelLimits {
     caches: 200,
     callsites: 200,
     processes: 200,
+    cgroups: 200,
 };
 
 impl Source {

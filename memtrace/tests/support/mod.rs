@@ -545,12 +545,18 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(port: u16) -> Daemon {
+        Self::start_with(port, &[])
+    }
+
+    /// A daemon with `extra` flags.
+    pub fn start_with(port: u16, extra: &[&str]) -> Daemon {
         let child = Command::new(env!("CARGO_BIN_EXE_memtrace"))
             .args([
                 "daemon",
                 "--web.listen-address",
                 &format!("127.0.0.1:{port}"),
             ])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
