@@ -687,7 +687,7 @@ impl Exporter {
         // memtrace itself.
         out.push(family(
             "memtrace_events_lost_total",
-            "Events memtrace could not record as usual: map_full (counted under an \"other\" label instead), ringbuf_full (notable event dropped).",
+            "Events memtrace could not record as usual: map_full (counted under an \"other\" label instead), ringbuf_full (notable event dropped), recursion (not counted: an interrupt on a CPU where the same program was running).",
             MetricType::COUNTER,
             vec![
                 counter(&[("reason", "map_full")], snap.counter(Counter::MapFull) as f64),
@@ -695,6 +695,7 @@ impl Exporter {
                     &[("reason", "ringbuf_full")],
                     snap.counter(Counter::RingbufFull) as f64,
                 ),
+                counter(&[("reason", "recursion")], snap.recursion_misses as f64),
             ],
         ));
         out.push(family(

@@ -74,6 +74,42 @@ impl ProbeStatus {
     }
 }
 
+/// The kernel's `bpf_prog_info` of a loaded program (`BPF_OBJ_GET_INFO_BY_FD`): aya's
+/// `ProgramInfo` does not expose every field.
+fn prog_info(
+    fd: std::os::fd::BorrowedFd<'_>,
+) -> std::io::Result<aya_obj::generated::bpf_prog_info> {
+    use std::os::fd::AsRawFd as _;
+    /// The `info` member of `union bpf_attr` for this command.
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    // SAFETY: bpf_prog_info is plain integers, for which all-zero is valid.
+    let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
+    let mut attr = InfoAttr {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: std::mem::size_of_val(&info) as u32,
+        info: (&raw mut info) as u64,
+    };
+    // SAFETY: the attribute and the info buffer are valid for the sizes given; the kernel
+    // writes at most info_len bytes.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            aya_obj::generated::bpf_cmd::BPF_OBJ_GET_INFO_BY_FD as libc::c_long,
+            &raw mut attr,
+            std::mem::size_of::<InfoAttr>() as libc::c_uint,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(info)
+}
+
 /// Options for [`Tracer::start`].
 #[derive(Debug, Clone)]
 pub struct TracerOptions {
@@ -173,6 +209,9 @@ pub struct Snapshot {
     /// (allocator, memory cgroup id: the cgroup directory's inode number;
     /// [`CGROUP_OVERFLOW`] = overflow) → usage. Empty unless `ATTR_CGROUPS` is on.
     pub cgroups: BTreeMap<(Allocator, u64), Usage>,
+    /// Program runs the kernel skipped because the program was already running on that CPU
+    /// (see [`Tracer::recursion_misses`]).
+    pub recursion_misses: u64,
 }
 
 impl Snapshot {
@@ -336,6 +375,23 @@ impl Tracer {
 
     pub fn probes(&self) -> &[ProbeStatus] {
         &self.probes
+    }
+
+    /// Runs of memtrace's programs the kernel skipped, summed over the programs: a program
+    /// is not run again on a CPU where it is already running (an interrupt that allocates
+    /// while the same program is running on that CPU), so those events were not counted.
+    /// The kernel keeps this count (`recursion_misses`) whether or not BPF statistics are on.
+    pub fn recursion_misses(&self) -> anyhow::Result<u64> {
+        let mut total = 0;
+        for (name, prog) in self.ebpf.programs() {
+            let Ok(fd) = prog.fd() else {
+                continue; // not loaded (a probe this kernel lacks)
+            };
+            let info = prog_info(std::os::fd::AsFd::as_fd(fd))
+                .with_context(|| format!("reading the statistics of program {name}"))?;
+            total += info.recursion_misses;
+        }
+        Ok(total)
     }
 
     /// Why per-memory-cgroup counting is off although `ATTR_CGROUPS` was asked for (this
@@ -512,6 +568,7 @@ impl Tracer {
                 snap.cgroups.entry((a, key.cgroup)).or_default().add(&u);
             }
         }
+        snap.recursion_misses = self.recursion_misses()?;
         Ok(snap)
     }
 }
