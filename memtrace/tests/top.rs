@@ -285,6 +285,30 @@ fn top_in_tmux_shows_a_known_workload_and_restores_the_terminal() {
     assert_exited_restored(&t, "0");
     drop(t);
 
+    // The terminal going away (tmux killed, an SSH session dropped) ends it too, promptly,
+    // instead of leaving it spinning on a dead terminal with its programs attached.
+    let t = Tmux::start(&tmux, "hangup", &pane_command("--interval 0.5"));
+    t.wait_for("ALLOCS/S");
+    let pid = t.command_pid();
+    drop(t); // kills the tmux server: the pane's terminal hangs up
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        // Gone, or a zombie nobody reaps (its shell died with the terminal).
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit(')').next().map(|r| r.trim().chars().next()))
+            .flatten();
+        if matches!(state, None | Some('Z' | 'X')) {
+            break;
+        }
+        if Instant::now() > deadline {
+            // SAFETY: killing the process this test started.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("memtrace top still runs (state {state:?}) 10 s after its terminal hung up");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     let t = Tmux::start(
         &tmux,
         "panic",

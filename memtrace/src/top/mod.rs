@@ -211,6 +211,23 @@ fn daemon_urls(url: &str) -> anyhow::Result<(String, String)> {
     ))
 }
 
+/// How long after SIGINT, SIGTERM or SIGHUP `top` may take to stop by itself.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Keeps SIGWINCH from this thread and the threads it starts. crossterm's event source
+/// reports a resize ahead of pending key presses and, its terminal readiness being
+/// edge-triggered, would then not see those keys until the next one: a last `q` would be
+/// lost. No resize event is needed: every draw fits the terminal's current size.
+fn block_sigwinch() {
+    // SAFETY: a signal set built with the libc functions, applied to this thread only.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGWINCH);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
 /// Set by SIGINT, SIGTERM or SIGHUP (the terminal went away).
 fn watch_signals() -> anyhow::Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
@@ -247,6 +264,16 @@ fn watch_signals() -> anyhow::Result<Arc<AtomicBool>> {
                     _ = c.recv() => {}
                 }
                 flag.store(true, Ordering::SeqCst);
+                // The main loop looks at the flag at least every 200 ms. If it has not ended
+                // the process after a few seconds it is stuck (reading a terminal that went
+                // away, a daemon that stopped answering): end it here, so that no `top` is
+                // left running with its programs attached.
+                tokio::time::sleep(STOP_GRACE).await;
+                if SCREEN.load(Ordering::SeqCst) {
+                    ratatui::restore();
+                }
+                eprintln!("memtrace top: still running {STOP_GRACE:?} after the signal; exiting");
+                std::process::exit(1);
             })
         })?;
     ready_rx
@@ -264,6 +291,10 @@ pub fn run(args: TopArgs) -> anyhow::Result<()> {
         bail!(
             "standard input/output is not a terminal; use --batch or --once for plain-text output"
         );
+    }
+    if !batch {
+        // Before any other thread exists, so that all of them inherit it.
+        block_sigwinch();
     }
     let stop = watch_signals()?;
     let mut source = Source::open(&args)?;
@@ -401,23 +432,71 @@ fn run_screen(
         if panic_after_draw {
             panic!("MEMTRACE_TOP_TEST_PANIC is set");
         }
-        let wait = next
-            .saturating_duration_since(Instant::now())
-            .min(Duration::from_millis(200));
-        if event::poll(wait).context("reading the terminal")? {
-            match event::read().context("reading the terminal")? {
-                Event::Key(k) => {
-                    if app.on_key(k) == Action::Quit {
-                        return Ok(());
-                    }
-                    app.clamp_selection();
+        // Redraw at least every 200 ms (a resize shows promptly), and while paused too.
+        let wait = if app.paused {
+            Duration::from_millis(200)
+        } else {
+            next.saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(200))
+        };
+        // Wait for the terminal here rather than in crossterm: on a terminal that hung up
+        // (the SSH session or tmux went away) crossterm's poll and read loop forever on
+        // end-of-file. Resizes need no event: every draw fits the current size.
+        match wait_for_terminal(wait) {
+            Input::HungUp => return Ok(()),
+            Input::Quiet => continue,
+            Input::Readable => {}
+        }
+        while !terminal_hung_up() && event::poll(Duration::ZERO).context("reading the terminal")? {
+            if let Event::Key(k) = event::read().context("reading the terminal")? {
+                if app.on_key(k) == Action::Quit {
+                    return Ok(());
                 }
-                // The next draw uses the new size.
-                Event::Resize(..) => terminal.autoresize().context("resizing")?,
-                _ => {}
+                app.clamp_selection();
             }
         }
     }
+}
+
+enum Input {
+    Readable,
+    Quiet,
+    HungUp,
+}
+
+/// Waits up to `timeout` for input on standard input, the terminal.
+fn wait_for_terminal(timeout: Duration) -> Input {
+    let mut fds = libc::pollfd {
+        fd: 0,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    // SAFETY: one valid pollfd.
+    let n = unsafe { libc::poll(&mut fds, 1, ms) };
+    if n < 0 {
+        // Interrupted by a signal: the caller looks at the stop flag.
+        return Input::Quiet;
+    }
+    if fds.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
+        Input::HungUp
+    } else if fds.revents & libc::POLLIN != 0 {
+        Input::Readable
+    } else {
+        Input::Quiet
+    }
+}
+
+/// Whether standard input, the terminal, has hung up (or is closed).
+fn terminal_hung_up() -> bool {
+    let mut fds = libc::pollfd {
+        fd: 0,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd; a zero timeout does not block.
+    let n = unsafe { libc::poll(&mut fds, 1, 0) };
+    n > 0 && fds.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
 }
 
 #[cfg(test)]
