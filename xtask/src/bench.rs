@@ -49,12 +49,16 @@ struct Run {
     ops: u64,
     seconds: f64,
     paths: BTreeMap<String, f64>,
-    /// memtrace configs: traced events counted during the run, and lost ones
+    /// memtrace configs: traced events counted during the run, lost ones (maps or ring
+    /// buffer full), and program runs the kernel skipped (recursion)
     events: Option<u64>,
     lost: Option<u64>,
+    skipped: Option<u64>,
     /// the tracer process: CPU seconds used during the workload and peak RSS
     tracer_cpu_seconds: Option<f64>,
     tracer_peak_rss_bytes: Option<u64>,
+    /// the tracer's peak RSS before the workload (start-up)
+    tracer_startup_peak_rss_bytes: Option<u64>,
 }
 
 fn http_get(port: u16, path: &str) -> anyhow::Result<String> {
@@ -89,10 +93,11 @@ fn http_get(port: u16, path: &str) -> anyhow::Result<String> {
     Ok(body.to_string())
 }
 
-/// (traced events, lost events) from a daemon's /metrics.
-fn traced_totals(metrics: &str) -> (u64, u64) {
+/// (traced events, lost events, program runs the kernel skipped) from a daemon's /metrics.
+fn traced_totals(metrics: &str) -> (u64, u64, u64) {
     let mut events = 0f64;
     let mut lost = 0f64;
+    let mut skipped = 0f64;
     for line in metrics.lines().filter(|l| !l.starts_with('#')) {
         let Some((series, value)) = line.rsplit_once(' ') else {
             continue;
@@ -107,11 +112,12 @@ fn traced_totals(metrics: &str) -> (u64, u64) {
             | "memtrace_page_allocations_total"
             | "memtrace_frees_total"
             | "memtrace_allocation_failures_total" => events += v,
+            "memtrace_events_lost_total" if series.contains("reason=\"recursion\"") => skipped += v,
             "memtrace_events_lost_total" => lost += v,
             _ => {}
         }
     }
-    (events as u64, lost as u64)
+    (events as u64, lost as u64, skipped as u64)
 }
 
 fn cpu_seconds(pid: u32) -> Option<f64> {
@@ -241,6 +247,13 @@ fn run_once(config: &str, memtrace: &Path, workload: &Path, seconds: f64) -> any
         Some(port) => Some(traced_totals(&http_get(port, "/metrics")?)),
         None => None,
     };
+    // The peak of start-up (BTF parsing) is reported apart: the budget is about the daemon
+    // while the workload runs. Writing 5 to clear_refs resets the peak to the current RSS.
+    let startup_rss = pid.and_then(peak_rss);
+    if let Some(pid) = pid {
+        std::fs::write(format!("/proc/{pid}/clear_refs"), "5")
+            .context("resetting the tracer's peak RSS")?;
+    }
     let cpu0 = pid.and_then(cpu_seconds);
     let out = Command::new(workload)
         .args(["--seconds", &seconds.to_string()])
@@ -272,8 +285,10 @@ fn run_once(config: &str, memtrace: &Path, workload: &Path, seconds: f64) -> any
             .unwrap_or_default(),
         events: before.zip(after).map(|(b, a)| a.0.saturating_sub(b.0)),
         lost: before.zip(after).map(|(b, a)| a.1.saturating_sub(b.1)),
+        skipped: before.zip(after).map(|(b, a)| a.2.saturating_sub(b.2)),
         tracer_cpu_seconds: cpu0.zip(cpu1).map(|(a, b)| b - a),
         tracer_peak_rss_bytes: rss,
+        tracer_startup_peak_rss_bytes: startup_rss,
     })
 }
 
@@ -430,15 +445,17 @@ pub fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
                 .collect(),
         );
         let rss = of(c).filter_map(|r| r.tracer_peak_rss_bytes).max();
+        let startup_rss = of(c).filter_map(|r| r.tracer_startup_peak_rss_bytes).max();
         let eps = median(
             of(c)
                 .filter_map(|r| r.events.map(|e| e as f64 / r.seconds))
                 .collect(),
         );
         let lost: u64 = of(c).filter_map(|r| r.lost).sum();
+        let skipped: u64 = of(c).filter_map(|r| r.skipped).sum();
         let add = if c == "none" { 0.0 } else { added(c) };
         table.push_str(&format!(
-            "| {c} | {m:.0} | {lo:.0}–{hi:.0} | {:.3} | {} | {} | {} | {} | {} |\n",
+            "| {c} | {m:.0} | {lo:.0}–{hi:.0} | {:.3} | {} | {} | {} | {} | {} | {} | {} |\n",
             m / base,
             if c == "none" {
                 "—".into()
@@ -451,6 +468,7 @@ pub fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
                 "—".into()
             },
             rss.map_or("—".into(), |b| format!("{:.1} MiB", b as f64 / 1048576.0)),
+            startup_rss.map_or("—".into(), |b| format!("{:.1} MiB", b as f64 / 1048576.0)),
             if eps.is_finite() {
                 format!("{:.2} M/s", eps / 1e6)
             } else {
@@ -461,6 +479,11 @@ pub fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
             } else {
                 "—".into()
             },
+            if c.starts_with("memtrace") || c == "floor" {
+                skipped.to_string()
+            } else {
+                "—".into()
+            },
         ));
         json_configs.insert(
             c.into(),
@@ -468,7 +491,9 @@ pub fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
                 "ns_per_op_median": m, "ns_per_op_min": lo, "ns_per_op_max": hi,
                 "ratio_to_none": m / base, "added_ns_per_event": add,
                 "tracer_cpu_percent_of_one_cpu": cpu, "tracer_peak_rss_bytes": rss,
+                "tracer_startup_peak_rss_bytes": startup_rss,
                 "events_per_second": eps, "lost_events": lost,
+                "runs_skipped_by_kernel": skipped,
             }),
         );
     }
@@ -495,8 +520,8 @@ value on tmpfs (a 1 KiB kmalloc and its kfree, and shmem's copy), `open(2)`+`clo
 slab object, a `names_cache` buffer, and their frees), and a fresh pipe written with one page \
 (an order-0 page and its free, and the pipe's kmallocs). memtrace counted {epo:.1} traced events \
 per operation.\n\n\
-| configuration | ns/op (median) | min–max | ratio to none | added ns per traced event | tracer CPU (% of one CPU) | tracer peak RSS | traced events seen | lost events |\n\
-| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n{table}\n\
+| configuration | ns/op (median) | min–max | ratio to none | added ns per traced event | tracer CPU (% of one CPU) | tracer peak RSS during the workload | tracer peak RSS at start-up | traced events seen | lost events | runs skipped by the kernel |\n\
+| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n{table}\n\
 - **none**: no tracing. **floor**: memtrace's programs attached to the same tracepoints, returning at \
 once (`--probes.hooks-only`): the cost of the hooks themselves. **memtrace**: `memtrace daemon` with \
 defaults. **memtrace-full**: notable events from 4 KiB and order 0 with kernel stacks, 1000-series \
@@ -504,6 +529,10 @@ attribution. **bpftrace**: memtrace's default aggregation written with hist()/su
 same tracepoints.\n\
 - memtrace's added cost per traced event is **{vs_floor:.2}×** the floor's and **{vs_bpftrace:.2}×** \
 bpftrace's; with everything on, **{full_vs_floor:.2}×** the floor's.\n\
+- Lost events are memtrace's own (a map or the ring buffer full); runs skipped by the kernel \
+are `memtrace_events_lost_total{{reason=\"recursion\"}}`: an interrupt that allocates or frees \
+on a CPU where the same program is running is not run again there, for any BPF tracer, the \
+floor included.\n\
 - Tracer CPU is the tracer process's own user+system time over the run (the in-kernel program time \
 is in the workload's ns/op); for bpftrace most of its work happens at exit.\n\n\
 ## Where the time goes\n\n\
@@ -552,7 +581,7 @@ mod tests {
 
     #[test]
     fn traced_totals_sum_event_counters() {
-        let m = "# HELP x\nmemtrace_kmalloc_size_bytes_count{gfp=\"GFP_KERNEL\"} 10\nmemtrace_frees_total{allocator=\"kmalloc\"} 7\nmemtrace_kmalloc_size_bytes_sum{gfp=\"GFP_KERNEL\"} 999\nmemtrace_events_lost_total{reason=\"map_full\"} 2\n";
-        assert_eq!(traced_totals(m), (17, 2));
+        let m = "# HELP x\nmemtrace_kmalloc_size_bytes_count{gfp=\"GFP_KERNEL\"} 10\nmemtrace_frees_total{allocator=\"kmalloc\"} 7\nmemtrace_kmalloc_size_bytes_sum{gfp=\"GFP_KERNEL\"} 999\nmemtrace_events_lost_total{reason=\"map_full\"} 2\nmemtrace_events_lost_total{reason=\"recursion\"} 5\n";
+        assert_eq!(traced_totals(m), (17, 2, 5));
     }
 }
