@@ -249,8 +249,9 @@ impl Model {
             }
         }
         if let (Some(bytes), Some(order)) = (kmalloc_max, max_order) {
-            if (0.0..64.0).contains(&order) && bytes > 0.0 {
-                m.page_size = bytes / f64::from(1u32 << order as u32).max(1.0);
+            // A daemon's numbers are input: an absurd order is ignored, not shifted.
+            if (0.0..=31.0).contains(&order) && bytes > 0.0 {
+                m.page_size = bytes / f64::from(1u32 << order as u32);
             }
         }
         let page = m.allocators.get_mut("page").unwrap();
@@ -355,6 +356,16 @@ memtrace_page_max_order 10
         assert_eq!(m.processes.len(), 1);
         assert_eq!(m.lost["map_full"], 7.0);
         assert_eq!((m.probes_attached, m.probes_total), (1, 2));
+    }
+
+    #[test]
+    fn absurd_input_is_ignored_not_a_panic() {
+        let m = Model::from_samples(&parse_exposition(
+            "memtrace_kmalloc_max_bytes 4194304\nmemtrace_page_max_order 63\n\
+             memtrace_page_allocations_total{order=\"4000000000\",migratetype=\"x\",gfp=\"y\"} 1\n",
+        ));
+        assert_eq!(m.page_size, 4096.0, "the default page size stays");
+        assert!(m.totals("page").allocated_bytes.is_finite());
     }
 
     #[test]
