@@ -493,6 +493,17 @@ pub struct MemcgOffsets {
     pub _pad: u32,
 }
 
+/// `task_struct` offsets from the running kernel's BTF.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskOffsets {
+    /// `task_struct.comm` (16 bytes); 0 if unknown. BTF programs read the current task's
+    /// name with two loads from it instead of the `bpf_get_current_comm` helper's copy.
+    pub comm: u32,
+    /// Explicit padding; always zero.
+    pub _pad: u32,
+}
+
 /// The two layout sets, one per way of attaching, and the struct offsets the BTF programs
 /// dereference. A program attached as a classic tracepoint reads `tp`, one attached as a
 /// BTF tracepoint reads `btf`.
@@ -503,6 +514,7 @@ pub struct Layouts {
     pub btf: EventLayouts,
     pub kmem_cache: KmemCacheOffsets,
     pub memcg: MemcgOffsets,
+    pub task: TaskOffsets,
 }
 
 impl Layouts {
@@ -522,6 +534,7 @@ impl Layouts {
             kernfs_node_id: 0,
             _pad: 0,
         },
+        task: TaskOffsets { comm: 0, _pad: 0 },
     };
 }
 
@@ -623,6 +636,123 @@ impl Usage {
     }
 }
 
+/// # Per-CPU tables: the hot path's aggregates
+///
+/// Every successful allocation updates its size histogram, its call site, its task name and
+/// (slab caches) its cache. A per-CPU hash map costs a hash computation, a bucket walk and a
+/// helper call per update, several times the cost of the tracepoint itself. The hot path
+/// instead finds its key in a small open-addressed table held in one per-CPU array value:
+/// the kernel inlines the array lookup, and the key is found in at most [`TABLE_PROBES`]
+/// slots from its [`table_hash`]. A key that finds no free slot there (the table is nearly
+/// full, or its neighbours are taken) counts in the per-CPU hash map of the same aggregate,
+/// as before, so every allocation is counted exactly once; userspace sums both.
+///
+/// A slot is claimed by writing its key and is never freed, so per-key totals only grow. Each
+/// table region (one array entry) is written by one program only, and a program never runs
+/// twice at once on one CPU, so no update races with another.
+///
+/// One table slot: a non-zero key of `W` words (all-zero = free) and its value.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Slot<const W: usize, V> {
+    pub key: [u64; W],
+    pub value: V,
+}
+
+/// Consecutive slots a key may take from its hash.
+pub const TABLE_PROBES: usize = 4;
+
+/// The first slot a table key is looked for in (before masking with the table's size, a
+/// power of two). Multiplicative (Fibonacci) hashing: cheap in eBPF, and it spreads kernel
+/// addresses, which differ in few bits, over the table.
+#[inline(always)]
+pub fn table_hash<const W: usize>(key: &[u64; W]) -> usize {
+    let mut h: u64 = 0;
+    let mut i = 0;
+    while i < W {
+        h = (h.rotate_left(29) ^ key[i]).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        i += 1;
+    }
+    (h >> 40) as usize
+}
+
+/// Slots per allocator in [`MAP_SIZE_TABLE`]: (allocator, gfp) pairs (a few dozen exist).
+pub const SIZE_SLOTS: usize = 32;
+/// Slots per allocator in [`MAP_SITE_TABLE`]: call sites.
+pub const SITE_SLOTS: usize = 512;
+/// Slots per allocator in [`MAP_COMM_TABLE`]: task names.
+pub const COMM_SLOTS: usize = 256;
+/// Slots in [`MAP_CACHE_TABLE`]: slab caches.
+pub const CACHE_SLOTS: usize = 512;
+/// Slots in [`MAP_PAGE_TABLE`]: (order, migratetype, gfp) triples.
+pub const PAGE_SLOTS: usize = 256;
+
+/// One allocator's size histograms by gfp; key: [`size_table_key`].
+pub type SizeTable = [Slot<1, SizeStats>; SIZE_SLOTS];
+/// One allocator's call sites; key: the call site's kernel address (never 0).
+pub type SiteTable = [Slot<1, Usage>; SITE_SLOTS];
+/// One allocator's task names; key: the 16 bytes of the name, NUL-padded.
+pub type CommTable = [Slot<2, Usage>; COMM_SLOTS];
+/// Slab caches; key: the cache id (see [`MAP_CACHE_STATS`]; never 0).
+pub type CacheTable = [Slot<1, CacheStats>; CACHE_SLOTS];
+/// Page allocations; key: [`page_table_key`].
+pub type PageTable = [Slot<1, u64>; PAGE_SLOTS];
+
+const _: () = assert!(SIZE_SLOTS.is_power_of_two() && SITE_SLOTS.is_power_of_two());
+const _: () = assert!(COMM_SLOTS.is_power_of_two() && CACHE_SLOTS.is_power_of_two());
+const _: () = assert!(PAGE_SLOTS.is_power_of_two());
+// A per-CPU array value is at most 32 KiB (the kernel's PCPU_MIN_UNIT_SIZE).
+const _: () = assert!(core::mem::size_of::<SizeTable>() <= 32 * 1024);
+const _: () = assert!(core::mem::size_of::<SiteTable>() <= 32 * 1024);
+const _: () = assert!(core::mem::size_of::<CommTable>() <= 32 * 1024);
+const _: () = assert!(core::mem::size_of::<CacheTable>() <= 32 * 1024);
+const _: () = assert!(core::mem::size_of::<PageTable>() <= 32 * 1024);
+
+/// The [`SizeTable`] key of a raw gfp value (0, the free slot's key, for [`GFP_OVERFLOW`],
+/// which never goes into a table).
+#[inline(always)]
+pub fn size_table_key(gfp: u64) -> u64 {
+    gfp.wrapping_add(1)
+}
+
+/// The raw gfp value of a [`SizeTable`] key.
+pub fn size_table_gfp(key: u64) -> u64 {
+    key.wrapping_sub(1)
+}
+
+/// The [`PageTable`] key of (order, migratetype, gfp), or 0 (it goes to the hash map) when a
+/// value does not fit its bits: order below 2^8, migratetype below 2^16, gfp below 2^32 (the
+/// kernel's `gfp_t` is an `unsigned int`).
+#[inline(always)]
+pub fn page_table_key(order: u32, migratetype: u32, gfp: u64) -> u64 {
+    if order >= 1 << 8 || migratetype >= 1 << 16 || gfp > u32::MAX as u64 {
+        return 0;
+    }
+    (1 << 63) | ((order as u64) << 48) | ((migratetype as u64) << 32) | gfp
+}
+
+/// (order, migratetype, gfp) of a [`PageTable`] key.
+pub fn page_table_fields(key: u64) -> (u32, u32, u64) {
+    (
+        ((key >> 48) & 0xff) as u32,
+        ((key >> 32) & 0xffff) as u32,
+        key & 0xffff_ffff,
+    )
+}
+
+/// Per-CPU array, one [`SizeTable`] per [`Allocator`].
+pub const MAP_SIZE_TABLE: &str = "SIZE_TABLE";
+/// Per-CPU array, one [`SiteTable`] per [`Allocator`].
+pub const MAP_SITE_TABLE: &str = "SITE_TABLE";
+/// Per-CPU array, one [`CommTable`] per [`Allocator`].
+pub const MAP_COMM_TABLE: &str = "COMM_TABLE";
+/// Per-CPU array of one [`CacheTable`].
+pub const MAP_CACHE_TABLE: &str = "CACHE_TABLE";
+/// Per-CPU array of one [`PageTable`].
+pub const MAP_PAGE_TABLE: &str = "PAGE_TABLE";
+/// Entries of the per-allocator tables.
+pub const ALLOCATORS: u32 = Allocator::ALL.len() as u32;
+
 /// [`GLOBAL_ATTRIBUTION`] bit: count allocations per call site.
 pub const ATTR_CALLSITES: u32 = 1;
 /// [`GLOBAL_ATTRIBUTION`] bit: count allocations per task name.
@@ -681,6 +811,10 @@ pub const GLOBAL_NOTABLE_MIN_BYTES: &str = "NOTABLE_MIN_BYTES";
 /// [`NotableEvent`]s; above the highest order sends none.
 pub const GLOBAL_NOTABLE_MIN_ORDER: &str = "NOTABLE_MIN_ORDER";
 
+/// Load-time global (`u32`): slots of each per-CPU table the programs use (a power of two
+/// below the table's size), or 0 for all of them (see [`Slot`]). Tests lower it to drive keys
+/// into the hash maps.
+pub const GLOBAL_TABLE_SLOTS: &str = "TABLE_SLOTS";
 /// Load-time global (`u32`): which attribution is on ([`ATTR_CALLSITES`], [`ATTR_COMMS`],
 /// [`ATTR_STACKS`], [`ATTR_CGROUPS`]).
 pub const GLOBAL_ATTRIBUTION: &str = "ATTRIBUTION";
@@ -855,6 +989,7 @@ mod pod {
     unsafe impl aya::Pod for SizeStats {}
     unsafe impl aya::Pod for FieldLoc {}
     unsafe impl aya::Pod for Layouts {}
+    unsafe impl<const W: usize, V: aya::Pod> aya::Pod for Slot<W, V> {}
 }
 
 #[cfg(test)]
@@ -898,6 +1033,9 @@ mod tests {
         assert_eq!(core::mem::size_of::<CgroupKey>(), 16);
         assert_eq!(core::mem::size_of::<MemcgOffsets>(), 24);
         assert_eq!(core::mem::size_of::<Layouts>() % 4, 0);
+        assert_eq!(core::mem::size_of::<SiteTable>(), 24 * SITE_SLOTS);
+        assert_eq!(core::mem::size_of::<CommTable>(), 32 * COMM_SLOTS);
+        assert_eq!(core::mem::size_of::<SizeTable>(), 192 * SIZE_SLOTS);
     }
 
     #[test]
@@ -911,6 +1049,43 @@ mod tests {
         c[0] = b'F';
         assert_ne!(cache_name_id(&a), cache_name_id(&c));
         assert_ne!(cache_name_id(&[0; CACHE_NAME_LEN]), CACHE_OVERFLOW);
+    }
+
+    #[test]
+    fn table_keys_round_trip_and_are_never_free() {
+        for gfp in [0, 0xcc0, 0x400_000, GFP_UNKNOWN] {
+            assert_ne!(size_table_key(gfp), 0);
+            assert_eq!(size_table_gfp(size_table_key(gfp)), gfp);
+        }
+        // The overflow key maps to the free key: it never goes into a table.
+        assert_eq!(size_table_key(GFP_OVERFLOW), 0);
+        for (order, mt, gfp) in [(0, 0, 0), (10, 5, 0x140cca), (255, 65535, u32::MAX as u64)] {
+            let k = page_table_key(order, mt, gfp);
+            assert_ne!(k, 0);
+            assert_eq!(page_table_fields(k), (order, mt, gfp));
+        }
+        assert_eq!(page_table_key(256, 0, 0), 0);
+        assert_eq!(page_table_key(0, 1 << 16, 0), 0);
+        assert_eq!(page_table_key(0, 0, 1 << 32), 0);
+    }
+
+    #[test]
+    fn table_hash_spreads_nearby_addresses() {
+        // Call sites a few bytes apart land in different slots of a small table.
+        let base = 0xffff_ffff_8130_0000u64;
+        let mut seen = [false; SITE_SLOTS];
+        let mut distinct = 0;
+        for i in 0..64u64 {
+            let slot = table_hash(&[base + i * 16]) & (SITE_SLOTS - 1);
+            if !seen[slot] {
+                seen[slot] = true;
+                distinct += 1;
+            }
+        }
+        assert!(distinct >= 60, "{distinct} of 64 slots distinct");
+        // Both words of a two-word key count.
+        assert_ne!(table_hash(&[1, 2]), table_hash(&[1, 3]));
+        assert_ne!(table_hash(&[1, 2]), table_hash(&[2, 1]));
     }
 
     #[test]

@@ -24,6 +24,10 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, FEntryContext, TracePointContext, tracing::StackIdContext},
 };
 use memtrace_common::{
+    ALLOCATORS, CacheTable, CommTable, PageTable, SiteTable, SizeTable, Slot, TABLE_PROBES,
+    page_table_key, size_table_key, table_hash,
+};
+use memtrace_common::{
     ATTR_CALLSITES, ATTR_CGROUPS, ATTR_COMMS, ATTR_STACKS, Allocator, CACHE_NAME_LEN,
     CACHE_OVERFLOW, CACHES_MAX, CALLSITES_MAX, CGROUP_OVERFLOW, CGROUP_UNREADABLE, CGROUPS_MAX,
     COMMS_MAX, COMPACTION_STALLS_BASE, COUNTERS_LEN, CacheName, CacheStats, CgroupKey, CommKey,
@@ -75,6 +79,97 @@ static COMMS: PerCpuHashMap<CommKey, Usage> = PerCpuHashMap::with_max_entries(CO
 
 #[map]
 static CGROUPS: PerCpuHashMap<CgroupKey, Usage> = PerCpuHashMap::with_max_entries(CGROUPS_MAX, 0);
+
+#[map]
+static SIZE_TABLE: PerCpuArray<SizeTable> = PerCpuArray::with_max_entries(ALLOCATORS, 0);
+
+#[map]
+static SITE_TABLE: PerCpuArray<SiteTable> = PerCpuArray::with_max_entries(ALLOCATORS, 0);
+
+#[map]
+static COMM_TABLE: PerCpuArray<CommTable> = PerCpuArray::with_max_entries(ALLOCATORS, 0);
+
+#[map]
+static CACHE_TABLE: PerCpuArray<CacheTable> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+static PAGE_TABLE: PerCpuArray<PageTable> = PerCpuArray::with_max_entries(1, 0);
+
+/// Slots of each table the programs use (a power of two below the table's size), or 0 for
+/// all: tests make it small to drive keys into the hash maps.
+#[unsafe(no_mangle)]
+static TABLE_SLOTS: u32 = 0;
+
+/// The value of `key` in table `entry` of `table` on this CPU (see [`Slot`]), its slot
+/// claimed if the key is new here (then `true`). `None` when none of the key's
+/// [`TABLE_PROBES`] slots is its own or free, or the key is all-zero: count in the hash map.
+#[inline(always)]
+fn table_value<const W: usize, V, const N: usize>(
+    table: &PerCpuArray<[Slot<W, V>; N]>,
+    entry: u32,
+    key: [u64; W],
+) -> Option<(*mut V, bool)> {
+    let mut zero = true;
+    for w in key {
+        zero &= w == 0;
+    }
+    if zero {
+        return None;
+    }
+    // SAFETY: a plain read of a global.
+    let limit = unsafe { core::ptr::read_volatile(&TABLE_SLOTS) } as usize;
+    let mask = if limit.is_power_of_two() && limit < N {
+        limit - 1
+    } else {
+        N - 1
+    };
+    // An array lookup, which the kernel inlines.
+    let t = table.get_ptr_mut(entry)? as *mut Slot<W, V>;
+    let h = table_hash(&key);
+    for i in 0..TABLE_PROBES {
+        // SAFETY: the index is masked below N, the table's length (a power of two), so the
+        // slot lies inside the map value; it is this CPU's, and only this program writes
+        // this entry (a program does not run twice at once on a CPU).
+        unsafe {
+            let s = t.add((h + i) & mask);
+            let (mut same, mut free) = (true, true);
+            for (w, want) in key.iter().enumerate() {
+                let k = (*s).key[w];
+                same &= k == *want;
+                free &= k == 0;
+            }
+            if same {
+                return Some((&raw mut (*s).value, false));
+            }
+            if free {
+                (*s).key = key;
+                return Some((&raw mut (*s).value, true));
+            }
+        }
+    }
+    None
+}
+
+/// One word per CPU through which [`address_of`] passes a pointer. Only `kmem_cache_alloc`
+/// uses it, and a program does not run twice at once on a CPU.
+#[map]
+static SCRATCH: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// The address a BTF-typed pointer holds, as a plain number. The verifier forbids arithmetic
+/// on such pointers (a table hash multiplies its key); a word stored into a map value and
+/// loaded back is a plain number (storing a pointer there needs CAP_PERFMON, which loading
+/// tracing programs needs anyway). 0 if the scratch word is missing.
+#[inline(always)]
+fn address_of(p: *const u8) -> u64 {
+    match SCRATCH.get_ptr_mut(0) {
+        // SAFETY: this CPU's scratch word; volatile, so that the compiler keeps the round trip.
+        Some(w) => unsafe {
+            core::ptr::write_volatile(w, p as u64);
+            core::ptr::read_volatile(w)
+        },
+        None => 0,
+    }
+}
 
 #[map]
 static STACKS: StackTrace = StackTrace::with_max_entries(STACKS_MAX, 0);
@@ -162,6 +257,10 @@ fn memcg_id(btf: bool) -> u64 {
 fn attribute(allocator: Allocator, call_site: u64, bytes: u64, btf: bool) {
     let on = attribution();
     if on & ATTR_CALLSITES != 0 && call_site != 0 {
+        if let Some((p, _)) = table_value(&SITE_TABLE, allocator as u32, [call_site]) {
+            add_usage(p, bytes);
+            return attribute_rest(allocator, bytes, btf, on);
+        }
         let key = SiteKey {
             allocator: allocator as u32,
             _pad: 0,
@@ -173,16 +272,61 @@ fn attribute(allocator: Allocator, call_site: u64, bytes: u64, btf: bool) {
         };
         count_usage(&CALLSITES, key, overflow, bytes);
     }
+    attribute_rest(allocator, bytes, btf, on);
+}
+
+/// Adds one allocation of `bytes` to a [`Usage`].
+#[inline(always)]
+fn add_usage(p: *mut Usage, bytes: u64) {
+    // SAFETY: a per-CPU value only this program writes.
+    unsafe {
+        (*p).allocations += 1;
+        (*p).bytes += bytes;
+    }
+}
+
+/// The current task's name as two words (its 16 bytes, NUL-padded). A BTF program loads
+/// them from `task_struct.comm` (offset from BTF; the verifier checks the loads): no helper
+/// copy. Otherwise `bpf_get_current_comm` copies it.
+#[inline(always)]
+fn current_comm(btf: bool) -> [u64; 2] {
+    // SAFETY: a plain read of a global.
+    let off = unsafe { core::ptr::read_volatile(&LAYOUTS.task.comm) } as usize;
+    if btf && off != 0 {
+        // SAFETY: the helper takes no arguments; `off` is `task_struct.comm`'s offset in
+        // this kernel's BTF, a 16-byte member: the verifier checks both loads against it.
+        unsafe {
+            let task = bpf_get_current_task_btf() as *const u8;
+            return [
+                core::ptr::read_volatile(task.wrapping_add(off) as *const u64),
+                core::ptr::read_volatile(task.wrapping_add(off + 8) as *const u64),
+            ];
+        }
+    }
+    let c = bpf_get_current_comm().unwrap_or([0; 16]);
+    // SAFETY: 16 plain bytes read as two words.
+    unsafe { core::ptr::read_unaligned(c.as_ptr() as *const [u64; 2]) }
+}
+
+/// The task-name and memory-cgroup parts of [`attribute`].
+#[inline(always)]
+fn attribute_rest(allocator: Allocator, bytes: u64, btf: bool, on: u32) {
     if on & ATTR_COMMS != 0 {
-        let key = CommKey {
-            allocator: allocator as u32,
-            comm: bpf_get_current_comm().unwrap_or([0; 16]),
-        };
-        let overflow = CommKey {
-            allocator: allocator as u32,
-            comm: [0; 16],
-        };
-        count_usage(&COMMS, key, overflow, bytes);
+        let words = current_comm(btf);
+        if let Some((p, _)) = table_value(&COMM_TABLE, allocator as u32, words) {
+            add_usage(p, bytes);
+        } else {
+            let key = CommKey {
+                allocator: allocator as u32,
+                // SAFETY: two plain words read as their 16 bytes.
+                comm: unsafe { core::ptr::read_unaligned(words.as_ptr() as *const [u8; 16]) },
+            };
+            let overflow = CommKey {
+                allocator: allocator as u32,
+                comm: [0; 16],
+            };
+            count_usage(&COMMS, key, overflow, bytes);
+        }
     }
     if on & ATTR_CGROUPS != 0 {
         let key = CgroupKey {
@@ -454,9 +598,15 @@ fn count_failure(allocator: Allocator, order: u32, gfp: u64) {
 
 #[inline(always)]
 fn record_size(allocator: Allocator, gfp: u64, requested: u64, allocated: u64) {
-    let key = gfp_key(allocator, 0, gfp);
-    let overflow = gfp_key(allocator, 0, GFP_OVERFLOW);
-    if let Some(p) = slot::<_, SizeStats>(&SIZE_STATS, key, overflow) {
+    let p = match table_value(&SIZE_TABLE, allocator as u32, [size_table_key(gfp)]) {
+        Some((p, _)) => Some(p),
+        None => {
+            let key = gfp_key(allocator, 0, gfp);
+            let overflow = gfp_key(allocator, 0, GFP_OVERFLOW);
+            slot::<_, SizeStats>(&SIZE_STATS, key, overflow)
+        }
+    };
+    if let Some(p) = p {
         let bucket = size_bucket(allocated);
         // SAFETY: per-CPU value; the bounds check satisfies the verifier.
         unsafe {
@@ -580,6 +730,19 @@ fn read_name(src: *const u8, buf: &mut [u8; CACHE_NAME_LEN]) {
     let _ = unsafe { bpf_probe_read_kernel_str_bytes(src, buf) };
 }
 
+/// Records the name of cache `id` in [`CACHE_NAMES`] if it has none: read from `cache` (a
+/// BTF tracepoint's `struct kmem_cache *`), or already in `name` (a classic one).
+#[inline(always)]
+fn record_cache_name(id: u64, cache: *const u8, name: &mut CacheName) {
+    if !cache.is_null() {
+        // SAFETY: a plain read of a global.
+        let off = unsafe { core::ptr::read_volatile(&LAYOUTS.kmem_cache) };
+        let name_ptr = read(cache, off.name) as *const u8;
+        read_name(name_ptr, &mut name.name);
+    }
+    let _ = CACHE_NAMES.insert(id, *name, BPF_NOEXIST as u64);
+}
+
 #[inline(always)]
 fn on_kmem_cache_alloc(ctx: *mut c_void, l: &KmemCacheAllocLayout, btf: bool) {
     if !wanted() {
@@ -620,11 +783,17 @@ fn on_kmem_cache_alloc(ctx: *mut c_void, l: &KmemCacheAllocLayout, btf: bool) {
         name: [0; CACHE_NAME_LEN],
     };
     let (id, requested, allocated, cache) = if l.s.is_present() {
-        // BTF tracepoint: the cache itself; its name is read only when first seen.
+        // BTF tracepoint: the cache itself, its address as id; its name is read only when
+        // first seen.
         let s = r.get(l.s) as *const u8;
         // SAFETY: a plain read of a global.
         let off = unsafe { core::ptr::read_volatile(&LAYOUTS.kmem_cache) };
-        (s as u64, deref(s, off.object_size), deref(s, off.size), s)
+        (
+            address_of(s),
+            deref(s, off.object_size),
+            deref(s, off.size),
+            s,
+        )
     } else {
         // Classic tracepoint: the record holds the name as a __data_loc string.
         let loc = r.get(l.name);
@@ -640,18 +809,21 @@ fn on_kmem_cache_alloc(ctx: *mut c_void, l: &KmemCacheAllocLayout, btf: bool) {
     record_size(Allocator::KmemCache, gfp, requested, allocated);
     attribute(Allocator::KmemCache, call_site, allocated, btf);
 
-    let p = match CACHE_STATS.get_ptr_mut(id) {
-        Some(p) => Some(p),
-        None => {
-            if !cache.is_null() {
-                // SAFETY: a plain read of a global.
-                let off = unsafe { core::ptr::read_volatile(&LAYOUTS.kmem_cache) };
-                let name_ptr = read(cache, off.name) as *const u8;
-                read_name(name_ptr, &mut name.name);
-            }
-            let _ = CACHE_NAMES.insert(id, name, BPF_NOEXIST as u64);
-            slot::<_, CacheStats>(&CACHE_STATS, id, CACHE_OVERFLOW)
+    let p = match table_value(&CACHE_TABLE, 0, [id]) {
+        // Seen before on this CPU: its name is known.
+        Some((p, false)) => Some(p),
+        // New on this CPU: its name is recorded once for all CPUs.
+        Some((p, true)) => {
+            record_cache_name(id, cache, &mut name);
+            Some(p)
         }
+        None => match CACHE_STATS.get_ptr_mut(id) {
+            Some(p) => Some(p),
+            None => {
+                record_cache_name(id, cache, &mut name);
+                slot::<_, CacheStats>(&CACHE_STATS, id, CACHE_OVERFLOW)
+            }
+        },
     };
     if let Some(p) = p {
         // SAFETY: per-CPU value.
@@ -712,9 +884,15 @@ fn on_mm_page_alloc(ctx: *mut c_void, l: &PageAllocLayout, btf: bool) {
     }
     raise(Maximum::PageOrderPlusOne, order as u64 + 1);
     attribute(Allocator::Page, 0, page_bytes(order), btf);
+    let migratetype = r.get(l.migratetype) as u32;
+    if let Some((p, _)) = table_value(&PAGE_TABLE, 0, [page_table_key(order, migratetype, gfp)]) {
+        // SAFETY: per-CPU value only this program writes.
+        unsafe { *p += 1 };
+        return;
+    }
     let key = PageKey {
         order,
-        migratetype: r.get(l.migratetype) as u32,
+        migratetype,
         gfp,
     };
     let overflow = PageKey {

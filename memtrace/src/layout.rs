@@ -260,6 +260,15 @@ pub fn memcg_offsets(btf: &Btf) -> Result<MemcgOffsets, String> {
     })
 }
 
+/// `task_struct.comm`'s offset, when the kernel's BTF has it as 16 bytes (else 0: the
+/// programs then copy the name with the `bpf_get_current_comm` helper).
+pub fn task_comm_offset(btf: &Btf) -> u32 {
+    btf.struct_members("task_struct")
+        .and_then(|m| m.into_iter().find(|m| m.name == "comm"))
+        .filter(|m| m.size == 16 && m.byte_offset > 0)
+        .map_or(0, |m| m.byte_offset)
+}
+
 /// Resolves every event's layout from what this kernel offers.
 pub fn resolve(btf: Option<&Btf>, tracefs: Option<&Path>) -> Resolved {
     let mut r = Resolved {
@@ -267,6 +276,7 @@ pub fn resolve(btf: Option<&Btf>, tracefs: Option<&Path>) -> Resolved {
         ..Default::default()
     };
     let cache_offsets = btf.and_then(|b| kmem_cache_offsets(b, &mut r.layouts.kmem_cache));
+    r.layouts.task.comm = btf.map_or(0, task_comm_offset);
     match btf.map(memcg_offsets) {
         Some(Ok(o)) => r.layouts.memcg = o,
         Some(Err(why)) => r.memcg_missing = Some(why),

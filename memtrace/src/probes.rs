@@ -19,6 +19,10 @@ use memtrace_common::{
     MAP_EVENTS, MAP_FAILURES, MAP_MAXIMA, MAP_PAGE_ALLOCS, MAP_SIZE_STATS, MAP_STACKS, MAXIMA_LEN,
     ORDER_SLOTS, PROBES, PageKey, ProbeSpec, SiteKey, SizeStats, Usage,
 };
+use memtrace_common::{
+    CACHE_SLOTS, COMM_SLOTS, MAP_CACHE_TABLE, MAP_COMM_TABLE, MAP_PAGE_TABLE, MAP_SITE_TABLE,
+    MAP_SIZE_TABLE, PAGE_SLOTS, SITE_SLOTS, SIZE_SLOTS, Slot, page_table_fields, size_table_gfp,
+};
 use serde::Serialize;
 
 use crate::{btf::Btf, layout, tracefs};
@@ -136,6 +140,10 @@ pub struct TracerOptions {
     /// `ATTR_CGROUPS` on.
     pub cgroups_max: u32,
     pub attach: AttachPreference,
+    /// Slots of each per-CPU table the programs use before the hash maps (see
+    /// [`memtrace_common::Slot`]): a power of two below the table's size, or 0 for all.
+    /// Only tests lower it, to drive keys into the hash maps.
+    pub table_slots: u32,
 }
 
 impl Default for TracerOptions {
@@ -151,6 +159,7 @@ impl Default for TracerOptions {
             callsites_max: memtrace_common::CALLSITES_MAX,
             comms_max: memtrace_common::COMMS_MAX,
             cgroups_max: memtrace_common::CGROUPS_MAX,
+            table_slots: 0,
         }
     }
 }
@@ -488,7 +497,21 @@ impl Tracer {
             read_summed::<GfpKey, SizeStats>(e, MAP_SIZE_STATS, SizeStats::ZERO, SizeStats::add)?
         {
             if let (Some(a), true) = (Allocator::from_u32(key.allocator), total.count() > 0) {
-                snap.sizes.insert((a, key.gfp), total);
+                snap.sizes
+                    .entry((a, key.gfp))
+                    .or_insert(SizeStats::ZERO)
+                    .add(&total);
+            }
+        }
+        for (entry, [key], total) in
+            read_table::<1, _, SIZE_SLOTS>(e, MAP_SIZE_TABLE, SizeStats::ZERO, SizeStats::add)?
+        {
+            if let (Some(a), true) = (Allocator::from_u32(entry), total.count() > 0) {
+                let gfp = size_table_gfp(key);
+                snap.sizes
+                    .entry((a, gfp))
+                    .or_insert(SizeStats::ZERO)
+                    .add(&total);
             }
         }
         for (key, n) in read_summed::<GfpKey, u64>(e, MAP_FAILURES, 0, sum)? {
@@ -498,7 +521,15 @@ impl Tracer {
         }
         for (key, n) in read_summed::<PageKey, u64>(e, MAP_PAGE_ALLOCS, 0, sum)? {
             if n > 0 {
-                snap.pages.insert((key.order, key.migratetype, key.gfp), n);
+                *snap
+                    .pages
+                    .entry((key.order, key.migratetype, key.gfp))
+                    .or_default() += n;
+            }
+        }
+        for (_, [key], n) in read_table::<1, _, PAGE_SLOTS>(e, MAP_PAGE_TABLE, 0u64, sum)? {
+            if n > 0 {
+                *snap.pages.entry(page_table_fields(key)).or_default() += n;
             }
         }
         let names: BpfHashMap<&MapData, u64, CacheName> = BpfHashMap::try_from(
@@ -506,9 +537,18 @@ impl Tracer {
                 .map(MAP_CACHE_NAMES)
                 .context("map CACHE_NAMES missing")?,
         )?;
+        let mut caches: BTreeMap<u64, CacheStats> = BTreeMap::new();
         for (id, total) in
             read_summed::<u64, CacheStats>(e, MAP_CACHE_STATS, CacheStats::ZERO, CacheStats::add)?
         {
+            caches.entry(id).or_insert(CacheStats::ZERO).add(&total);
+        }
+        for (_, [id], total) in
+            read_table::<1, _, CACHE_SLOTS>(e, MAP_CACHE_TABLE, CacheStats::ZERO, CacheStats::add)?
+        {
+            caches.entry(id).or_insert(CacheStats::ZERO).add(&total);
+        }
+        for (id, total) in caches {
             if total.allocations == 0 {
                 continue;
             }
@@ -552,12 +592,30 @@ impl Tracer {
                     .add(&u);
             }
         }
-        for (key, u) in
-            read_summed::<CommKey, Usage>(&self.ebpf, MAP_COMMS, Usage::default(), Usage::add)?
+        for (entry, [site], u) in
+            read_table::<1, _, SITE_SLOTS>(e, MAP_SITE_TABLE, Usage::default(), Usage::add)?
         {
-            if let (Some(a), true) = (Allocator::from_u32(key.allocator), u.allocations > 0) {
-                let end = key.comm.iter().position(|&b| b == 0).unwrap_or(16);
-                let comm = String::from_utf8_lossy(&key.comm[..end]).into_owned();
+            if let (Some(a), true) = (Allocator::from_u32(entry), u.allocations > 0) {
+                snap.callsites.entry((a, site)).or_default().add(&u);
+            }
+        }
+        let comms = read_summed::<CommKey, Usage>(e, MAP_COMMS, Usage::default(), Usage::add)?
+            .into_iter()
+            .map(|(k, u)| (k.allocator, k.comm, u));
+        let table =
+            read_table::<2, _, COMM_SLOTS>(e, MAP_COMM_TABLE, Usage::default(), Usage::add)?
+                .into_iter()
+                .map(|(entry, [a, b], u)| {
+                    let mut comm = [0; 16];
+                    comm[..8].copy_from_slice(&a.to_ne_bytes());
+                    comm[8..].copy_from_slice(&b.to_ne_bytes());
+                    (entry, comm, u)
+                });
+        for (allocator, comm, u) in comms.chain(table) {
+            if let (Some(a), true) = (Allocator::from_u32(allocator), u.allocations > 0) {
+                // The name ends at its NUL; a task's bytes after it are not part of it.
+                let end = comm.iter().position(|&b| b == 0).unwrap_or(16);
+                let comm = String::from_utf8_lossy(&comm[..end]).into_owned();
                 snap.comms.entry((a, comm)).or_default().add(&u);
             }
         }
@@ -583,6 +641,7 @@ pub(crate) fn load_object(layouts: &Layouts, opts: &TracerOptions) -> anyhow::Re
         .override_global(GLOBAL_NOTABLE_MIN_ORDER, &opts.notable_min_order, true)
         .override_global(GLOBAL_ATTRIBUTION, &opts.attribution, true)
         .override_global(GLOBAL_PAGE_SIZE, &page_size(), true)
+        .override_global(memtrace_common::GLOBAL_TABLE_SLOTS, &opts.table_slots, true)
         .override_global(
             memtrace_common::GLOBAL_HOOKS_ONLY,
             &u32::from(opts.hooks_only),
@@ -626,6 +685,31 @@ fn pre_insert<K: aya::Pod, V: aya::Pod>(
             .with_context(|| format!("pre-insert the overflow key of {map}"))?;
     }
     Ok(())
+}
+
+/// Every used slot of every entry of the per-CPU table array `map` (see
+/// [`memtrace_common::Slot`]) as (entry, key, value), the same key's slots over CPUs folded
+/// with `add`.
+fn read_table<const W: usize, V: aya::Pod, const N: usize>(
+    ebpf: &Ebpf,
+    map: &str,
+    zero: V,
+    add: impl Fn(&mut V, &V),
+) -> anyhow::Result<Vec<(u32, [u64; W], V)>> {
+    let m: PerCpuArray<&MapData, [Slot<W, V>; N]> = PerCpuArray::try_from(
+        ebpf.map(map)
+            .with_context(|| format!("map {map} missing"))?,
+    )?;
+    let mut out: BTreeMap<(u32, [u64; W]), V> = BTreeMap::new();
+    for entry in 0..m.len() {
+        let per_cpu = m.get(&entry, 0).with_context(|| format!("reading {map}"))?;
+        for table in per_cpu.iter() {
+            for slot in table.iter().filter(|s| s.key != [0; W]) {
+                add(out.entry((entry, slot.key)).or_insert(zero), &slot.value);
+            }
+        }
+    }
+    Ok(out.into_iter().map(|((e, k), v)| (e, k, v)).collect())
 }
 
 /// Every entry of the per-CPU hash `map`, its CPUs folded with `add`.
@@ -734,7 +818,11 @@ pub(crate) fn attach_btf(
         .ok_or_else(|| format!("program {} missing from the object", spec.btf_program))?
         .try_into()
         .map_err(|e: aya::programs::ProgramError| one_line(&e))?;
-    prog.load(spec.event, btf).map_err(|e| one_line(&e))?;
+    prog.load(spec.event, btf).map_err(|e| {
+        // The verifier's log is long: it is for whoever debugs a refused program.
+        tracing::debug!(program = spec.btf_program, "load refused: {e:?}");
+        one_line(&e)
+    })?;
     if attach {
         prog.attach().map_err(|e| one_line(&e))?;
     }

@@ -692,11 +692,13 @@ fn call_sites_and_task_names_match_ftrace_in_both_attach_modes() {
     }
 }
 
-/// With more distinct call sites than the map holds, the rest count under the overflow slot:
-/// per allocator, the call-site totals still equal the allocator's own count, and the loss
-/// of detail is reported.
+/// The hot path counts in small per-CPU tables first, then in per-CPU hash maps, then in
+/// the hash maps' overflow slots. With one table slot per CPU and more distinct call sites
+/// than the call-site map holds, every level is used: the rest count under the overflow
+/// slot, per allocator the call-site and task-name totals still equal the allocator's own
+/// count, the slab caches' total equals kmem_cache's, and the loss of detail is reported.
 #[test]
-fn a_full_call_site_map_keeps_totals_exact() {
+fn full_tables_and_maps_keep_totals_exact() {
     let Some(_guard) = require_kernel() else {
         return;
     };
@@ -705,6 +707,7 @@ fn a_full_call_site_map_keeps_totals_exact() {
         filter_tid: worker.tid,
         // Five slots are the pre-inserted overflow keys: three left for real call sites.
         callsites_max: 8,
+        table_slots: 1,
         ..Default::default()
     })
     .unwrap_or_else(|e| panic!("memtrace could not start: {e:#}"));
@@ -721,25 +724,43 @@ fn a_full_call_site_map_keeps_totals_exact() {
     });
     let _ = std::fs::remove_dir_all(&dir);
     let snap = tracer.snapshot().expect("snapshot");
+    // Per allocator with call sites, one table slot per CPU, and three map entries.
+    let cpus = aya::util::nr_cpus().expect("CPU count");
     let distinct = snap.callsites.keys().filter(|(_, addr)| *addr != 0).count();
-    assert!(distinct <= 3, "only three real call sites fit: {distinct}");
+    assert!(
+        distinct <= 3 + 3 * cpus,
+        "only 3 + 3 × {cpus} real call sites fit: {distinct}"
+    );
     assert!(
         snap.counter(Counter::MapFull) > 0,
         "the overflow is reported"
     );
     for a in [Allocator::Kmalloc, Allocator::KmemCache, Allocator::Percpu] {
+        let total = snap.total(a).count();
+        assert!(total > 0, "{a:?}: the workload allocates");
         let by_site: u64 = snap
             .callsites
             .iter()
             .filter(|((x, _), _)| *x == a)
             .map(|(_, u)| u.allocations)
             .sum();
-        assert_eq!(
-            by_site,
-            snap.total(a).count(),
-            "{a:?}: call-site totals stay exact"
-        );
+        assert_eq!(by_site, total, "{a:?}: call-site totals stay exact");
+        let by_comm: u64 = snap
+            .comms
+            .iter()
+            .filter(|((x, _), _)| *x == a)
+            .map(|(_, u)| u.allocations)
+            .sum();
+        assert_eq!(by_comm, total, "{a:?}: task-name totals stay exact");
     }
+    let by_cache: u64 = snap.caches.values().map(|c| c.allocations).sum();
+    assert_eq!(
+        by_cache,
+        snap.total(Allocator::KmemCache).count(),
+        "slab cache totals stay exact"
+    );
+    let pages: u64 = snap.pages.values().sum();
+    assert!(pages >= 8, "the pipe's pages are counted: {pages}");
 }
 
 // ---------------------------------------------------------------------------------------
