@@ -19,14 +19,21 @@ pub fn size_bucket(bytes: u64) -> usize {
     if bytes <= (1 << SIZE_BUCKET_MIN_SHIFT) {
         return 0;
     }
-    // ceil(log2(bytes)) = 64 - leading_zeros(bytes - 1) for bytes >= 2.
-    let ceil_log2 = 64 - (bytes - 1).leading_zeros();
-    let idx = (ceil_log2 - SIZE_BUCKET_MIN_SHIFT) as usize;
-    if idx >= SIZE_BUCKETS - 1 {
-        SIZE_BUCKETS - 1
-    } else {
-        idx
+    // For bytes > 8: idx = ceil(log2(bytes)) - 3 = floor(log2(bytes - 1)) - 2, at most the
+    // overflow bucket: the largest idx <= SIZE_BUCKETS - 1 with bytes - 1 >= 2^(idx + 2),
+    // found by binary search. BPF has no count-leading-zeros instruction; the compiler's
+    // portable one is some 40 instructions on the hot path, this is 5 comparisons.
+    let v = bytes - 1;
+    let mut idx = 0;
+    let mut step = 16;
+    while step > 0 {
+        let next = idx + step;
+        if next < SIZE_BUCKETS && v >> (next + 2) != 0 {
+            idx = next;
+        }
+        step >>= 1;
     }
+    idx
 }
 
 /// The upper bound (`le`) of bucket `idx`, or `None` for the overflow bucket.
@@ -474,6 +481,51 @@ impl EventLayouts {
     };
 }
 
+/// The BTF tracepoint argument `i` of `size` bytes.
+const fn arg(i: u16, size: u16) -> FieldLoc {
+    FieldLoc::new(8 * i, size)
+}
+
+/// The hot events' BTF tracepoint layouts as the prototypes of mainline kernels since 6.1
+/// have them (`btf_trace_kmalloc(void *, unsigned long call_site, const void *ptr,
+/// size_t bytes_req, size_t bytes_alloc, gfp_t gfp_flags, int node)` and so on).
+///
+/// Each hot event has a second BTF program, `<event>_btf_fixed`, compiled with its layout
+/// from here as constants: every field is one load at a constant offset, with no layout to
+/// read and nothing to select at run time. Userspace loads it only where the layout it
+/// resolved from the running kernel's BTF equals this one ([`ProbeSpec::fixed_matches`]),
+/// and the generic `<event>_btf` program everywhere else; so this is a fast path, never an
+/// assumption about the kernel.
+pub struct FixedBtf;
+
+impl FixedBtf {
+    pub const KMALLOC: KmallocLayout = KmallocLayout {
+        call_site: arg(0, 8),
+        ptr: arg(1, 8),
+        bytes_req: arg(2, 8),
+        bytes_alloc: arg(3, 8),
+        gfp_flags: arg(4, 4),
+    };
+    pub const FREE: FreeLayout = FreeLayout { ptr: arg(1, 8) };
+    pub const KMEM_CACHE_ALLOC: KmemCacheAllocLayout = KmemCacheAllocLayout {
+        call_site: arg(0, 8),
+        ptr: arg(1, 8),
+        gfp_flags: arg(3, 4),
+        name: NO,
+        bytes_req: NO,
+        bytes_alloc: NO,
+        s: arg(2, 8),
+    };
+    pub const MM_PAGE_ALLOC: PageAllocLayout = PageAllocLayout {
+        pfn: NO,
+        page: arg(0, 8),
+        order: arg(1, 4),
+        gfp_flags: arg(2, 4),
+        migratetype: arg(3, 4),
+    };
+    pub const MM_PAGE_FREE: PageFreeLayout = PageFreeLayout { order: arg(1, 4) };
+}
+
 /// Byte offsets, from the running kernel's BTF, of the pointer chain from the current task
 /// to its memory cgroup's id:
 /// `task_struct.cgroups` (`struct css_set *`) → `css_set.subsys[memory_cgrp_id]`
@@ -676,11 +728,11 @@ pub fn table_hash<const W: usize>(key: &[u64; W]) -> usize {
     (h >> 40) as usize
 }
 
-/// Slots per allocator in [`MAP_SIZE_TABLE`]: (allocator, gfp) pairs (a few dozen exist).
+/// Slots of [`AllocatorTables::sizes`]: gfp values (a few dozen exist).
 pub const SIZE_SLOTS: usize = 32;
-/// Slots per allocator in [`MAP_SITE_TABLE`]: call sites.
+/// Slots of [`AllocatorTables::sites`]: call sites.
 pub const SITE_SLOTS: usize = 512;
-/// Slots per allocator in [`MAP_COMM_TABLE`]: task names.
+/// Slots of [`AllocatorTables::comms`]: task names.
 pub const COMM_SLOTS: usize = 256;
 /// Slots in [`MAP_CACHE_TABLE`]: slab caches.
 pub const CACHE_SLOTS: usize = 512;
@@ -698,13 +750,21 @@ pub type CacheTable = [Slot<1, CacheStats>; CACHE_SLOTS];
 /// Page allocations; key: [`page_table_key`].
 pub type PageTable = [Slot<1, u64>; PAGE_SLOTS];
 
+/// One allocator's tables: one per-CPU array value, so that an allocation finds all three
+/// with one (inlined) lookup.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct AllocatorTables {
+    pub sizes: SizeTable,
+    pub sites: SiteTable,
+    pub comms: CommTable,
+}
+
 const _: () = assert!(SIZE_SLOTS.is_power_of_two() && SITE_SLOTS.is_power_of_two());
 const _: () = assert!(COMM_SLOTS.is_power_of_two() && CACHE_SLOTS.is_power_of_two());
 const _: () = assert!(PAGE_SLOTS.is_power_of_two());
 // A per-CPU array value is at most 32 KiB (the kernel's PCPU_MIN_UNIT_SIZE).
-const _: () = assert!(core::mem::size_of::<SizeTable>() <= 32 * 1024);
-const _: () = assert!(core::mem::size_of::<SiteTable>() <= 32 * 1024);
-const _: () = assert!(core::mem::size_of::<CommTable>() <= 32 * 1024);
+const _: () = assert!(core::mem::size_of::<AllocatorTables>() <= 32 * 1024);
 const _: () = assert!(core::mem::size_of::<CacheTable>() <= 32 * 1024);
 const _: () = assert!(core::mem::size_of::<PageTable>() <= 32 * 1024);
 
@@ -740,12 +800,8 @@ pub fn page_table_fields(key: u64) -> (u32, u32, u64) {
     )
 }
 
-/// Per-CPU array, one [`SizeTable`] per [`Allocator`].
-pub const MAP_SIZE_TABLE: &str = "SIZE_TABLE";
-/// Per-CPU array, one [`SiteTable`] per [`Allocator`].
-pub const MAP_SITE_TABLE: &str = "SITE_TABLE";
-/// Per-CPU array, one [`CommTable`] per [`Allocator`].
-pub const MAP_COMM_TABLE: &str = "COMM_TABLE";
+/// Per-CPU array, one [`AllocatorTables`] per [`Allocator`].
+pub const MAP_TABLES: &str = "TABLES";
 /// Per-CPU array of one [`CacheTable`].
 pub const MAP_CACHE_TABLE: &str = "CACHE_TABLE";
 /// Per-CPU array of one [`PageTable`].
@@ -811,10 +867,10 @@ pub const GLOBAL_NOTABLE_MIN_BYTES: &str = "NOTABLE_MIN_BYTES";
 /// [`NotableEvent`]s; above the highest order sends none.
 pub const GLOBAL_NOTABLE_MIN_ORDER: &str = "NOTABLE_MIN_ORDER";
 
-/// Load-time global (`u32`): slots of each per-CPU table the programs use (a power of two
-/// below the table's size), or 0 for all of them (see [`Slot`]). Tests lower it to drive keys
-/// into the hash maps.
-pub const GLOBAL_TABLE_SLOTS: &str = "TABLE_SLOTS";
+/// Load-time global (`u32`): a mask on every per-CPU table's slot index (see [`Slot`]):
+/// `u32::MAX` uses every slot; `n - 1` only the first `n` (a power of two). Tests lower it to
+/// drive keys into the hash maps.
+pub const GLOBAL_TABLE_MASK: &str = "TABLE_MASK";
 /// Load-time global (`u32`): which attribution is on ([`ATTR_CALLSITES`], [`ATTR_COMMS`],
 /// [`ATTR_STACKS`], [`ATTR_CGROUPS`]).
 pub const GLOBAL_ATTRIBUTION: &str = "ATTRIBUTION";
@@ -884,6 +940,25 @@ pub struct ProbeSpec {
     pub event: &'static str,
     pub tp_program: &'static str,
     pub btf_program: &'static str,
+    /// The BTF program compiled with [`FixedBtf`]'s layout of the event, for the hot events.
+    pub fixed_program: Option<&'static str>,
+}
+
+impl ProbeSpec {
+    /// Whether `l`, the BTF layouts resolved from the running kernel, has this event's
+    /// fields where [`Self::fixed_program`] was compiled to find them.
+    pub fn fixed_matches(&self, l: &EventLayouts) -> bool {
+        self.fixed_program.is_some()
+            && match self.event {
+                "kmalloc" => l.kmalloc == FixedBtf::KMALLOC,
+                "kfree" => l.kfree == FixedBtf::FREE,
+                "kmem_cache_alloc" => l.kmem_cache_alloc == FixedBtf::KMEM_CACHE_ALLOC,
+                "kmem_cache_free" => l.kmem_cache_free == FixedBtf::FREE,
+                "mm_page_alloc" => l.mm_page_alloc == FixedBtf::MM_PAGE_ALLOC,
+                "mm_page_free" => l.mm_page_free == FixedBtf::MM_PAGE_FREE,
+                _ => false,
+            }
+    }
 }
 
 pub const PROBES: &[ProbeSpec] = &[
@@ -892,84 +967,98 @@ pub const PROBES: &[ProbeSpec] = &[
         event: "kmalloc",
         tp_program: "kmalloc_tp",
         btf_program: "kmalloc_btf",
+        fixed_program: Some("kmalloc_btf_fixed"),
     },
     ProbeSpec {
         category: "kmem",
         event: "kfree",
         tp_program: "kfree_tp",
         btf_program: "kfree_btf",
+        fixed_program: Some("kfree_btf_fixed"),
     },
     ProbeSpec {
         category: "kmem",
         event: "kmem_cache_alloc",
         tp_program: "kmem_cache_alloc_tp",
         btf_program: "kmem_cache_alloc_btf",
+        fixed_program: Some("kmem_cache_alloc_btf_fixed"),
     },
     ProbeSpec {
         category: "kmem",
         event: "kmem_cache_free",
         tp_program: "kmem_cache_free_tp",
         btf_program: "kmem_cache_free_btf",
+        fixed_program: Some("kmem_cache_free_btf_fixed"),
     },
     ProbeSpec {
         category: "kmem",
         event: "mm_page_alloc",
         tp_program: "mm_page_alloc_tp",
         btf_program: "mm_page_alloc_btf",
+        fixed_program: Some("mm_page_alloc_btf_fixed"),
     },
     ProbeSpec {
         category: "kmem",
         event: "mm_page_free",
         tp_program: "mm_page_free_tp",
         btf_program: "mm_page_free_btf",
+        fixed_program: Some("mm_page_free_btf_fixed"),
     },
     ProbeSpec {
         category: "kmem",
         event: "mm_page_free_batched",
         tp_program: "mm_page_free_batched_tp",
         btf_program: "mm_page_free_batched_btf",
+        fixed_program: None,
     },
     ProbeSpec {
         category: "kmem",
         event: "mm_page_alloc_extfrag",
         tp_program: "mm_page_alloc_extfrag_tp",
         btf_program: "mm_page_alloc_extfrag_btf",
+        fixed_program: None,
     },
     ProbeSpec {
         category: "vmalloc",
         event: "alloc_vmap_area",
         tp_program: "alloc_vmap_area_tp",
         btf_program: "alloc_vmap_area_btf",
+        fixed_program: None,
     },
     ProbeSpec {
         category: "vmalloc",
         event: "purge_vmap_area_lazy",
         tp_program: "purge_vmap_area_lazy_tp",
         btf_program: "purge_vmap_area_lazy_btf",
+        fixed_program: None,
     },
     ProbeSpec {
         category: "percpu",
         event: "percpu_alloc_percpu",
         tp_program: "percpu_alloc_percpu_tp",
         btf_program: "percpu_alloc_percpu_btf",
+        fixed_program: None,
     },
     ProbeSpec {
         category: "percpu",
         event: "percpu_alloc_percpu_fail",
         tp_program: "percpu_alloc_percpu_fail_tp",
         btf_program: "percpu_alloc_percpu_fail_btf",
+        fixed_program: None,
     },
     ProbeSpec {
         category: "compaction",
         event: "mm_compaction_try_to_compact_pages",
         tp_program: "mm_compaction_try_to_compact_pages_tp",
         btf_program: "mm_compaction_try_to_compact_pages_btf",
+        fixed_program: None,
     },
     ProbeSpec {
         category: "oom",
         event: "mark_victim",
         tp_program: "mark_victim_tp",
         btf_program: "mark_victim_btf",
+        fixed_program: None,
     },
 ];
 
@@ -990,6 +1079,7 @@ mod pod {
     unsafe impl aya::Pod for FieldLoc {}
     unsafe impl aya::Pod for Layouts {}
     unsafe impl<const W: usize, V: aya::Pod> aya::Pod for Slot<W, V> {}
+    unsafe impl aya::Pod for AllocatorTables {}
 }
 
 #[cfg(test)]
@@ -1036,6 +1126,10 @@ mod tests {
         assert_eq!(core::mem::size_of::<SiteTable>(), 24 * SITE_SLOTS);
         assert_eq!(core::mem::size_of::<CommTable>(), 32 * COMM_SLOTS);
         assert_eq!(core::mem::size_of::<SizeTable>(), 192 * SIZE_SLOTS);
+        assert_eq!(
+            core::mem::size_of::<AllocatorTables>(),
+            192 * SIZE_SLOTS + 24 * SITE_SLOTS + 32 * COMM_SLOTS
+        );
     }
 
     #[test]
@@ -1049,6 +1143,26 @@ mod tests {
         c[0] = b'F';
         assert_ne!(cache_name_id(&a), cache_name_id(&c));
         assert_ne!(cache_name_id(&[0; CACHE_NAME_LEN]), CACHE_OVERFLOW);
+    }
+
+    #[test]
+    fn size_bucket_is_the_ceiling_log2_clamped() {
+        let reference = |bytes: u64| -> usize {
+            if bytes <= 8 {
+                return 0;
+            }
+            let ceil_log2 = 64 - (bytes - 1).leading_zeros() as usize;
+            (ceil_log2 - 3).min(SIZE_BUCKETS - 1)
+        };
+        for shift in 0..64 {
+            for delta in [-1i64, 0, 1] {
+                let bytes = (1u64 << shift).wrapping_add_signed(delta);
+                assert_eq!(size_bucket(bytes), reference(bytes), "{bytes} bytes");
+            }
+        }
+        for bytes in (0..70_000).chain([u64::MAX, u64::MAX - 1, 3 << 40]) {
+            assert_eq!(size_bucket(bytes), reference(bytes), "{bytes} bytes");
+        }
     }
 
     #[test]

@@ -24,7 +24,7 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, FEntryContext, TracePointContext, tracing::StackIdContext},
 };
 use memtrace_common::{
-    ALLOCATORS, CacheTable, CommTable, PageTable, SiteTable, SizeTable, Slot, TABLE_PROBES,
+    ALLOCATORS, AllocatorTables, CacheTable, FixedBtf, PageTable, Slot, TABLE_PROBES,
     page_table_key, size_table_key, table_hash,
 };
 use memtrace_common::{
@@ -81,13 +81,13 @@ static COMMS: PerCpuHashMap<CommKey, Usage> = PerCpuHashMap::with_max_entries(CO
 static CGROUPS: PerCpuHashMap<CgroupKey, Usage> = PerCpuHashMap::with_max_entries(CGROUPS_MAX, 0);
 
 #[map]
-static SIZE_TABLE: PerCpuArray<SizeTable> = PerCpuArray::with_max_entries(ALLOCATORS, 0);
+static TABLES: PerCpuArray<AllocatorTables> = PerCpuArray::with_max_entries(ALLOCATORS, 0);
 
-#[map]
-static SITE_TABLE: PerCpuArray<SiteTable> = PerCpuArray::with_max_entries(ALLOCATORS, 0);
-
-#[map]
-static COMM_TABLE: PerCpuArray<CommTable> = PerCpuArray::with_max_entries(ALLOCATORS, 0);
+/// This CPU's tables of `allocator` (one inlined array lookup for all three).
+#[inline(always)]
+fn tables(allocator: Allocator) -> Option<*mut AllocatorTables> {
+    TABLES.get_ptr_mut(allocator as u32)
+}
 
 #[map]
 static CACHE_TABLE: PerCpuArray<CacheTable> = PerCpuArray::with_max_entries(1, 0);
@@ -95,18 +95,17 @@ static CACHE_TABLE: PerCpuArray<CacheTable> = PerCpuArray::with_max_entries(1, 0
 #[map]
 static PAGE_TABLE: PerCpuArray<PageTable> = PerCpuArray::with_max_entries(1, 0);
 
-/// Slots of each table the programs use (a power of two below the table's size), or 0 for
-/// all: tests make it small to drive keys into the hash maps.
+/// A mask on every table's slot index: all slots (`u32::MAX`), or the first `n` (`n - 1`):
+/// tests make it small to drive keys into the hash maps.
 #[unsafe(no_mangle)]
-static TABLE_SLOTS: u32 = 0;
+static TABLE_MASK: u32 = u32::MAX;
 
-/// The value of `key` in table `entry` of `table` on this CPU (see [`Slot`]), its slot
-/// claimed if the key is new here (then `true`). `None` when none of the key's
-/// [`TABLE_PROBES`] slots is its own or free, or the key is all-zero: count in the hash map.
+/// The value of `key` in `table` (this CPU's; see [`Slot`]), its slot claimed if the key is
+/// new here (then `true`). `None` when none of the key's [`TABLE_PROBES`] slots is its own or
+/// free, or the key is all-zero, or there is no table: count in the hash map.
 #[inline(always)]
 fn table_value<const W: usize, V, const N: usize>(
-    table: &PerCpuArray<[Slot<W, V>; N]>,
-    entry: u32,
+    table: Option<*mut [Slot<W, V>; N]>,
     key: [u64; W],
 ) -> Option<(*mut V, bool)> {
     let mut zero = true;
@@ -117,14 +116,8 @@ fn table_value<const W: usize, V, const N: usize>(
         return None;
     }
     // SAFETY: a plain read of a global.
-    let limit = unsafe { core::ptr::read_volatile(&TABLE_SLOTS) } as usize;
-    let mask = if limit.is_power_of_two() && limit < N {
-        limit - 1
-    } else {
-        N - 1
-    };
-    // An array lookup, which the kernel inlines.
-    let t = table.get_ptr_mut(entry)? as *mut Slot<W, V>;
+    let mask = (N - 1) & unsafe { core::ptr::read_volatile(&TABLE_MASK) } as usize;
+    let t = table? as *mut Slot<W, V>;
     let h = table_hash(&key);
     for i in 0..TABLE_PROBES {
         // SAFETY: the index is masked below N, the table's length (a power of two), so the
@@ -254,12 +247,19 @@ fn memcg_id(btf: bool) -> u64 {
 /// for the current task's name and for its memory cgroup, as far as attribution is on.
 /// `btf`: the program is a BTF tracepoint.
 #[inline(always)]
-fn attribute(allocator: Allocator, call_site: u64, bytes: u64, btf: bool) {
+fn attribute(
+    allocator: Allocator,
+    t: Option<*mut AllocatorTables>,
+    call_site: u64,
+    bytes: u64,
+    btf: bool,
+) {
     let on = attribution();
     if on & ATTR_CALLSITES != 0 && call_site != 0 {
-        if let Some((p, _)) = table_value(&SITE_TABLE, allocator as u32, [call_site]) {
+        let sites = t.map(|t| unsafe { &raw mut (*t).sites });
+        if let Some((p, _)) = table_value(sites, [call_site]) {
             add_usage(p, bytes);
-            return attribute_rest(allocator, bytes, btf, on);
+            return attribute_rest(allocator, t, bytes, btf, on);
         }
         let key = SiteKey {
             allocator: allocator as u32,
@@ -272,7 +272,7 @@ fn attribute(allocator: Allocator, call_site: u64, bytes: u64, btf: bool) {
         };
         count_usage(&CALLSITES, key, overflow, bytes);
     }
-    attribute_rest(allocator, bytes, btf, on);
+    attribute_rest(allocator, t, bytes, btf, on);
 }
 
 /// Adds one allocation of `bytes` to a [`Usage`].
@@ -310,10 +310,17 @@ fn current_comm(btf: bool) -> [u64; 2] {
 
 /// The task-name and memory-cgroup parts of [`attribute`].
 #[inline(always)]
-fn attribute_rest(allocator: Allocator, bytes: u64, btf: bool, on: u32) {
+fn attribute_rest(
+    allocator: Allocator,
+    t: Option<*mut AllocatorTables>,
+    bytes: u64,
+    btf: bool,
+    on: u32,
+) {
     if on & ATTR_COMMS != 0 {
         let words = current_comm(btf);
-        if let Some((p, _)) = table_value(&COMM_TABLE, allocator as u32, words) {
+        let comms = t.map(|t| unsafe { &raw mut (*t).comms });
+        if let Some((p, _)) = table_value(comms, words) {
             add_usage(p, bytes);
         } else {
             let key = CommKey {
@@ -412,79 +419,72 @@ fn deref(base: *const u8, loc: FieldLoc) -> u64 {
     }
 }
 
+/// One field of an event (see [`Record`]).
 #[inline(always)]
-fn field(ctx: *mut c_void, loc: FieldLoc) -> u64 {
-    read(ctx as *const u8, loc)
+fn field(ctx: *mut c_void, loc: FieldLoc, btf: bool) -> u64 {
+    Record::load(ctx, loc.end(), btf).get(loc)
 }
 
-/// Words of a [`Record`].
+/// Words of a [`Record`]'s copy of a classic tracepoint's record.
 const RECORD_WORDS: usize = RECORD_BYTES / 8;
 
-/// A copy of the start of the context: one helper call per event instead of one per field.
-/// Whole words, so that a BTF tracepoint's typed pointer arguments (`struct page *`,
-/// `struct kmem_cache *`) are spilled to the stack and filled back whole, as the verifier
-/// requires: a pointer copied byte-wise is refused.
+/// An event's fields.
+///
+/// A BTF tracepoint's context is its argument array, which the program may read only at
+/// constant offsets: each field is one load, picked by [`btf_arg`] from the layout (a
+/// read-only global the verifier knows), so nothing is copied. A classic tracepoint's record
+/// is copied once with one helper call (whole words, at most [`RECORD_BYTES`]), and fields
+/// are read from the copy.
 struct Record {
-    buf: [u64; RECORD_WORDS],
+    ctx: *mut c_void,
+    copy: Option<[u64; RECORD_WORDS]>,
 }
 
 impl Record {
-    /// Copies `len` bytes (the span of the fields the program needs) of the context.
-    ///
-    /// A BTF tracepoint's context is its argument array, which the program may read directly
-    /// at constant offsets: the words are loaded one by one, and the verifier, which knows
-    /// `len` (a read-only global), keeps only the loads below it. A classic tracepoint's
-    /// record is copied with one helper call.
+    /// The fields of `ctx`; `len` is the span of the fields the program needs. `btf` is a
+    /// constant in every program, so each keeps only its own way.
     #[inline(always)]
     fn load(ctx: *mut c_void, len: u16, btf: bool) -> Record {
-        let mut r = Record {
-            buf: [0; RECORD_WORDS],
-        };
+        if btf {
+            return Record { ctx, copy: None };
+        }
+        let mut buf = [0u64; RECORD_WORDS];
         let n = if (len as usize) > RECORD_BYTES {
             RECORD_BYTES
         } else {
             len as usize
         };
-        if btf {
-            let args = ctx as *const u64;
-            let words = n.div_ceil(8);
-            macro_rules! word {
-                ($($i:literal)*) => {$(
-                    if $i < words {
-                        // SAFETY: argument $i exists (it is below the span of the fields the
-                        // kernel's prototype has); a constant-offset context read.
-                        r.buf[$i] = unsafe { core::ptr::read_volatile(args.add($i)) };
-                    }
-                )*};
-            }
-            word!(0 1 2 3 4 5 6 7 8 9 10 11);
-            return r;
-        }
         // SAFETY: the helper checks the source address and writes at most n <= RECORD_BYTES
         // bytes into the buffer; on failure the buffer stays zero.
         unsafe {
             aya_ebpf::helpers::generated::bpf_probe_read_kernel(
-                r.buf.as_mut_ptr().cast(),
+                buf.as_mut_ptr().cast(),
                 n as u32,
                 ctx as *const c_void,
             );
         }
-        r
+        Record {
+            ctx,
+            copy: Some(buf),
+        }
     }
 
     /// An unsigned field of 1, 2, 4 or 8 bytes; 0 if absent.
     #[inline(always)]
     fn get(&self, loc: FieldLoc) -> u64 {
+        let Some(buf) = &self.copy else {
+            return btf_arg(self.ctx, loc);
+        };
         let off = loc.offset as usize;
         if off + 8 > RECORD_BYTES {
             return 0;
         }
         if loc.size == 8 && off.is_multiple_of(8) {
-            return self.buf[off / 8];
+            return buf[off / 8];
         }
         // SAFETY: in bounds (checked above); unaligned reads of plain integers.
         unsafe {
-            let p = self.buf.as_ptr().cast::<u8>().add(off);
+            let p = buf.as_ptr().cast::<u8>().add(off);
             match loc.size {
                 8 => core::ptr::read_unaligned(p as *const u64),
                 4 => u64::from(core::ptr::read_unaligned(p as *const u32)),
@@ -493,6 +493,40 @@ impl Record {
                 _ => 0,
             }
         }
+    }
+}
+
+/// Argument `loc` of a BTF tracepoint (`loc.offset` is 8 × its index), as an unsigned value
+/// of `loc.size` bytes; 0 if absent. Every argument is its own constant-offset context load
+/// behind its own comparison with the layout, which is a read-only global: the verifier
+/// knows the value, keeps the one load it selects and removes the other branches. (The
+/// context may not be read at a computed offset; the loads are volatile so that the
+/// compiler cannot merge them into one.)
+#[inline(always)]
+fn btf_arg(ctx: *mut c_void, loc: FieldLoc) -> u64 {
+    let args = ctx as *const u64;
+    if loc.size == 0 || !loc.offset.is_multiple_of(8) {
+        return 0;
+    }
+    macro_rules! arg {
+        ($($i:literal)*) => {
+            match loc.offset / 8 {
+                $(
+                    // SAFETY: argument $i exists: the layout was resolved from this
+                    // kernel's prototype of the tracepoint.
+                    $i => unsafe { core::ptr::read_volatile(args.add($i)) },
+                )*
+                _ => 0,
+            }
+        };
+    }
+    let v = arg!(0 1 2 3 4 5 6 7 8 9 10 11);
+    match loc.size {
+        8 => v,
+        4 => v & 0xffff_ffff,
+        2 => v & 0xffff,
+        1 => v & 0xff,
+        _ => 0,
     }
 }
 
@@ -597,8 +631,15 @@ fn count_failure(allocator: Allocator, order: u32, gfp: u64) {
 }
 
 #[inline(always)]
-fn record_size(allocator: Allocator, gfp: u64, requested: u64, allocated: u64) {
-    let p = match table_value(&SIZE_TABLE, allocator as u32, [size_table_key(gfp)]) {
+fn record_size(
+    allocator: Allocator,
+    t: Option<*mut AllocatorTables>,
+    gfp: u64,
+    requested: u64,
+    allocated: u64,
+) {
+    let sizes = t.map(|t| unsafe { &raw mut (*t).sizes });
+    let p = match table_value(sizes, [size_table_key(gfp)]) {
         Some((p, _)) => Some(p),
         None => {
             let key = gfp_key(allocator, 0, gfp);
@@ -706,8 +747,9 @@ fn on_kmalloc(ctx: *mut c_void, l: &KmallocLayout, btf: bool) {
         emit(ctx, n);
         return;
     }
-    record_size(Allocator::Kmalloc, gfp, bytes_req, bytes_alloc);
-    attribute(Allocator::Kmalloc, n.call_site, bytes_alloc, btf);
+    let t = tables(Allocator::Kmalloc);
+    record_size(Allocator::Kmalloc, t, gfp, bytes_req, bytes_alloc);
+    attribute(Allocator::Kmalloc, t, n.call_site, bytes_alloc, btf);
     raise(Maximum::KmallocBytes, bytes_alloc);
     if bytes_alloc >= min_bytes() {
         n.flags = EVENT_LARGE;
@@ -730,17 +772,26 @@ fn read_name(src: *const u8, buf: &mut [u8; CACHE_NAME_LEN]) {
     let _ = unsafe { bpf_probe_read_kernel_str_bytes(src, buf) };
 }
 
-/// Records the name of cache `id` in [`CACHE_NAMES`] if it has none: read from `cache` (a
-/// BTF tracepoint's `struct kmem_cache *`), or already in `name` (a classic one).
+/// Records the name of cache `id` in [`CACHE_NAMES`] if it has none: `known` (a classic
+/// tracepoint's), or read from `cache` (a BTF tracepoint's `struct kmem_cache *`).
 #[inline(always)]
-fn record_cache_name(id: u64, cache: *const u8, name: &mut CacheName) {
-    if !cache.is_null() {
-        // SAFETY: a plain read of a global.
-        let off = unsafe { core::ptr::read_volatile(&LAYOUTS.kmem_cache) };
-        let name_ptr = read(cache, off.name) as *const u8;
-        read_name(name_ptr, &mut name.name);
-    }
-    let _ = CACHE_NAMES.insert(id, *name, BPF_NOEXIST as u64);
+fn record_cache_name(id: u64, cache: *const u8, known: Option<CacheName>) {
+    let name = match known {
+        Some(n) => n,
+        None => {
+            let mut n = CacheName {
+                name: [0; CACHE_NAME_LEN],
+            };
+            if !cache.is_null() {
+                // SAFETY: a plain read of a global.
+                let off = unsafe { core::ptr::read_volatile(&LAYOUTS.kmem_cache) };
+                let name_ptr = read(cache, off.name) as *const u8;
+                read_name(name_ptr, &mut n.name);
+            }
+            n
+        }
+    };
+    let _ = CACHE_NAMES.insert(id, name, BPF_NOEXIST as u64);
 }
 
 #[inline(always)]
@@ -779,10 +830,9 @@ fn on_kmem_cache_alloc(ctx: *mut c_void, l: &KmemCacheAllocLayout, btf: bool) {
         );
         return;
     }
-    let mut name = CacheName {
-        name: [0; CACHE_NAME_LEN],
-    };
-    let (id, requested, allocated, cache) = if l.s.is_present() {
+    // A classic tracepoint reads the name on every event (it is the id); a BTF one only
+    // when the cache is first seen, so it needs no name buffer on the hot path.
+    let (id, requested, allocated, cache, classic_name) = if l.s.is_present() {
         // BTF tracepoint: the cache itself, its address as id; its name is read only when
         // first seen.
         let s = r.get(l.s) as *const u8;
@@ -793,34 +843,40 @@ fn on_kmem_cache_alloc(ctx: *mut c_void, l: &KmemCacheAllocLayout, btf: bool) {
             deref(s, off.object_size),
             deref(s, off.size),
             s,
+            None,
         )
     } else {
         // Classic tracepoint: the record holds the name as a __data_loc string.
         let loc = r.get(l.name);
         let src = (ctx as *const u8).wrapping_add((loc & 0xffff) as usize);
+        let mut name = CacheName {
+            name: [0; CACHE_NAME_LEN],
+        };
         read_name(src, &mut name.name);
         (
             cache_name_id(&name.name),
             r.get(l.bytes_req),
             r.get(l.bytes_alloc),
             core::ptr::null(),
+            Some(name),
         )
     };
-    record_size(Allocator::KmemCache, gfp, requested, allocated);
-    attribute(Allocator::KmemCache, call_site, allocated, btf);
+    let t = tables(Allocator::KmemCache);
+    record_size(Allocator::KmemCache, t, gfp, requested, allocated);
+    attribute(Allocator::KmemCache, t, call_site, allocated, btf);
 
-    let p = match table_value(&CACHE_TABLE, 0, [id]) {
+    let p = match table_value(CACHE_TABLE.get_ptr_mut(0), [id]) {
         // Seen before on this CPU: its name is known.
         Some((p, false)) => Some(p),
         // New on this CPU: its name is recorded once for all CPUs.
         Some((p, true)) => {
-            record_cache_name(id, cache, &mut name);
+            record_cache_name(id, cache, classic_name);
             Some(p)
         }
         None => match CACHE_STATS.get_ptr_mut(id) {
             Some(p) => Some(p),
             None => {
-                record_cache_name(id, cache, &mut name);
+                record_cache_name(id, cache, classic_name);
                 slot::<_, CacheStats>(&CACHE_STATS, id, CACHE_OVERFLOW)
             }
         },
@@ -883,9 +939,18 @@ fn on_mm_page_alloc(ctx: *mut c_void, l: &PageAllocLayout, btf: bool) {
         );
     }
     raise(Maximum::PageOrderPlusOne, order as u64 + 1);
-    attribute(Allocator::Page, 0, page_bytes(order), btf);
+    attribute(
+        Allocator::Page,
+        tables(Allocator::Page),
+        0,
+        page_bytes(order),
+        btf,
+    );
     let migratetype = r.get(l.migratetype) as u32;
-    if let Some((p, _)) = table_value(&PAGE_TABLE, 0, [page_table_key(order, migratetype, gfp)]) {
+    if let Some((p, _)) = table_value(
+        PAGE_TABLE.get_ptr_mut(0),
+        [page_table_key(order, migratetype, gfp)],
+    ) {
         // SAFETY: per-CPU value only this program writes.
         unsafe { *p += 1 };
         return;
@@ -907,16 +972,19 @@ fn on_mm_page_alloc(ctx: *mut c_void, l: &PageAllocLayout, btf: bool) {
 }
 
 #[inline(always)]
-fn on_mm_page_free(ctx: *mut c_void, l: &PageFreeLayout) {
+fn on_mm_page_free(ctx: *mut c_void, l: &PageFreeLayout, btf: bool) {
     if wanted() {
-        add_counter(PAGE_FREES_BASE + order_slot(field(ctx, l.order)), 1);
+        add_counter(PAGE_FREES_BASE + order_slot(field(ctx, l.order, btf)), 1);
     }
 }
 
 #[inline(always)]
-fn on_extfrag(ctx: *mut c_void, l: &ExtfragLayout) {
+fn on_extfrag(ctx: *mut c_void, l: &ExtfragLayout, btf: bool) {
     if wanted() {
-        add_counter(EXTFRAG_BASE + order_slot(field(ctx, l.fallback_order)), 1);
+        add_counter(
+            EXTFRAG_BASE + order_slot(field(ctx, l.fallback_order, btf)),
+            1,
+        );
     }
 }
 
@@ -925,7 +993,7 @@ fn on_alloc_vmap_area(ctx: *mut c_void, l: &VmapAreaLayout, btf: bool) {
     if !wanted() {
         return;
     }
-    let size = field(ctx, l.size);
+    let size = field(ctx, l.size, btf);
     let mut n = Notable {
         allocator: Allocator::Vmalloc,
         call_site: 0,
@@ -935,14 +1003,15 @@ fn on_alloc_vmap_area(ctx: *mut c_void, l: &VmapAreaLayout, btf: bool) {
         order: 0,
         flags: 0,
     };
-    if field(ctx, l.failed) != 0 {
+    if field(ctx, l.failed, btf) != 0 {
         count_failure(Allocator::Vmalloc, 0, GFP_UNKNOWN);
         n.flags = EVENT_FAILED;
         emit(ctx, n);
         return;
     }
-    record_size(Allocator::Vmalloc, GFP_UNKNOWN, size, size);
-    attribute(Allocator::Vmalloc, 0, size, btf);
+    let t = tables(Allocator::Vmalloc);
+    record_size(Allocator::Vmalloc, t, GFP_UNKNOWN, size, size);
+    attribute(Allocator::Vmalloc, t, 0, size, btf);
     raise(Maximum::VmallocBytes, size);
     if size >= min_bytes() {
         n.flags = EVENT_LARGE;
@@ -951,10 +1020,13 @@ fn on_alloc_vmap_area(ctx: *mut c_void, l: &VmapAreaLayout, btf: bool) {
 }
 
 #[inline(always)]
-fn on_purge(ctx: *mut c_void, l: &PurgeLayout) {
+fn on_purge(ctx: *mut c_void, l: &PurgeLayout, btf: bool) {
     if wanted() {
         bump(Counter::VmallocPurges);
-        add_counter(Counter::VmallocPurgedAreas as u32, field(ctx, l.npurged));
+        add_counter(
+            Counter::VmallocPurgedAreas as u32,
+            field(ctx, l.npurged, btf),
+        );
     }
 }
 
@@ -967,13 +1039,15 @@ fn on_percpu_alloc(ctx: *mut c_void, l: &PercpuAllocLayout, btf: bool) {
             btf,
         );
         let bytes_alloc = r.get(l.bytes_alloc);
+        let t = tables(Allocator::Percpu);
         record_size(
             Allocator::Percpu,
+            t,
             r.get(l.gfp_flags),
             r.get(l.size),
             bytes_alloc,
         );
-        attribute(Allocator::Percpu, r.get(l.call_site), bytes_alloc, btf);
+        attribute(Allocator::Percpu, t, r.get(l.call_site), bytes_alloc, btf);
     }
 }
 
@@ -998,22 +1072,45 @@ macro_rules! probe {
             0
         }
     };
+    // A hot event also gets `$fixed`: the BTF body compiled with the constant layout
+    // `$layout` (see `FixedBtf`), which userspace loads where the kernel's layout equals it.
+    ($event:ident, $name:literal, $tp:ident, $btf:ident, $fixed:ident = $layout:expr,
+     |$ctx:ident, $l:ident, $b:ident| $body:expr) => {
+        probe!($event, $name, $tp, $btf, |$ctx, $l, $b| $body);
+
+        #[btf_tracepoint(function = $name)]
+        pub fn $fixed(ctx: BtfTracePointContext) -> i32 {
+            let $ctx = ctx.as_ptr();
+            let $l = $layout;
+            let $b = true;
+            $body;
+            0
+        }
+    };
 }
 
-probe!(kmalloc, "kmalloc", kmalloc_tp, kmalloc_btf, |c, l, b| {
-    on_kmalloc(c, &l, b)
-});
-probe!(kfree, "kfree", kfree_tp, kfree_btf, |c, l, b| on_free(
-    c,
-    &l,
-    Counter::KmallocFrees,
-    b
-));
+probe!(
+    kmalloc,
+    "kmalloc",
+    kmalloc_tp,
+    kmalloc_btf,
+    kmalloc_btf_fixed = FixedBtf::KMALLOC,
+    |c, l, b| on_kmalloc(c, &l, b)
+);
+probe!(
+    kfree,
+    "kfree",
+    kfree_tp,
+    kfree_btf,
+    kfree_btf_fixed = FixedBtf::FREE,
+    |c, l, b| on_free(c, &l, Counter::KmallocFrees, b)
+);
 probe!(
     kmem_cache_alloc,
     "kmem_cache_alloc",
     kmem_cache_alloc_tp,
     kmem_cache_alloc_btf,
+    kmem_cache_alloc_btf_fixed = FixedBtf::KMEM_CACHE_ALLOC,
     |c, l, b| on_kmem_cache_alloc(c, &l, b)
 );
 probe!(
@@ -1021,6 +1118,7 @@ probe!(
     "kmem_cache_free",
     kmem_cache_free_tp,
     kmem_cache_free_btf,
+    kmem_cache_free_btf_fixed = FixedBtf::FREE,
     |c, l, b| on_free(c, &l, Counter::KmemCacheFrees, b)
 );
 probe!(
@@ -1028,21 +1126,23 @@ probe!(
     "mm_page_alloc",
     mm_page_alloc_tp,
     mm_page_alloc_btf,
-    |c, l, b| { on_mm_page_alloc(c, &l, b) }
+    mm_page_alloc_btf_fixed = FixedBtf::MM_PAGE_ALLOC,
+    |c, l, b| on_mm_page_alloc(c, &l, b)
 );
 probe!(
     mm_page_free,
     "mm_page_free",
     mm_page_free_tp,
     mm_page_free_btf,
-    |c, l, _b| { on_mm_page_free(c, &l) }
+    mm_page_free_btf_fixed = FixedBtf::MM_PAGE_FREE,
+    |c, l, b| on_mm_page_free(c, &l, b)
 );
 probe!(
     mm_page_alloc_extfrag,
     "mm_page_alloc_extfrag",
     mm_page_alloc_extfrag_tp,
     mm_page_alloc_extfrag_btf,
-    |c, l, _b| on_extfrag(c, &l)
+    |c, l, b| on_extfrag(c, &l, b)
 );
 probe!(
     alloc_vmap_area,
@@ -1056,7 +1156,7 @@ probe!(
     "purge_vmap_area_lazy",
     purge_vmap_area_lazy_tp,
     purge_vmap_area_lazy_btf,
-    |c, l, _b| on_purge(c, &l)
+    |c, l, b| on_purge(c, &l, b)
 );
 probe!(
     percpu_alloc_percpu,
@@ -1071,9 +1171,9 @@ probe!(
     "mm_compaction_try_to_compact_pages",
     mm_compaction_try_to_compact_pages_tp,
     mm_compaction_try_to_compact_pages_btf,
-    |c, l, _b| {
+    |c, l, b| {
         if wanted() {
-            add_counter(COMPACTION_STALLS_BASE + order_slot(field(c, l.order)), 1);
+            add_counter(COMPACTION_STALLS_BASE + order_slot(field(c, l.order, b)), 1);
         }
     }
 );

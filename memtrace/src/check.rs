@@ -166,7 +166,10 @@ pub fn run() -> Report {
                 let b = match (&aya_btf, resolved.btf_missing(spec.event)) {
                     (None, _) => Some("kernel BTF unavailable".to_string()),
                     (_, Some(m)) => Some(m.to_string()),
-                    (Some(aya_btf), None) => probes::attach_btf(ebpf, spec, aya_btf, false).err(),
+                    (Some(aya_btf), None) => {
+                        let program = probes::btf_program(spec, &resolved.layouts, false);
+                        probes::attach_btf(ebpf, spec, program, aya_btf, false).err()
+                    }
                 };
                 let t = match (tracefs_dir.is_some(), resolved.tp_missing(spec.event)) {
                     (true, Some(m)) => Some(m.to_string()),

@@ -235,7 +235,12 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let drain = tokio::spawn(drain_events(tracer.take_events()?, notable.clone()));
     for p in tracer.probes() {
         match (&p.mode, &p.note) {
-            (Some(mode), _) => tracing::info!(probe = %p.probe, %mode, "probe attached"),
+            (Some(mode), _) => tracing::info!(
+                probe = %p.probe,
+                %mode,
+                program = p.program.unwrap_or(""),
+                "probe attached"
+            ),
             (None, note) => tracing::warn!(
                 probe = %p.probe,
                 reason = note.as_deref().unwrap_or("unknown"),

@@ -406,6 +406,81 @@ mod tests {
         assert_eq!(l.kmem_cache_alloc.s, FieldLoc::new(16, 8));
     }
 
+    /// The fixed-layout programs are chosen where the kernel's prototypes are the ones they
+    /// were compiled for (6.1 and later), and not where an argument moved.
+    #[test]
+    fn fixed_layouts_match_current_prototypes_only() {
+        let p = |n: &str, s| Param {
+            name: n.into(),
+            size: s,
+        };
+        let protos: [(&str, Vec<Param>); 6] = [
+            (
+                "kmalloc",
+                vec![
+                    p("call_site", 8),
+                    p("ptr", 8),
+                    p("bytes_req", 8),
+                    p("bytes_alloc", 8),
+                    p("gfp_flags", 4),
+                    p("node", 4),
+                ],
+            ),
+            ("kfree", vec![p("call_site", 8), p("ptr", 8)]),
+            (
+                "kmem_cache_alloc",
+                vec![
+                    p("call_site", 8),
+                    p("ptr", 8),
+                    p("s", 8),
+                    p("gfp_flags", 4),
+                    p("node", 4),
+                ],
+            ),
+            (
+                "kmem_cache_free",
+                vec![p("call_site", 8), p("ptr", 8), p("s", 8)],
+            ),
+            (
+                "mm_page_alloc",
+                vec![
+                    p("page", 8),
+                    p("order", 4),
+                    p("gfp_flags", 4),
+                    p("migratetype", 4),
+                ],
+            ),
+            ("mm_page_free", vec![p("page", 8), p("order", 4)]),
+        ];
+        let mut l = EventLayouts::default();
+        for (event, args) in protos {
+            assert!(fill_event(event, &Args(args), Mode::Btf, &mut l).is_empty());
+        }
+        for spec in PROBES.iter().filter(|s| s.fixed_program.is_some()) {
+            assert!(
+                spec.fixed_matches(&l),
+                "{} has its fixed layout",
+                spec.event
+            );
+        }
+        // An argument that moved (here: gfp_flags before the sizes) selects the generic one.
+        let moved = Args(vec![
+            p("call_site", 8),
+            p("ptr", 8),
+            p("gfp_flags", 4),
+            p("bytes_req", 8),
+            p("bytes_alloc", 8),
+        ]);
+        assert!(fill_event("kmalloc", &moved, Mode::Btf, &mut l).is_empty());
+        let kmalloc = PROBES.iter().find(|s| s.event == "kmalloc").unwrap();
+        assert!(!kmalloc.fixed_matches(&l));
+        let no_fixed = PROBES
+            .iter()
+            .find(|s| s.event == "alloc_vmap_area")
+            .unwrap();
+        assert!(!no_fixed.fixed_matches(&l));
+    }
+
     /// A BTF blob with just the chain from `task_struct` to `kernfs_node.id`; `old_id`
     /// makes the id a union (as before Linux 5.5), `no_memcg` drops `memory_cgrp_id`.
     fn memcg_btf(old_id: bool, no_memcg: bool) -> Vec<u8> {

@@ -20,8 +20,8 @@ use memtrace_common::{
     ORDER_SLOTS, PROBES, PageKey, ProbeSpec, SiteKey, SizeStats, Usage,
 };
 use memtrace_common::{
-    CACHE_SLOTS, COMM_SLOTS, MAP_CACHE_TABLE, MAP_COMM_TABLE, MAP_PAGE_TABLE, MAP_SITE_TABLE,
-    MAP_SIZE_TABLE, PAGE_SLOTS, SITE_SLOTS, SIZE_SLOTS, Slot, page_table_fields, size_table_gfp,
+    AllocatorTables, CACHE_SLOTS, MAP_CACHE_TABLE, MAP_PAGE_TABLE, MAP_TABLES, PAGE_SLOTS, Slot,
+    page_table_fields, size_table_gfp,
 };
 use serde::Serialize;
 
@@ -70,6 +70,9 @@ pub struct ProbeStatus {
     pub mode: Option<AttachMode>,
     /// Why it is not attached, or why the preferred mode was not used.
     pub note: Option<String>,
+    /// The eBPF program attached (for a hot event, `<event>_btf_fixed` where the kernel's
+    /// layout is the one it was compiled with; see [`memtrace_common::FixedBtf`]).
+    pub program: Option<&'static str>,
 }
 
 impl ProbeStatus {
@@ -141,9 +144,12 @@ pub struct TracerOptions {
     pub cgroups_max: u32,
     pub attach: AttachPreference,
     /// Slots of each per-CPU table the programs use before the hash maps (see
-    /// [`memtrace_common::Slot`]): a power of two below the table's size, or 0 for all.
+    /// [`memtrace_common::Slot`]): 0 for all, else this rounded up to a power of two.
     /// Only tests lower it, to drive keys into the hash maps.
     pub table_slots: u32,
+    /// Load the generic BTF programs even where a fixed-layout one fits this kernel (see
+    /// [`memtrace_common::FixedBtf`]). Only tests set it, to exercise the generic ones.
+    pub generic_btf: bool,
 }
 
 impl Default for TracerOptions {
@@ -160,6 +166,7 @@ impl Default for TracerOptions {
             comms_max: memtrace_common::COMMS_MAX,
             cgroups_max: memtrace_common::CGROUPS_MAX,
             table_slots: 0,
+            generic_btf: false,
         }
     }
 }
@@ -351,7 +358,7 @@ impl Tracer {
             probes.push(attach_one(
                 &mut ebpf,
                 spec,
-                opts.attach,
+                opts,
                 aya_btf.as_ref(),
                 &layouts,
                 tracefs_dir.as_deref(),
@@ -492,6 +499,7 @@ impl Tracer {
     pub fn snapshot(&self) -> anyhow::Result<Snapshot> {
         let mut snap = Snapshot::default();
         let e = &self.ebpf;
+        let tables = read_allocator_tables(e)?;
         let sum = |t: &mut u64, v: &u64| *t = t.wrapping_add(*v);
         for (key, total) in
             read_summed::<GfpKey, SizeStats>(e, MAP_SIZE_STATS, SizeStats::ZERO, SizeStats::add)?
@@ -503,9 +511,7 @@ impl Tracer {
                     .add(&total);
             }
         }
-        for (entry, [key], total) in
-            read_table::<1, _, SIZE_SLOTS>(e, MAP_SIZE_TABLE, SizeStats::ZERO, SizeStats::add)?
-        {
+        for ((entry, [key]), total) in tables.sizes {
             if let (Some(a), true) = (Allocator::from_u32(entry), total.count() > 0) {
                 let gfp = size_table_gfp(key);
                 snap.sizes
@@ -592,9 +598,7 @@ impl Tracer {
                     .add(&u);
             }
         }
-        for (entry, [site], u) in
-            read_table::<1, _, SITE_SLOTS>(e, MAP_SITE_TABLE, Usage::default(), Usage::add)?
-        {
+        for ((entry, [site]), u) in tables.sites {
             if let (Some(a), true) = (Allocator::from_u32(entry), u.allocations > 0) {
                 snap.callsites.entry((a, site)).or_default().add(&u);
             }
@@ -602,15 +606,12 @@ impl Tracer {
         let comms = read_summed::<CommKey, Usage>(e, MAP_COMMS, Usage::default(), Usage::add)?
             .into_iter()
             .map(|(k, u)| (k.allocator, k.comm, u));
-        let table =
-            read_table::<2, _, COMM_SLOTS>(e, MAP_COMM_TABLE, Usage::default(), Usage::add)?
-                .into_iter()
-                .map(|(entry, [a, b], u)| {
-                    let mut comm = [0; 16];
-                    comm[..8].copy_from_slice(&a.to_ne_bytes());
-                    comm[8..].copy_from_slice(&b.to_ne_bytes());
-                    (entry, comm, u)
-                });
+        let table = tables.comms.into_iter().map(|((entry, [a, b]), u)| {
+            let mut comm = [0; 16];
+            comm[..8].copy_from_slice(&a.to_ne_bytes());
+            comm[8..].copy_from_slice(&b.to_ne_bytes());
+            (entry, comm, u)
+        });
         for (allocator, comm, u) in comms.chain(table) {
             if let (Some(a), true) = (Allocator::from_u32(allocator), u.allocations > 0) {
                 // The name ends at its NUL; a task's bytes after it are not part of it.
@@ -641,7 +642,14 @@ pub(crate) fn load_object(layouts: &Layouts, opts: &TracerOptions) -> anyhow::Re
         .override_global(GLOBAL_NOTABLE_MIN_ORDER, &opts.notable_min_order, true)
         .override_global(GLOBAL_ATTRIBUTION, &opts.attribution, true)
         .override_global(GLOBAL_PAGE_SIZE, &page_size(), true)
-        .override_global(memtrace_common::GLOBAL_TABLE_SLOTS, &opts.table_slots, true)
+        .override_global(
+            memtrace_common::GLOBAL_TABLE_MASK,
+            &match opts.table_slots {
+                0 => u32::MAX,
+                n => n.next_power_of_two() - 1,
+            },
+            true,
+        )
         .override_global(
             memtrace_common::GLOBAL_HOOKS_ONLY,
             &u32::from(opts.hooks_only),
@@ -687,6 +695,54 @@ fn pre_insert<K: aya::Pod, V: aya::Pod>(
     Ok(())
 }
 
+/// The used slots of [`MAP_TABLES`], by (allocator entry, key), summed over CPUs.
+#[derive(Default)]
+struct TableTotals {
+    sizes: BTreeMap<(u32, [u64; 1]), SizeStats>,
+    sites: BTreeMap<(u32, [u64; 1]), Usage>,
+    comms: BTreeMap<(u32, [u64; 2]), Usage>,
+}
+
+/// Adds the used slots of one table (see [`memtrace_common::Slot`]) of `entry` into `out`.
+fn fold_slots<const W: usize, V: Copy>(
+    out: &mut BTreeMap<(u32, [u64; W]), V>,
+    entry: u32,
+    slots: &[Slot<W, V>],
+    zero: V,
+    add: impl Fn(&mut V, &V),
+) {
+    for slot in slots.iter().filter(|s| s.key != [0; W]) {
+        add(out.entry((entry, slot.key)).or_insert(zero), &slot.value);
+    }
+}
+
+/// Every allocator's per-CPU tables in [`MAP_TABLES`], summed over CPUs.
+fn read_allocator_tables(ebpf: &Ebpf) -> anyhow::Result<TableTotals> {
+    let m: PerCpuArray<&MapData, AllocatorTables> = PerCpuArray::try_from(
+        ebpf.map(MAP_TABLES)
+            .with_context(|| format!("map {MAP_TABLES} missing"))?,
+    )?;
+    let mut out = TableTotals::default();
+    for entry in 0..m.len() {
+        let per_cpu = m
+            .get(&entry, 0)
+            .with_context(|| format!("reading {MAP_TABLES}"))?;
+        for t in per_cpu.iter() {
+            fold_slots(
+                &mut out.sizes,
+                entry,
+                &t.sizes,
+                SizeStats::ZERO,
+                SizeStats::add,
+            );
+            let zero = Usage::default();
+            fold_slots(&mut out.sites, entry, &t.sites, zero, Usage::add);
+            fold_slots(&mut out.comms, entry, &t.comms, zero, Usage::add);
+        }
+    }
+    Ok(out)
+}
+
 /// Every used slot of every entry of the per-CPU table array `map` (see
 /// [`memtrace_common::Slot`]) as (entry, key, value), the same key's slots over CPUs folded
 /// with `add`.
@@ -704,9 +760,7 @@ fn read_table<const W: usize, V: aya::Pod, const N: usize>(
     for entry in 0..m.len() {
         let per_cpu = m.get(&entry, 0).with_context(|| format!("reading {map}"))?;
         for table in per_cpu.iter() {
-            for slot in table.iter().filter(|s| s.key != [0; W]) {
-                add(out.entry((entry, slot.key)).or_insert(zero), &slot.value);
-            }
+            fold_slots(&mut out, entry, table, zero, &add);
         }
     }
     Ok(out.into_iter().map(|((e, k), v)| (e, k, v)).collect())
@@ -753,28 +807,33 @@ fn cache_name(n: &CacheName) -> String {
 fn attach_one(
     ebpf: &mut Ebpf,
     spec: &ProbeSpec,
-    pref: AttachPreference,
+    opts: &TracerOptions,
     aya_btf: Option<&aya::Btf>,
     layouts: &layout::Resolved,
     tracefs_dir: Option<&std::path::Path>,
     tracefs_note: Option<&str>,
 ) -> ProbeStatus {
     let probe = format!("{}:{}", spec.category, spec.event);
+    let pref = opts.attach;
     let mut notes = Vec::new();
     if pref != AttachPreference::Tracepoint {
         match (aya_btf, layouts.btf_missing(spec.event)) {
             (None, _) => notes.push("tp_btf: kernel BTF unavailable".to_string()),
             (Some(_), Some(missing)) => notes.push(format!("tp_btf: {missing}")),
-            (Some(btf), None) => match attach_btf(ebpf, spec, btf, true) {
-                Ok(()) => {
-                    return ProbeStatus {
-                        probe,
-                        mode: Some(AttachMode::Btf),
-                        note: None,
-                    };
+            (Some(btf), None) => {
+                let program = btf_program(spec, &layouts.layouts, opts.generic_btf);
+                match attach_btf(ebpf, spec, program, btf, true) {
+                    Ok(()) => {
+                        return ProbeStatus {
+                            probe,
+                            mode: Some(AttachMode::Btf),
+                            note: None,
+                            program: Some(program),
+                        };
+                    }
+                    Err(e) => notes.push(format!("tp_btf: {e}")),
                 }
-                Err(e) => notes.push(format!("tp_btf: {e}")),
-            },
+            }
         }
     }
     if pref != AttachPreference::Btf {
@@ -794,6 +853,7 @@ fn attach_one(
                         } else {
                             Some(notes.join("; "))
                         },
+                        program: Some(spec.tp_program),
                     };
                 }
                 Err(e) => notes.push(format!("tracepoint: {e}")),
@@ -804,23 +864,35 @@ fn attach_one(
         probe,
         mode: None,
         note: Some(notes.join("; ")),
+        program: None,
+    }
+}
+
+/// The BTF program to load for `spec`: its fixed-layout program where the kernel's layout of
+/// the event (in `layouts`) is the one that program was compiled with and `generic` is not
+/// asked for, else the generic program, which reads the layout at run time.
+pub(crate) fn btf_program(spec: &ProbeSpec, layouts: &Layouts, generic: bool) -> &'static str {
+    match spec.fixed_program {
+        Some(fixed) if !generic && spec.fixed_matches(&layouts.btf) => fixed,
+        _ => spec.btf_program,
     }
 }
 
 pub(crate) fn attach_btf(
     ebpf: &mut Ebpf,
     spec: &ProbeSpec,
+    program: &str,
     btf: &aya::Btf,
     attach: bool,
 ) -> Result<(), String> {
     let prog: &mut BtfTracePoint = ebpf
-        .program_mut(spec.btf_program)
-        .ok_or_else(|| format!("program {} missing from the object", spec.btf_program))?
+        .program_mut(program)
+        .ok_or_else(|| format!("program {program} missing from the object"))?
         .try_into()
         .map_err(|e: aya::programs::ProgramError| one_line(&e))?;
     prog.load(spec.event, btf).map_err(|e| {
         // The verifier's log is long: it is for whoever debugs a refused program.
-        tracing::debug!(program = spec.btf_program, "load refused: {e:?}");
+        tracing::debug!(program, "load refused: {e:?}");
         one_line(&e)
     })?;
     if attach {

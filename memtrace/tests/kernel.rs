@@ -24,9 +24,43 @@ use support::{
     setxattr_kmalloc,
 };
 
-const BOTH: [(AttachPreference, AttachMode); 2] = [
-    (AttachPreference::Btf, AttachMode::Btf),
-    (AttachPreference::Tracepoint, AttachMode::Tracepoint),
+/// One way of attaching the programs: the exact tests run each.
+#[derive(Clone, Copy, Debug)]
+struct Way {
+    pref: AttachPreference,
+    expect: AttachMode,
+    /// BTF programs that read the event's layout at run time, not the fixed-layout ones
+    /// (this kernel has the fixed layouts, so both kinds are tested here).
+    generic_btf: bool,
+}
+
+impl std::fmt::Display for Way {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match (self.expect, self.generic_btf) {
+            (AttachMode::Btf, false) => " (fixed layouts)",
+            (AttachMode::Btf, true) => " (generic)",
+            _ => "",
+        };
+        write!(f, "{}{kind}", self.expect)
+    }
+}
+
+const WAYS: [Way; 3] = [
+    Way {
+        pref: AttachPreference::Btf,
+        expect: AttachMode::Btf,
+        generic_btf: false,
+    },
+    Way {
+        pref: AttachPreference::Btf,
+        expect: AttachMode::Btf,
+        generic_btf: true,
+    },
+    Way {
+        pref: AttachPreference::Tracepoint,
+        expect: AttachMode::Tracepoint,
+        generic_btf: false,
+    },
 ];
 
 /// What one observation window saw, on both sides.
@@ -73,14 +107,9 @@ const ATTEMPTS: u32 = 8;
 /// An interrupt that allocates or frees on the worker's CPU while the same program is
 /// running there is recorded by ftrace but skipped by the kernel for BPF (a recursion miss,
 /// which memtrace reports): such a window is not comparable, so it is observed again.
-fn observe(
-    pref: AttachPreference,
-    expect: AttachMode,
-    events: &[(&str, &str)],
-    job: impl Fn() + Send + Clone + 'static,
-) -> Window {
+fn observe(way: Way, events: &[(&str, &str)], job: impl Fn() + Send + Clone + 'static) -> Window {
     for attempt in 1..=ATTEMPTS {
-        let w = observe_once(pref, expect, events, job.clone());
+        let w = observe_once(way, events, job.clone());
         if w.snap.recursion_misses == 0 {
             return w;
         }
@@ -92,16 +121,12 @@ fn observe(
     panic!("every attempt had program runs skipped by the kernel (recursion misses)");
 }
 
-fn observe_once(
-    pref: AttachPreference,
-    expect: AttachMode,
-    events: &[(&str, &str)],
-    job: impl FnOnce() + Send + 'static,
-) -> Window {
+fn observe_once(way: Way, events: &[(&str, &str)], job: impl FnOnce() + Send + 'static) -> Window {
     let worker = Worker::spawn();
     let mut tracer = Tracer::start(&TracerOptions {
         filter_tid: worker.tid,
-        attach: pref,
+        attach: way.pref,
+        generic_btf: way.generic_btf,
         notable_min_bytes: NOTABLE_BYTES,
         notable_min_order: NOTABLE_ORDER,
         ..Default::default()
@@ -114,7 +139,20 @@ fn observe_once(
             .iter()
             .find(|p| p.probe == name)
             .unwrap_or_else(|| panic!("memtrace has no probe {name}"));
-        assert_eq!(st.mode, Some(expect), "{name} attached as {st:?}");
+        assert_eq!(st.mode, Some(way.expect), "{name} attached as {st:?}");
+        let spec = memtrace_common::PROBES
+            .iter()
+            .find(|p| p.event == *e)
+            .expect("a probe spec");
+        let want = match (way.expect, spec.fixed_program) {
+            (AttachMode::Tracepoint, _) => spec.tp_program,
+            // This kernel's prototypes are the ones the fixed programs were compiled for
+            // (memtrace_common::FixedBtf): if this fails, the kernel changed them and the
+            // fixed programs are no longer used here.
+            (AttachMode::Btf, Some(fixed)) if !way.generic_btf => fixed,
+            (AttachMode::Btf, _) => spec.btf_program,
+        };
+        assert_eq!(st.program, Some(want), "{name} ({way}) runs {st:?}");
     }
     let idle = tracer.snapshot().expect("snapshot");
     assert_eq!(
@@ -178,22 +216,17 @@ fn histogram<'a>(
 const SIZES: [usize; 8] = [10, 100, 1000, 3000, 5000, 9000, 20000, 65536];
 const REPS: usize = 25;
 
-fn kmalloc_matches_ftrace(pref: AttachPreference, expect: AttachMode) {
+fn kmalloc_matches_ftrace(way: Way) {
     let dir = tempdir("kmalloc");
     let file = dir.join("xattr-target");
     std::fs::write(&file, b"x").expect("create xattr target");
-    let w = observe(
-        pref,
-        expect,
-        &[("kmem", "kmalloc"), ("kmem", "kfree")],
-        move || {
-            for _ in 0..REPS {
-                for size in SIZES {
-                    setxattr_kmalloc(&file, size);
-                }
+    let w = observe(way, &[("kmem", "kmalloc"), ("kmem", "kfree")], move || {
+        for _ in 0..REPS {
+            for size in SIZES {
+                setxattr_kmalloc(&file, size);
             }
-        },
-    );
+        }
+    });
     let _ = std::fs::remove_dir_all(&dir);
 
     // The workload really did what it claims: every setxattr value went through vmemdup_user.
@@ -226,7 +259,7 @@ fn kmalloc_matches_ftrace(pref: AttachPreference, expect: AttachMode) {
         }
     }
     eprintln!(
-        "{expect}: kmalloc per gfp, ftrace {:?} memtrace {:?}",
+        "{way}: kmalloc per gfp, ftrace {:?} memtrace {:?}",
         want.iter().map(|(k, s)| (k, s.count())).collect::<Vec<_>>(),
         got.iter().map(|(k, s)| (k, s.count())).collect::<Vec<_>>()
     );
@@ -274,8 +307,8 @@ fn kmalloc_matches_ftrace_in_both_attach_modes() {
     let Some(_guard) = require_kernel() else {
         return;
     };
-    for (pref, expect) in BOTH {
-        kmalloc_matches_ftrace(pref, expect);
+    for way in WAYS {
+        kmalloc_matches_ftrace(way);
     }
 }
 
@@ -287,13 +320,12 @@ fn slab_caches_by_name_match_ftrace_in_both_attach_modes() {
     let Some(_guard) = require_kernel() else {
         return;
     };
-    for (pref, expect) in BOTH {
+    for way in WAYS {
         let dir = tempdir("slab");
         let file = dir.join("f");
         std::fs::write(&file, b"x").unwrap();
         let w = observe(
-            pref,
-            expect,
+            way,
             &[("kmem", "kmem_cache_alloc"), ("kmem", "kmem_cache_free")],
             move || open_close(&file, 100),
         );
@@ -317,7 +349,7 @@ fn slab_caches_by_name_match_ftrace_in_both_attach_modes() {
                 )
             })
             .collect();
-        eprintln!("{expect}: caches ftrace {want:?} memtrace {got:?}");
+        eprintln!("{way}: caches ftrace {want:?} memtrace {got:?}");
         assert_eq!(got, want, "per-cache allocations differ from ftrace");
         assert!(
             want.get("filp").is_some_and(|v| v.0 >= 100),
@@ -351,13 +383,12 @@ fn page_allocations_and_frees_match_ftrace_in_both_attach_modes() {
     let Some(_guard) = require_kernel() else {
         return;
     };
-    for (pref, expect) in BOTH {
+    for way in WAYS {
         let dir = tempdir("pages");
         let file = dir.join("xattr-target");
         std::fs::write(&file, b"x").unwrap();
         let w = observe(
-            pref,
-            expect,
+            way,
             &[
                 ("kmem", "mm_page_alloc"),
                 ("kmem", "mm_page_free"),
@@ -388,7 +419,7 @@ fn page_allocations_and_frees_match_ftrace_in_both_attach_modes() {
         for ((order, mt, raw), n) in &w.snap.pages {
             *got.entry((*order, *mt, w.label(*raw))).or_default() += n;
         }
-        eprintln!("{expect}: pages ftrace {want:?} memtrace {got:?}");
+        eprintln!("{way}: pages ftrace {want:?} memtrace {got:?}");
         assert_eq!(
             got, want,
             "page allocations per order × migratetype × gfp differ"
@@ -447,10 +478,9 @@ fn vmalloc_and_percpu_match_ftrace_in_both_attach_modes() {
     let Some(_guard) = require_kernel() else {
         return;
     };
-    for (pref, expect) in BOTH {
+    for way in WAYS {
         let w = observe(
-            pref,
-            expect,
+            way,
             &[
                 ("vmalloc", "alloc_vmap_area"),
                 ("percpu", "percpu_alloc_percpu"),
@@ -510,7 +540,7 @@ fn vmalloc_and_percpu_match_ftrace_in_both_attach_modes() {
             }
         }
         eprintln!(
-            "{expect}: vmalloc {} areas; percpu ftrace {:?} memtrace {:?}",
+            "{way}: vmalloc {} areas; percpu ftrace {:?} memtrace {:?}",
             vmaps.len(),
             want.iter().map(|(k, s)| (k, s.count())).collect::<Vec<_>>(),
             got.iter().map(|(k, s)| (k, s.count())).collect::<Vec<_>>()
@@ -542,12 +572,13 @@ fn real_allocation_failures_match_ftrace() {
     assert!(shm.is_dir(), "the failure test needs tmpfs at /dev/shm");
     let file = shm.join(format!("memtrace-test-{}", std::process::id()));
     std::fs::write(&file, b"x").unwrap();
-    for (pref, expect) in BOTH {
+    for way in WAYS {
         let memcg = Memcg::new(64 << 10);
         let worker = Worker::spawn();
         let mut tracer = Tracer::start(&TracerOptions {
             filter_tid: worker.tid,
-            attach: pref,
+            attach: way.pref,
+            generic_btf: way.generic_btf,
             ..Default::default()
         })
         .unwrap_or_else(|e| panic!("memtrace could not start: {e:#}"));
@@ -576,7 +607,7 @@ fn real_allocation_failures_match_ftrace() {
                 *got.entry((*a, label(*raw))).or_default() += n;
             }
         }
-        eprintln!("{expect}: failures ftrace {want:?} memtrace {got:?}");
+        eprintln!("{way}: failures ftrace {want:?} memtrace {got:?}");
         assert_eq!(got, want, "allocation failures differ from ftrace");
         assert!(
             want.keys().any(|(a, _)| *a == Allocator::Kmalloc),
@@ -619,13 +650,12 @@ fn call_sites_and_task_names_match_ftrace_in_both_attach_modes() {
         return;
     };
     let symbols = memtrace::symbolize::Symbolizer::load().expect("kallsyms");
-    for (pref, expect) in BOTH {
+    for way in WAYS {
         let dir = tempdir("attribution");
         let file = dir.join("xattr-target");
         std::fs::write(&file, b"x").unwrap();
         let w = observe(
-            pref,
-            expect,
+            way,
             &[("kmem", "kmalloc"), ("kmem", "kmem_cache_alloc")],
             move || {
                 for _ in 0..25 {
@@ -654,7 +684,7 @@ fn call_sites_and_task_names_match_ftrace_in_both_attach_modes() {
                     v.1 += u.bytes;
                 }
             }
-            eprintln!("{expect}: {event} call sites ftrace {want:?} memtrace {got:?}");
+            eprintln!("{way}: {event} call sites ftrace {want:?} memtrace {got:?}");
             assert_eq!(
                 got, want,
                 "{event} per calling function differs from ftrace"
@@ -836,6 +866,7 @@ fn a_missing_probe_degrades_only_that_probe() {
         event: "memtrace_no_such_event",
         tp_program: "kfree_tp",
         btf_program: "kfree_btf",
+        fixed_program: Some("kfree_btf_fixed"),
     };
     let specs = [memtrace_common::PROBES[0], missing];
     let worker = Worker::spawn();
@@ -961,7 +992,7 @@ fn memory_cgroups_match_ftrace_in_both_attach_modes() {
     let dir = tempdir("cgroups");
     let file = dir.join("xattr-target");
     std::fs::write(&file, b"x").unwrap();
-    for (pref, expect) in BOTH {
+    for way in WAYS {
         for on in [true, false] {
             // A window where the kernel skipped program runs (an interrupt on the worker's CPU
             // while the same program ran, see `observe`) is not comparable: observe again.
@@ -986,7 +1017,8 @@ fn memory_cgroups_match_ftrace_in_both_attach_modes() {
                     | if on { memtrace_common::ATTR_CGROUPS } else { 0 };
                 let tracer = Tracer::start(&TracerOptions {
                     filter_tid: worker.tid,
-                    attach: pref,
+                    attach: way.pref,
+                    generic_btf: way.generic_btf,
                     attribution,
                     ..Default::default()
                 })
@@ -1007,7 +1039,7 @@ fn memory_cgroups_match_ftrace_in_both_attach_modes() {
                         .iter()
                         .find(|p| p.probe == format!("{c}:{e}"))
                         .expect("probe");
-                    assert_eq!(st.mode, Some(expect), "{st:?}");
+                    assert_eq!(st.mode, Some(way.expect), "{st:?}");
                 }
                 let ftrace = Ftrace::start(&events, worker.tid);
                 let f = file.clone();
@@ -1058,7 +1090,7 @@ fn memory_cgroups_match_ftrace_in_both_attach_modes() {
                             .map(|(r, _)| r),
                     );
                     eprintln!(
-                        "{expect} cgroups {}: {event} ftrace {} ({bytes} B), memtrace {got:?}",
+                        "{way} cgroups {}: {event} ftrace {} ({bytes} B), memtrace {got:?}",
                         if on { "on" } else { "off" },
                         ok.len()
                     );

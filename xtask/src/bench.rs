@@ -376,7 +376,9 @@ fn profile(
         drop(tracer);
         let mut rows: Vec<(String, u64, f64)> = after
             .iter()
-            .filter(|(name, _)| name.ends_with("_btf") || name.ends_with("_tp"))
+            .filter(|(name, _)| {
+                name.ends_with("_btf") || name.ends_with("_tp") || name.ends_with("_btf_fixed")
+            })
             .filter_map(|(name, (cnt, ns))| {
                 let (c0, n0) = before.get(name).copied().unwrap_or((0, 0));
                 let runs = cnt.saturating_sub(c0);
