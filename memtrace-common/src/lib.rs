@@ -174,7 +174,8 @@ pub const RECORD_BYTES: usize = 96;
 /// Number of slots in [`MAP_COUNTERS`].
 pub const COUNTERS_LEN: u32 = 64;
 
-/// Slots of [`MAP_MAXIMA`]: the largest values seen (per CPU; userspace takes the maximum).
+/// The largest values seen, each the maximum over CPUs of one allocator's
+/// [`AllocatorTables::maximum`].
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Maximum {
@@ -186,8 +187,22 @@ pub enum Maximum {
     PageOrderPlusOne = 2,
 }
 
-/// Number of slots in [`MAP_MAXIMA`].
-pub const MAXIMA_LEN: u32 = 4;
+impl Maximum {
+    pub const ALL: [Maximum; 3] = [
+        Maximum::KmallocBytes,
+        Maximum::VmallocBytes,
+        Maximum::PageOrderPlusOne,
+    ];
+
+    /// The allocator whose tables hold it.
+    pub fn allocator(self) -> Allocator {
+        match self {
+            Maximum::KmallocBytes => Allocator::Kmalloc,
+            Maximum::VmallocBytes => Allocator::Vmalloc,
+            Maximum::PageOrderPlusOne => Allocator::Page,
+        }
+    }
+}
 
 // The counter ranges must not overlap.
 const _: () = assert!(PAGE_FREES_BASE + ORDER_SLOTS <= EXTFRAG_BASE);
@@ -653,7 +668,20 @@ impl core::fmt::Debug for SiteKey {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct CommKey {
     pub allocator: u32,
-    pub comm: [u8; 16],
+    /// Explicit padding; always zero.
+    pub _pad: u32,
+    /// The name's 16 bytes (NUL-padded) as two native-endian words, as the programs load
+    /// them (see [`comm_bytes`]).
+    pub comm: [u64; 2],
+}
+
+/// The 16 bytes of a task name held as two native-endian words ([`CommKey::comm`], the key
+/// of a [`CommTable`] slot).
+pub fn comm_bytes(words: [u64; 2]) -> [u8; 16] {
+    let mut b = [0; 16];
+    b[..8].copy_from_slice(&words[0].to_ne_bytes());
+    b[8..].copy_from_slice(&words[1].to_ne_bytes());
+    b
 }
 
 /// Key of [`MAP_CGROUPS`]: an allocator and the allocating task's memory cgroup id (the
@@ -755,6 +783,12 @@ pub type PageTable = [Slot<1, u64>; PAGE_SLOTS];
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct AllocatorTables {
+    /// The largest allocation seen on this CPU: bytes allocated for kmalloc, bytes for
+    /// vmalloc, the order plus one for pages (0: none); 0 for the other allocators.
+    pub maximum: u64,
+    /// A word through which the BTF `kmem_cache_alloc` program turns the cache's pointer
+    /// into a number (the verifier allows no arithmetic on typed pointers); unused elsewhere.
+    pub scratch: u64,
     pub sizes: SizeTable,
     pub sites: SiteTable,
     pub comms: CommTable,
@@ -913,8 +947,6 @@ pub const MAP_SIZE_STATS: &str = "SIZE_STATS";
 pub const MAP_FAILURES: &str = "FAILURES";
 /// Per-CPU array of `u64`, indexed by [`Counter`], [`PAGE_FREES_BASE`], [`EXTFRAG_BASE`].
 pub const MAP_COUNTERS: &str = "COUNTERS";
-/// Per-CPU array of `u64`, indexed by [`Maximum`].
-pub const MAP_MAXIMA: &str = "MAXIMA";
 /// Per-CPU hash: [`PageKey`] → `u64` successful page allocations.
 pub const MAP_PAGE_ALLOCS: &str = "PAGE_ALLOCS";
 /// Per-CPU hash: cache id (`u64`: the cache's address for BTF tracepoints, a hash of its
@@ -1119,7 +1151,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<CacheName>(), CACHE_NAME_LEN);
         assert_eq!(core::mem::size_of::<NotableEvent>(), 5 * 8 + 8 * 4 + 16);
         assert_eq!(core::mem::size_of::<SiteKey>(), 16);
-        assert_eq!(core::mem::size_of::<CommKey>(), 20);
+        assert_eq!(core::mem::size_of::<CommKey>(), 24);
         assert_eq!(core::mem::size_of::<CgroupKey>(), 16);
         assert_eq!(core::mem::size_of::<MemcgOffsets>(), 24);
         assert_eq!(core::mem::size_of::<Layouts>() % 4, 0);
@@ -1128,7 +1160,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<SizeTable>(), 192 * SIZE_SLOTS);
         assert_eq!(
             core::mem::size_of::<AllocatorTables>(),
-            192 * SIZE_SLOTS + 24 * SITE_SLOTS + 32 * COMM_SLOTS
+            16 + 192 * SIZE_SLOTS + 24 * SITE_SLOTS + 32 * COMM_SLOTS
         );
     }
 

@@ -33,10 +33,10 @@ use memtrace_common::{
     COMMS_MAX, COMPACTION_STALLS_BASE, COUNTERS_LEN, CacheName, CacheStats, CgroupKey, CommKey,
     Counter, EVENT_FAILED, EVENT_LARGE, EVENTS_RING_BYTES, EXTFRAG_BASE, ExtfragLayout, FieldLoc,
     FreeLayout, GFP_KEYS_MAX, GFP_OVERFLOW, GFP_UNKNOWN, GfpKey, KmallocLayout,
-    KmemCacheAllocLayout, Layouts, MAXIMA_LEN, Maximum, NotableEvent, PAGE_FREES_BASE,
-    PAGE_KEYS_MAX, PageAllocLayout, PageFreeLayout, PageKey, PercpuAllocLayout, PurgeLayout,
-    RECORD_BYTES, SIZE_BUCKETS, STACKS_MAX, SiteKey, SizeStats, Usage, VmapAreaLayout,
-    cache_name_id, order_slot, size_bucket, span,
+    KmemCacheAllocLayout, Layouts, NotableEvent, PAGE_FREES_BASE, PAGE_KEYS_MAX, PageAllocLayout,
+    PageFreeLayout, PageKey, PercpuAllocLayout, PurgeLayout, RECORD_BYTES, SIZE_BUCKETS,
+    STACKS_MAX, SiteKey, SizeStats, Usage, VmapAreaLayout, cache_name_id, order_slot, size_bucket,
+    span,
 };
 
 #[unsafe(no_mangle)]
@@ -143,20 +143,18 @@ fn table_value<const W: usize, V, const N: usize>(
     None
 }
 
-/// One word per CPU through which [`address_of`] passes a pointer. Only `kmem_cache_alloc`
-/// uses it, and a program does not run twice at once on a CPU.
-#[map]
-static SCRATCH: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
-
-/// The address a BTF-typed pointer holds, as a plain number. The verifier forbids arithmetic
-/// on such pointers (a table hash multiplies its key); a word stored into a map value and
-/// loaded back is a plain number (storing a pointer there needs CAP_PERFMON, which loading
-/// tracing programs needs anyway). 0 if the scratch word is missing.
+/// The address a BTF-typed pointer holds, as a plain number, passed through the scratch
+/// word of this CPU's tables `t` ([`AllocatorTables::scratch`]; only the program that owns
+/// them uses it). The verifier forbids arithmetic on such pointers (a table hash multiplies
+/// its key); a word stored into a map value and loaded back is a plain number (storing a
+/// pointer there needs CAP_PERFMON, which loading tracing programs needs anyway). 0 without
+/// tables.
 #[inline(always)]
-fn address_of(p: *const u8) -> u64 {
-    match SCRATCH.get_ptr_mut(0) {
+fn address_of(p: *const u8, t: Option<*mut AllocatorTables>) -> u64 {
+    match t {
         // SAFETY: this CPU's scratch word; volatile, so that the compiler keeps the round trip.
-        Some(w) => unsafe {
+        Some(t) => unsafe {
+            let w = &raw mut (*t).scratch;
             core::ptr::write_volatile(w, p as u64);
             core::ptr::read_volatile(w)
         },
@@ -325,12 +323,12 @@ fn attribute_rest(
         } else {
             let key = CommKey {
                 allocator: allocator as u32,
-                // SAFETY: two plain words read as their 16 bytes.
-                comm: unsafe { core::ptr::read_unaligned(words.as_ptr() as *const [u8; 16]) },
+                _pad: 0,
+                comm: words,
             };
             let overflow = CommKey {
-                allocator: allocator as u32,
-                comm: [0; 16],
+                comm: [0; 2],
+                ..key
             };
             count_usage(&COMMS, key, overflow, bytes);
         }
@@ -368,17 +366,14 @@ static CACHE_NAMES: HashMap<u64, CacheName> = HashMap::with_max_entries(CACHES_M
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);
 
-#[map]
-static MAXIMA: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAXIMA_LEN, 0);
-
-/// Raises this CPU's maximum `m` to `v`.
+/// Raises this CPU's maximum of an allocator ([`AllocatorTables::maximum`]) to `v`.
 #[inline(always)]
-fn raise(m: Maximum, v: u64) {
-    if let Some(p) = MAXIMA.get_ptr_mut(m as u32) {
-        // SAFETY: a per-CPU slot; programs do not nest on one CPU.
+fn raise(t: Option<*mut AllocatorTables>, v: u64) {
+    if let Some(t) = t {
+        // SAFETY: this CPU's tables, which only this program writes.
         unsafe {
-            if *p < v {
-                *p = v;
+            if (*t).maximum < v {
+                (*t).maximum = v;
             }
         }
     }
@@ -750,7 +745,7 @@ fn on_kmalloc(ctx: *mut c_void, l: &KmallocLayout, btf: bool) {
     let t = tables(Allocator::Kmalloc);
     record_size(Allocator::Kmalloc, t, gfp, bytes_req, bytes_alloc);
     attribute(Allocator::Kmalloc, t, n.call_site, bytes_alloc, btf);
-    raise(Maximum::KmallocBytes, bytes_alloc);
+    raise(t, bytes_alloc);
     if bytes_alloc >= min_bytes() {
         n.flags = EVENT_LARGE;
         emit(ctx, n);
@@ -832,6 +827,7 @@ fn on_kmem_cache_alloc(ctx: *mut c_void, l: &KmemCacheAllocLayout, btf: bool) {
     }
     // A classic tracepoint reads the name on every event (it is the id); a BTF one only
     // when the cache is first seen, so it needs no name buffer on the hot path.
+    let t = tables(Allocator::KmemCache);
     let (id, requested, allocated, cache, classic_name) = if l.s.is_present() {
         // BTF tracepoint: the cache itself, its address as id; its name is read only when
         // first seen.
@@ -839,7 +835,7 @@ fn on_kmem_cache_alloc(ctx: *mut c_void, l: &KmemCacheAllocLayout, btf: bool) {
         // SAFETY: a plain read of a global.
         let off = unsafe { core::ptr::read_volatile(&LAYOUTS.kmem_cache) };
         (
-            address_of(s),
+            address_of(s, t),
             deref(s, off.object_size),
             deref(s, off.size),
             s,
@@ -861,7 +857,6 @@ fn on_kmem_cache_alloc(ctx: *mut c_void, l: &KmemCacheAllocLayout, btf: bool) {
             Some(name),
         )
     };
-    let t = tables(Allocator::KmemCache);
     record_size(Allocator::KmemCache, t, gfp, requested, allocated);
     attribute(Allocator::KmemCache, t, call_site, allocated, btf);
 
@@ -938,14 +933,9 @@ fn on_mm_page_alloc(ctx: *mut c_void, l: &PageAllocLayout, btf: bool) {
             },
         );
     }
-    raise(Maximum::PageOrderPlusOne, order as u64 + 1);
-    attribute(
-        Allocator::Page,
-        tables(Allocator::Page),
-        0,
-        page_bytes(order),
-        btf,
-    );
+    let t = tables(Allocator::Page);
+    raise(t, order as u64 + 1);
+    attribute(Allocator::Page, t, 0, page_bytes(order), btf);
     let migratetype = r.get(l.migratetype) as u32;
     if let Some((p, _)) = table_value(
         PAGE_TABLE.get_ptr_mut(0),
@@ -1012,7 +1002,7 @@ fn on_alloc_vmap_area(ctx: *mut c_void, l: &VmapAreaLayout, btf: bool) {
     let t = tables(Allocator::Vmalloc);
     record_size(Allocator::Vmalloc, t, GFP_UNKNOWN, size, size);
     attribute(Allocator::Vmalloc, t, 0, size, btf);
-    raise(Maximum::VmallocBytes, size);
+    raise(t, size);
     if size >= min_bytes() {
         n.flags = EVENT_LARGE;
         emit(ctx, n);

@@ -16,12 +16,12 @@ use memtrace_common::{
     CgroupKey, CommKey, GFP_OVERFLOW, GLOBAL_ATTRIBUTION, GLOBAL_FILTER_TGID, GLOBAL_FILTER_TID,
     GLOBAL_LAYOUTS, GLOBAL_NOTABLE_MIN_BYTES, GLOBAL_NOTABLE_MIN_ORDER, GLOBAL_PAGE_SIZE, GfpKey,
     Layouts, MAP_CACHE_NAMES, MAP_CACHE_STATS, MAP_CALLSITES, MAP_CGROUPS, MAP_COMMS, MAP_COUNTERS,
-    MAP_EVENTS, MAP_FAILURES, MAP_MAXIMA, MAP_PAGE_ALLOCS, MAP_SIZE_STATS, MAP_STACKS, MAXIMA_LEN,
-    ORDER_SLOTS, PROBES, PageKey, ProbeSpec, SiteKey, SizeStats, Usage,
+    MAP_EVENTS, MAP_FAILURES, MAP_PAGE_ALLOCS, MAP_SIZE_STATS, MAP_STACKS, ORDER_SLOTS, PROBES,
+    PageKey, ProbeSpec, SiteKey, SizeStats, Usage,
 };
 use memtrace_common::{
     AllocatorTables, CACHE_SLOTS, MAP_CACHE_TABLE, MAP_PAGE_TABLE, MAP_TABLES, PAGE_SLOTS, Slot,
-    page_table_fields, size_table_gfp,
+    comm_bytes, page_table_fields, size_table_gfp,
 };
 use serde::Serialize;
 
@@ -483,7 +483,8 @@ impl Tracer {
         pre_insert(e, MAP_CALLSITES, sites, Usage::default(), n)?;
         let comms = Allocator::ALL.map(|a| CommKey {
             allocator: a as u32,
-            comm: [0; 16],
+            _pad: 0,
+            comm: [0; 2],
         });
         pre_insert(e, MAP_COMMS, comms, Usage::default(), n)?;
         let cgroups = Allocator::ALL.map(|a| CgroupKey {
@@ -582,12 +583,16 @@ impl Tracer {
             let v = counters.get(&i, 0).context("reading COUNTERS")?;
             snap.counters.push(v.iter().sum());
         }
-        let maxima: PerCpuArray<&MapData, u64> =
-            PerCpuArray::try_from(self.ebpf.map(MAP_MAXIMA).context("map MAXIMA missing")?)?;
-        for i in 0..MAXIMA_LEN {
-            let v = maxima.get(&i, 0).context("reading MAXIMA")?;
-            snap.maxima.push(v.iter().copied().max().unwrap_or(0));
-        }
+        snap.maxima = memtrace_common::Maximum::ALL
+            .iter()
+            .map(|m| {
+                tables
+                    .maxima
+                    .get(m.allocator() as usize)
+                    .copied()
+                    .unwrap_or(0)
+            })
+            .collect();
         for (key, u) in
             read_summed::<SiteKey, Usage>(&self.ebpf, MAP_CALLSITES, Usage::default(), Usage::add)?
         {
@@ -605,13 +610,8 @@ impl Tracer {
         }
         let comms = read_summed::<CommKey, Usage>(e, MAP_COMMS, Usage::default(), Usage::add)?
             .into_iter()
-            .map(|(k, u)| (k.allocator, k.comm, u));
-        let table = tables.comms.into_iter().map(|((entry, [a, b]), u)| {
-            let mut comm = [0; 16];
-            comm[..8].copy_from_slice(&a.to_ne_bytes());
-            comm[8..].copy_from_slice(&b.to_ne_bytes());
-            (entry, comm, u)
-        });
+            .map(|(k, u)| (k.allocator, comm_bytes(k.comm), u));
+        let table = (tables.comms.into_iter()).map(|((e, w), u)| (e, comm_bytes(w), u));
         for (allocator, comm, u) in comms.chain(table) {
             if let (Some(a), true) = (Allocator::from_u32(allocator), u.allocations > 0) {
                 // The name ends at its NUL; a task's bytes after it are not part of it.
@@ -701,6 +701,8 @@ struct TableTotals {
     sizes: BTreeMap<(u32, [u64; 1]), SizeStats>,
     sites: BTreeMap<(u32, [u64; 1]), Usage>,
     comms: BTreeMap<(u32, [u64; 2]), Usage>,
+    /// Per allocator entry, the maximum over CPUs of [`AllocatorTables::maximum`].
+    maxima: Vec<u64>,
 }
 
 /// Adds the used slots of one table (see [`memtrace_common::Slot`]) of `entry` into `out`.
@@ -727,6 +729,8 @@ fn read_allocator_tables(ebpf: &Ebpf) -> anyhow::Result<TableTotals> {
         let per_cpu = m
             .get(&entry, 0)
             .with_context(|| format!("reading {MAP_TABLES}"))?;
+        out.maxima
+            .push(per_cpu.iter().map(|t| t.maximum).max().unwrap_or(0));
         for t in per_cpu.iter() {
             fold_slots(
                 &mut out.sizes,
