@@ -893,6 +893,8 @@ pub const GLOBAL_FILTER_TGID: &str = "FILTER_TGID";
 /// Load-time global (`u32`): count only events of this thread; 0 counts everything. The
 /// integration tests use it so that their counts are exact on a busy machine.
 pub const GLOBAL_FILTER_TID: &str = "FILTER_TID";
+/// Load-time global (`u32`): 1 when [`GLOBAL_FILTER_TGID`] or [`GLOBAL_FILTER_TID`] is set.
+pub const GLOBAL_FILTERED: &str = "FILTERED";
 
 /// Load-time global (`u64`): kmalloc and vmalloc allocations of at least this many bytes
 /// are sent as [`NotableEvent`]s; 0 sends none.

@@ -48,6 +48,10 @@ static FILTER_TGID: u32 = 0;
 #[unsafe(no_mangle)]
 static FILTER_TID: u32 = 0;
 
+/// 1 when FILTER_TGID or FILTER_TID is set.
+#[unsafe(no_mangle)]
+static FILTERED: u32 = 0;
+
 #[unsafe(no_mangle)]
 static NOTABLE_MIN_BYTES: u64 = 0;
 
@@ -544,6 +548,14 @@ fn wanted() -> bool {
     if unsafe { core::ptr::read_volatile(&HOOKS_ONLY) } != 0 {
         return false;
     }
+    // SAFETY: a plain read of a global.
+    if unsafe { core::ptr::read_volatile(&FILTERED) } == 0 {
+        return true;
+    }
+    let id = bpf_get_current_pid_tgid();
+    // Read only after the call: nothing is kept across it, so the programs need no
+    // callee-saved registers for the filter (the verifier removes this branch when
+    // FILTERED is 0, but not the registers the compiler chose).
     // SAFETY: plain reads of globals.
     let (tgid, tid) = unsafe {
         (
@@ -551,10 +563,6 @@ fn wanted() -> bool {
             core::ptr::read_volatile(&FILTER_TID),
         )
     };
-    if tgid == 0 && tid == 0 {
-        return true;
-    }
-    let id = bpf_get_current_pid_tgid();
     (tgid == 0 || (id >> 32) as u32 == tgid) && (tid == 0 || id as u32 == tid)
 }
 

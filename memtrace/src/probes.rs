@@ -638,6 +638,11 @@ pub(crate) fn load_object(layouts: &Layouts, opts: &TracerOptions) -> anyhow::Re
         .override_global(GLOBAL_LAYOUTS, layouts, true)
         .override_global(GLOBAL_FILTER_TGID, &opts.filter_tgid, true)
         .override_global(GLOBAL_FILTER_TID, &opts.filter_tid, true)
+        .override_global(
+            memtrace_common::GLOBAL_FILTERED,
+            &u32::from(opts.filter_tgid != 0 || opts.filter_tid != 0),
+            true,
+        )
         .override_global(GLOBAL_NOTABLE_MIN_BYTES, &opts.notable_min_bytes, true)
         .override_global(GLOBAL_NOTABLE_MIN_ORDER, &opts.notable_min_order, true)
         .override_global(GLOBAL_ATTRIBUTION, &opts.attribution, true)
