@@ -773,8 +773,30 @@ pub type SizeTable = [Slot<1, SizeStats>; SIZE_SLOTS];
 pub type SiteTable = [Slot<1, Usage>; SITE_SLOTS];
 /// One allocator's task names; key: the 16 bytes of the name, NUL-padded.
 pub type CommTable = [Slot<2, Usage>; COMM_SLOTS];
-/// Slab caches; key: the cache id (see [`MAP_CACHE_STATS`]; never 0).
-pub type CacheTable = [Slot<1, CacheStats>; CACHE_SLOTS];
+/// Slab caches by GFP value and object size; key: [`cache_table_key`].
+///
+/// Every object of a cache has the same size, so a slot keyed by its size as well holds
+/// allocations of one size only: userspace derives kmem_cache's size histogram per GFP value
+/// from these slots, and an allocation counted here costs no second update of the size
+/// table. One that finds no slot counts in [`MAP_CACHE_STATS`] and in the size table.
+pub type CacheTable = [Slot<2, CacheStats>; CACHE_SLOTS];
+
+/// The [`CacheTable`] key of an allocation from cache `id` (see [`MAP_CACHE_STATS`]) with
+/// raw `gfp` flags and `allocated` bytes: `[id, gfp | allocated << 32]`. `None` (count it
+/// in the maps) for id 0, or a value that does not fit 32 bits (`gfp_t` is an
+/// `unsigned int`; slab objects are far below 4 GiB).
+#[inline(always)]
+pub fn cache_table_key(id: u64, gfp: u64, allocated: u64) -> Option<[u64; 2]> {
+    if id == CACHE_OVERFLOW || gfp > u32::MAX as u64 || allocated > u32::MAX as u64 {
+        return None;
+    }
+    Some([id, gfp | allocated << 32])
+}
+
+/// (cache id, raw gfp, bytes allocated per object) of a [`CacheTable`] key.
+pub fn cache_table_fields(key: [u64; 2]) -> (u64, u64, u64) {
+    (key[0], key[1] & 0xffff_ffff, key[1] >> 32)
+}
 /// Page allocations; key: [`page_table_key`].
 pub type PageTable = [Slot<1, u64>; PAGE_SLOTS];
 
@@ -1212,6 +1234,11 @@ mod tests {
             assert_ne!(k, 0);
             assert_eq!(page_table_fields(k), (order, mt, gfp));
         }
+        let key = cache_table_key(0xffff_8881_0000_1200, 0xcc0, 256).expect("fits");
+        assert_eq!(cache_table_fields(key), (0xffff_8881_0000_1200, 0xcc0, 256));
+        assert_eq!(cache_table_key(CACHE_OVERFLOW, 0xcc0, 256), None);
+        assert_eq!(cache_table_key(7, 1 << 32, 256), None);
+        assert_eq!(cache_table_key(7, 0xcc0, 1 << 32), None);
         assert_eq!(page_table_key(256, 0, 0), 0);
         assert_eq!(page_table_key(0, 1 << 16, 0), 0);
         assert_eq!(page_table_key(0, 0, 1 << 32), 0);

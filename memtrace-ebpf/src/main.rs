@@ -25,7 +25,7 @@ use aya_ebpf::{
 };
 use memtrace_common::{
     ALLOCATORS, AllocatorTables, CacheTable, FixedBtf, PageTable, Slot, TABLE_PROBES,
-    page_table_key, size_table_key, table_hash,
+    cache_table_key, page_table_key, size_table_key, table_hash,
 };
 use memtrace_common::{
     ATTR_CALLSITES, ATTR_CGROUPS, ATTR_COMMS, ATTR_STACKS, Allocator, CACHE_NAME_LEN,
@@ -865,10 +865,15 @@ fn on_kmem_cache_alloc(ctx: *mut c_void, l: &KmemCacheAllocLayout, btf: bool) {
             Some(name),
         )
     };
-    record_size(Allocator::KmemCache, t, gfp, requested, allocated);
     attribute(Allocator::KmemCache, t, call_site, allocated, btf);
 
-    let p = match table_value(CACHE_TABLE.get_ptr_mut(0), [id]) {
+    // A slot of the cache table also stands for the size histogram (see `CacheTable`);
+    // without one, the allocation counts in the cache map and the size table.
+    let in_table = match cache_table_key(id, gfp, allocated) {
+        Some(key) => table_value(CACHE_TABLE.get_ptr_mut(0), key),
+        None => None,
+    };
+    let p = match in_table {
         // Seen before on this CPU: its name is known.
         Some((p, false)) => Some(p),
         // New on this CPU: its name is recorded once for all CPUs.
@@ -876,13 +881,16 @@ fn on_kmem_cache_alloc(ctx: *mut c_void, l: &KmemCacheAllocLayout, btf: bool) {
             record_cache_name(id, cache, classic_name);
             Some(p)
         }
-        None => match CACHE_STATS.get_ptr_mut(id) {
-            Some(p) => Some(p),
-            None => {
-                record_cache_name(id, cache, classic_name);
-                slot::<_, CacheStats>(&CACHE_STATS, id, CACHE_OVERFLOW)
+        None => {
+            record_size(Allocator::KmemCache, t, gfp, requested, allocated);
+            match CACHE_STATS.get_ptr_mut(id) {
+                Some(p) => Some(p),
+                None => {
+                    record_cache_name(id, cache, classic_name);
+                    slot::<_, CacheStats>(&CACHE_STATS, id, CACHE_OVERFLOW)
+                }
             }
-        },
+        }
     };
     if let Some(p) = p {
         // SAFETY: per-CPU value.

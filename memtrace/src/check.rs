@@ -47,6 +47,9 @@ pub struct ProbeCheck {
     pub tracepoint: Option<String>,
     /// What `memtrace daemon` would use, if anything.
     pub will_use: Option<AttachMode>,
+    /// The eBPF program it would run (`<event>_btf_fixed` where this kernel's layout of a hot
+    /// event is the one that program was compiled with).
+    pub program: Option<&'static str>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -156,6 +159,7 @@ pub fn run() -> Report {
             Some(d) => tracefs::event_exists(d, spec.category, spec.event),
             None => btf.as_ref().is_some_and(|b| b.has_tracepoint(spec.event)),
         };
+        let mut btf_choice = spec.btf_program;
         let (tp_btf, tracepoint) = match &mut ebpf {
             None => (
                 Some("not tested without privileges".to_string()),
@@ -163,12 +167,12 @@ pub fn run() -> Report {
             ),
             Some(Err(e)) => (Some(e.to_string()), Some(e.to_string())),
             Some(Ok(ebpf)) => {
+                btf_choice = probes::btf_program(spec, &resolved.layouts, false);
                 let b = match (&aya_btf, resolved.btf_missing(spec.event)) {
                     (None, _) => Some("kernel BTF unavailable".to_string()),
                     (_, Some(m)) => Some(m.to_string()),
                     (Some(aya_btf), None) => {
-                        let program = probes::btf_program(spec, &resolved.layouts, false);
-                        probes::attach_btf(ebpf, spec, program, aya_btf, false).err()
+                        probes::attach_btf(ebpf, spec, btf_choice, aya_btf, false).err()
                     }
                 };
                 let t = match (tracefs_dir.is_some(), resolved.tp_missing(spec.event)) {
@@ -197,6 +201,11 @@ pub fn run() -> Report {
             tp_btf,
             tracepoint,
             will_use,
+            program: match will_use {
+                Some(AttachMode::Btf) => Some(btf_choice),
+                Some(AttachMode::Tracepoint) => Some(spec.tp_program),
+                None => None,
+            },
         });
     }
 
@@ -263,8 +272,11 @@ pub fn print_human(r: &Report, out: &mut dyn Write) -> std::io::Result<()> {
             if p.tracepoint_present { "yes" } else { "no" },
             status(&p.tp_btf),
             status(&p.tracepoint),
-            p.will_use
-                .map_or("-- (missing)".to_string(), |m| m.to_string())
+            match (p.will_use, p.program) {
+                (None, _) => "-- (missing)".to_string(),
+                (Some(m), Some(prog)) => format!("{m} ({prog})"),
+                (Some(m), None) => m.to_string(),
+            }
         )?;
         for (what, why) in [("tp_btf", &p.tp_btf), ("tracepoint", &p.tracepoint)] {
             if let Some(why) = why {

@@ -21,7 +21,7 @@ use memtrace_common::{
 };
 use memtrace_common::{
     AllocatorTables, CACHE_SLOTS, MAP_CACHE_TABLE, MAP_PAGE_TABLE, MAP_TABLES, PAGE_SLOTS, Slot,
-    comm_bytes, page_table_fields, size_table_gfp,
+    cache_table_fields, comm_bytes, page_table_fields, size_table_gfp,
 };
 use serde::Serialize;
 
@@ -323,9 +323,8 @@ impl Tracer {
         bump_memlock_rlimit();
 
         let btf = Btf::from_sys().ok();
-        let aya_btf = aya::Btf::from_sys_fs().ok();
         // Classic tracepoints need tracefs; mount it only if a probe needs it.
-        let want_btf = opts.attach != AttachPreference::Tracepoint && aya_btf.is_some();
+        let want_btf = opts.attach != AttachPreference::Tracepoint && btf.is_some();
         let mut tracefs_dir = tracefs::mounted();
         let mut tracefs_note = None;
         let needs_tracefs = !want_btf
@@ -342,6 +341,14 @@ impl Tracer {
         }
 
         let layouts = layout::resolve(btf.as_ref(), tracefs_dir.as_deref());
+        let migratetypes = btf
+            .as_ref()
+            .map(crate::kernel::migratetype_names)
+            .unwrap_or_default();
+        // aya parses the same BTF again to attach: only once ours is gone, which keeps the
+        // daemon's start-up peak of memory down by one parsed copy (several MiB).
+        drop(btf);
+        let aya_btf = aya::Btf::from_sys_fs().ok();
         let mut opts = opts.clone();
         let mut cgroups_unavailable = None;
         if opts.attribution & ATTR_CGROUPS != 0 {
@@ -373,11 +380,8 @@ impl Tracer {
             return Err(anyhow!("no probe could be attached ({})", why.join("; ")));
         }
 
+        drop(aya_btf);
         let nr_cpus = nr_cpus().map_err(|(_, e)| anyhow!("cannot count possible CPUs: {e}"))?;
-        let migratetypes = btf
-            .as_ref()
-            .map(crate::kernel::migratetype_names)
-            .unwrap_or_default();
         let mut tracer = Tracer {
             ebpf,
             probes,
@@ -550,10 +554,23 @@ impl Tracer {
         {
             caches.entry(id).or_insert(CacheStats::ZERO).add(&total);
         }
-        for (_, [id], total) in
-            read_table::<1, _, CACHE_SLOTS>(e, MAP_CACHE_TABLE, CacheStats::ZERO, CacheStats::add)?
+        // A cache-table slot holds allocations of one cache, GFP value and object size: the
+        // cache's totals, and kmem_cache's size histogram for that GFP value.
+        for (_, key, total) in
+            read_table::<2, _, CACHE_SLOTS>(e, MAP_CACHE_TABLE, CacheStats::ZERO, CacheStats::add)?
         {
+            let (id, gfp, object) = cache_table_fields(key);
             caches.entry(id).or_insert(CacheStats::ZERO).add(&total);
+            if total.allocations > 0 {
+                let mut sizes = SizeStats::ZERO;
+                sizes.buckets[memtrace_common::size_bucket(object)] = total.allocations;
+                sizes.requested_bytes = total.requested_bytes;
+                sizes.allocated_bytes = total.allocated_bytes;
+                snap.sizes
+                    .entry((Allocator::KmemCache, gfp))
+                    .or_insert(SizeStats::ZERO)
+                    .add(&sizes);
+            }
         }
         for (id, total) in caches {
             if total.allocations == 0 {

@@ -65,6 +65,7 @@ fn check_reports_every_probe_and_agrees_with_its_exit_code() {
         assert!(can_run, "root with BTF can run memtrace: {report}");
         for p in probes {
             assert!(!p["will_use"].is_null(), "{p}");
+            assert!(p["program"].is_string(), "the program that would run: {p}");
         }
     }
     // The human report says the same in words.

@@ -358,6 +358,28 @@ fn slab_caches_by_name_match_ftrace_in_both_attach_modes() {
 
         let size_total = w.snap.total(Allocator::KmemCache);
         assert_eq!(size_total.count(), want.values().map(|v| v.0).sum::<u64>());
+        // Per GFP label, the whole size histogram and both byte sums (memtrace derives them
+        // from its per-cache counts: see memtrace_common::CacheTable).
+        let mut want_sizes: BTreeMap<String, SizeStats> = BTreeMap::new();
+        for e in w.of("kmem_cache_alloc").filter(|e| !e.is_null("ptr")) {
+            want_sizes
+                .entry(ftrace_gfp_label(e.str("gfp_flags")))
+                .or_insert(SizeStats::ZERO)
+                .add(&histogram(std::iter::once(e), "bytes_req", "bytes_alloc"));
+        }
+        let mut got_sizes: BTreeMap<String, SizeStats> = BTreeMap::new();
+        for ((a, raw), s) in &w.snap.sizes {
+            if *a == Allocator::KmemCache {
+                got_sizes
+                    .entry(w.label(*raw))
+                    .or_insert(SizeStats::ZERO)
+                    .add(s);
+            }
+        }
+        assert_eq!(
+            got_sizes, want_sizes,
+            "{way}: kmem_cache histograms per gfp differ from ftrace"
+        );
         let failed = w
             .of("kmem_cache_alloc")
             .filter(|e| e.is_null("ptr"))

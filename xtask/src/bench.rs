@@ -354,9 +354,18 @@ fn machine() -> String {
     format!("Linux {} on {cpus} × {cpu}", kernel.trim())
 }
 
-/// Per-program (runs, total ns) of memtrace's loaded programs, from `bpftool prog show`
-/// while kernel.bpf_stats_enabled is on.
-fn program_stats() -> anyhow::Result<BTreeMap<String, (u64, u64)>> {
+/// One loaded program's statistics from `bpftool prog show`.
+#[derive(Clone, Copy, Default)]
+struct ProgStat {
+    runs: u64,
+    ns: u64,
+    /// Instructions after the verifier (`bytes_xlated` / 8).
+    insns: u64,
+}
+
+/// Statistics of the loaded programs by name (summed over programs of one name), from
+/// `bpftool prog show` while kernel.bpf_stats_enabled is on.
+fn program_stats() -> anyhow::Result<BTreeMap<String, ProgStat>> {
     let out = Command::new("bpftool")
         .args(["prog", "show", "--json"])
         .output()
@@ -371,26 +380,39 @@ fn program_stats() -> anyhow::Result<BTreeMap<String, (u64, u64)>> {
         ) else {
             continue;
         };
-        let e = m.entry(name.to_string()).or_insert((0, 0));
-        e.0 += cnt;
-        e.1 += ns;
+        let e: &mut ProgStat = m.entry(name.to_string()).or_default();
+        e.runs += cnt;
+        e.ns += ns;
+        e.insns = p["bytes_xlated"].as_u64().unwrap_or(0) / 8;
     }
     Ok(m)
 }
 
-/// Runs the default daemon once more with BPF run-time statistics on and returns the
-/// average ns per run of each program that ran (the kernel's own accounting, which adds a
-/// little time of its own to every run).
+/// One row of the per-program profile.
+#[derive(Debug, Clone, serde::Serialize)]
+struct Profiled {
+    program: String,
+    runs: u64,
+    avg_ns: f64,
+    /// The same program's average with `--probes.hooks-only` (it returns at once).
+    floor_avg_ns: Option<f64>,
+    verified_insns: u64,
+}
+
+/// Runs `config` once more with BPF run-time statistics on and returns, per memtrace
+/// program that ran, (name, runs, average ns per run, verified instructions): the kernel's
+/// own accounting, which adds a little time of its own to every run.
 fn profile(
+    config: &str,
     memtrace: &Path,
     workload: &Path,
     seconds: f64,
-) -> anyhow::Result<Vec<(String, u64, f64)>> {
+) -> anyhow::Result<Vec<(String, u64, f64, u64)>> {
     let stats = Path::new("/proc/sys/kernel/bpf_stats_enabled");
     let old = std::fs::read_to_string(stats).unwrap_or_else(|_| "0".into());
     std::fs::write(stats, "1").context("enable kernel.bpf_stats_enabled")?;
     let result = (|| {
-        let tracer = start("memtrace", memtrace)?;
+        let tracer = start(config, memtrace)?;
         let before = program_stats()?;
         let out = Command::new(workload)
             .args(["--seconds", &seconds.to_string()])
@@ -400,20 +422,17 @@ fn profile(
         }
         let after = program_stats()?;
         drop(tracer);
-        let mut rows: Vec<(String, u64, f64)> = after
+        let mut rows: Vec<(String, u64, f64, u64)> = after
             .iter()
             .filter(|(name, _)| {
                 name.ends_with("_btf") || name.ends_with("_tp") || name.ends_with("_btf_fixed")
             })
-            .filter_map(|(name, (cnt, ns))| {
-                let (c0, n0) = before.get(name).copied().unwrap_or((0, 0));
-                let runs = cnt.saturating_sub(c0);
+            .filter_map(|(name, a)| {
+                let b = before.get(name).copied().unwrap_or_default();
+                let runs = a.runs.saturating_sub(b.runs);
                 (runs > 0).then(|| {
-                    (
-                        name.clone(),
-                        runs,
-                        ns.saturating_sub(n0) as f64 / runs as f64,
-                    )
+                    let avg = a.ns.saturating_sub(b.ns) as f64 / runs as f64;
+                    (name.clone(), runs, avg, a.insns)
                 })
             })
             .collect();
@@ -568,10 +587,31 @@ pub fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
             }),
         );
     }
-    let programs = profile(&memtrace, &workload, opts.seconds)?;
+    let floor_programs: BTreeMap<String, f64> =
+        profile("floor", &memtrace, &workload, opts.seconds)?
+            .into_iter()
+            .map(|(name, _, avg, _)| (name, avg))
+            .collect();
+    let programs: Vec<Profiled> = profile("memtrace", &memtrace, &workload, opts.seconds)?
+        .into_iter()
+        .map(|(program, runs, avg_ns, verified_insns)| Profiled {
+            floor_avg_ns: floor_programs.get(&program).copied(),
+            program,
+            runs,
+            avg_ns,
+            verified_insns,
+        })
+        .collect();
     let mut prog_table = String::new();
-    for (name, runs, avg) in &programs {
-        prog_table.push_str(&format!("| `{name}` | {runs} | {avg:.0} |\n"));
+    for p in &programs {
+        let (floor, added) = match p.floor_avg_ns {
+            Some(f) => (format!("{f:.0}"), format!("{:+.0}", p.avg_ns - f)),
+            None => ("—".into(), "—".into()),
+        };
+        prog_table.push_str(&format!(
+            "| `{}` | {} | {:.0} | {floor} | {added} | {} |\n",
+            p.program, p.runs, p.avg_ns, p.verified_insns
+        ));
     }
     let vs_floor = added("memtrace") / added("floor");
     let vs_bpftrace = added("memtrace") / added("bpftrace");
@@ -611,9 +651,12 @@ floor included.\n\
 is in the workload's ns/op), with memtrace's `/metrics` scraped once a second; for bpftrace most \
 of its work happens at exit.\n\n\
 ## Where the time goes\n\n\
-One more run of the default daemon with `kernel.bpf_stats_enabled=1` (the kernel's own \
-accounting of each program's run time, which adds a little to every run), read with `bpftool`:\n\n\
-| program | runs | average ns per run |\n| --- | --- | --- |\n{prog_table}",
+Two more runs, of the default daemon and of the floor, with `kernel.bpf_stats_enabled=1` (the \
+kernel's own accounting of each program's run time, which adds the same small time to every \
+run of both), read with `bpftool`; verified instructions are the whole program's after the \
+verifier removed what the load-time constants make dead, not the instructions of one run:\n\n\
+| program | runs | ns per run | ns per run, floor | added | verified instructions |\n\
+| --- | --- | --- | --- | --- | --- |\n{prog_table}",
         machine = machine(),
         reps = opts.reps,
         secs = opts.seconds,
@@ -647,7 +690,7 @@ accounting of each program's run time, which adds a little to every run), read w
         "memtrace_added_vs_floor": vs_floor, "memtrace_added_vs_bpftrace": vs_bpftrace,
         "full_added_vs_floor": full_vs_floor,
         "configs": json_configs, "runs": runs,
-        "programs": programs.iter().map(|(n, r, a)| serde_json::json!({"program": n, "runs": r, "avg_ns": a})).collect::<Vec<_>>(),
+        "programs": programs,
     });
     std::fs::write(
         out_dir.join("bench.json"),
