@@ -167,8 +167,9 @@ pub const EXTFRAG_BASE: u32 = 32;
 /// `COUNTERS[COMPACTION_STALLS_BASE + order]`: direct compactions
 /// (`mm_compaction_try_to_compact_pages`) by the order being allocated.
 pub const COMPACTION_STALLS_BASE: u32 = 48;
-/// Bytes of a tracepoint context the programs copy per event: every field memtrace reads
-/// must end within them (userspace refuses a layout that does not).
+/// Bytes of a classic tracepoint's record the programs copy per event (BTF programs load
+/// each field from their arguments instead): every field memtrace reads must end within
+/// them (userspace refuses a layout that does not).
 pub const RECORD_BYTES: usize = 96;
 
 /// Number of slots in [`MAP_COUNTERS`].
@@ -572,8 +573,8 @@ pub struct TaskOffsets {
 }
 
 /// The two layout sets, one per way of attaching, and the struct offsets the BTF programs
-/// dereference. A program attached as a classic tracepoint reads `tp`, one attached as a
-/// BTF tracepoint reads `btf`.
+/// dereference. A program attached as a classic tracepoint reads `tp`, a generic one attached
+/// as a BTF tracepoint reads `btf` (a fixed-layout one, see [`FixedBtf`], reads neither).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Layouts {
@@ -728,8 +729,12 @@ impl Usage {
 /// as before, so every allocation is counted exactly once; userspace sums both.
 ///
 /// A slot is claimed by writing its key and is never freed, so per-key totals only grow. Each
-/// table region (one array entry) is written by one program only, and a program never runs
-/// twice at once on one CPU, so no update races with another.
+/// table region (one array entry) is written by one program only, and the kernel does not
+/// run a program again on a CPU where it is running (classic tracepoints: no BPF program
+/// nests in another; BTF tracepoints: per program, since Linux 6.1, counted as recursion
+/// misses), so no update races with another. On older kernels an interrupt that allocates
+/// while the same BTF program runs could, rarely, count one allocation under a neighbour's
+/// key.
 ///
 /// One table slot: a non-zero key of `W` words (all-zero = free) and its value.
 #[repr(C)]
@@ -948,10 +953,13 @@ pub const MAP_COMMS: &str = "COMMS";
 pub const MAP_CGROUPS: &str = "CGROUPS";
 /// Stack trace map of notable events' kernel stacks.
 pub const MAP_STACKS: &str = "STACKS";
-/// Default capacity of [`MAP_CALLSITES`] (userspace may resize it at load).
-pub const CALLSITES_MAX: u32 = 8192;
+/// Default capacity of [`MAP_CALLSITES`] (userspace may resize it at load). The per-CPU
+/// tables hold the first call sites each CPU meets; this map holds the rest. Preallocated
+/// per CPU, as every per-CPU hash: capacities are kept small, since their memory scales
+/// with the number of CPUs.
+pub const CALLSITES_MAX: u32 = 4096;
 /// Default capacity of [`MAP_COMMS`].
-pub const COMMS_MAX: u32 = 4096;
+pub const COMMS_MAX: u32 = 2048;
 /// Default capacity of [`MAP_CGROUPS`]: allocators × memory cgroups.
 pub const CGROUPS_MAX: u32 = 4096;
 /// Capacity of [`MAP_STACKS`]. Identical stacks share an id; on a hash collision the newer
@@ -979,14 +987,16 @@ pub const MAP_CACHE_STATS: &str = "CACHE_STATS";
 /// Hash: cache id → [`CacheName`], written when a cache id is first seen.
 pub const MAP_CACHE_NAMES: &str = "CACHE_NAMES";
 
-/// Capacity of [`MAP_PAGE_ALLOCS`]: orders × migratetypes × gfp values.
-pub const PAGE_KEYS_MAX: u32 = 4096;
+/// Capacity of [`MAP_PAGE_ALLOCS`]: orders × migratetypes × gfp values beyond what the
+/// per-CPU [`PageTable`] holds.
+pub const PAGE_KEYS_MAX: u32 = 1024;
 /// Capacity of [`MAP_CACHE_STATS`] and [`MAP_CACHE_NAMES`]: slab caches (a few hundred exist).
 pub const CACHES_MAX: u32 = 2048;
 
-/// Capacity of [`MAP_SIZE_STATS`] and [`MAP_FAILURES`]: distinct (allocator, gfp) pairs.
-/// A busy server shows a few dozen; what does not fit counts under [`GFP_OVERFLOW`].
-pub const GFP_KEYS_MAX: u32 = 1024;
+/// Capacity of [`MAP_SIZE_STATS`] and [`MAP_FAILURES`]: distinct (allocator, gfp) pairs
+/// (beyond the per-CPU size tables, for sizes). A busy server shows a few dozen; what does
+/// not fit counts under [`GFP_OVERFLOW`].
+pub const GFP_KEYS_MAX: u32 = 256;
 
 /// The eBPF programs, by the tracepoint they serve: (program name, category, event).
 /// `*_tp` programs attach as classic tracepoints, `*_btf` as BTF tracepoints.

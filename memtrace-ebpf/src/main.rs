@@ -3,9 +3,13 @@
 //! Each tracepoint has two programs with one body: `<event>_tp` for the classic tracepoint
 //! (fields read from the trace record) and `<event>_btf` for the BTF tracepoint (fields read
 //! from the argument array). Userspace attaches whichever the running kernel allows and hands
-//! both field layouts, resolved from that kernel, in the load-time global `LAYOUTS`.
+//! both field layouts, resolved from that kernel, in the load-time global `LAYOUTS`. The hot
+//! events have a third, `<event>_btf_fixed`: the BTF body compiled with the layout of current
+//! kernels as constants (`FixedBtf`), which userspace loads only where the resolved layout
+//! equals it.
 //!
-//! Hot paths only touch per-CPU maps: no allocation, no unbounded loop, no lock.
+//! Hot paths only touch per-CPU maps: no allocation, no unbounded loop, no lock. Aggregates
+//! live first in per-CPU tables (see `memtrace_common::Slot`), then in per-CPU hash maps.
 #![no_std]
 #![no_main]
 
@@ -834,11 +838,11 @@ fn on_kmem_cache_alloc(ctx: *mut c_void, l: &KmemCacheAllocLayout, btf: bool) {
         return;
     }
     // A classic tracepoint reads the name on every event (it is the id); a BTF one only
-    // when the cache is first seen, so it needs no name buffer on the hot path.
+    // when it claims a new table slot or meets a cache the map does not hold yet, so it
+    // needs no name buffer on the hot path.
     let t = tables(Allocator::KmemCache);
     let (id, requested, allocated, cache, classic_name) = if l.s.is_present() {
-        // BTF tracepoint: the cache itself, its address as id; its name is read only when
-        // first seen.
+        // BTF tracepoint: the cache itself, its address as id.
         let s = r.get(l.s) as *const u8;
         // SAFETY: a plain read of a global.
         let off = unsafe { core::ptr::read_volatile(&LAYOUTS.kmem_cache) };
@@ -874,7 +878,8 @@ fn on_kmem_cache_alloc(ctx: *mut c_void, l: &KmemCacheAllocLayout, btf: bool) {
         None => None,
     };
     let p = match in_table {
-        // Seen before on this CPU: its name is known.
+        // Seen before on this CPU: its name was offered to CACHE_NAMES then (a cache whose
+        // name did not fit there is reported as `unknown`).
         Some((p, false)) => Some(p),
         // New on this CPU: its name is recorded once for all CPUs.
         Some((p, true)) => {

@@ -112,7 +112,7 @@ pub struct DaemonArgs {
         value_name = "ORDER"
     )]
     pub events_min_order: u32,
-    /// Count allocations per calling function (memtrace_callsite_*): one more per-CPU hash
+    /// Count allocations per calling function (memtrace_callsite_*): one more per-CPU table
     /// update per kmalloc, kmem_cache and percpu allocation.
     #[arg(
         long = "attribution.callsites",
@@ -123,7 +123,7 @@ pub struct DaemonArgs {
     )]
     pub attribution_callsites: bool,
     /// Count allocations per task name (memtrace_process_*): reading the task name and one
-    /// more per-CPU hash update per allocation.
+    /// more per-CPU table update per allocation.
     #[arg(
         long = "attribution.processes",
         env = "MEMTRACE_ATTRIBUTION_PROCESSES",

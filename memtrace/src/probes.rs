@@ -183,6 +183,41 @@ pub struct Tracer {
     cgroups_unavailable: Option<String>,
 }
 
+/// `text` with every number that could be a kernel address replaced by `<address>`: hex
+/// literals of 12 or more digits and decimal numbers of 15 or more digits. The verifier's
+/// log prints map pointers as such numbers; memtrace never shows a kernel address (KASLR).
+pub fn redact_addresses(text: &str) -> String {
+    let b = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b[i] == b'0' && b.get(i + 1).is_some_and(|c| *c == b'x' || *c == b'X');
+        if hex {
+            let digits = b[i + 2..]
+                .iter()
+                .take_while(|c| c.is_ascii_hexdigit())
+                .count();
+            if digits >= 12 {
+                out.push_str("<address>");
+                i += 2 + digits;
+                continue;
+            }
+        } else if b[i].is_ascii_digit() && (i == 0 || !b[i - 1].is_ascii_alphanumeric()) {
+            let digits = b[i..].iter().take_while(|c| c.is_ascii_digit()).count();
+            if digits >= 15 {
+                out.push_str("<address>");
+                i += digits;
+                continue;
+            }
+        }
+        // Copy one whole character (the text is UTF-8).
+        let len = text[i..].chars().next().map_or(1, char::len_utf8);
+        out.push_str(&text[i..i + len]);
+        i += len;
+    }
+    out
+}
+
 /// A short, one-line description of an error chain (aya's load errors embed the whole
 /// verifier log; the first line of each cause is what a person needs).
 pub fn one_line(err: &(dyn std::error::Error + 'static)) -> String {
@@ -847,17 +882,29 @@ fn attach_one(
             (None, _) => notes.push("tp_btf: kernel BTF unavailable".to_string()),
             (Some(_), Some(missing)) => notes.push(format!("tp_btf: {missing}")),
             (Some(btf), None) => {
-                let program = btf_program(spec, &layouts.layouts, opts.generic_btf);
-                match attach_btf(ebpf, spec, program, btf, true) {
-                    Ok(()) => {
-                        return ProbeStatus {
-                            probe,
-                            mode: Some(AttachMode::Btf),
-                            note: None,
-                            program: Some(program),
-                        };
+                // The fixed-layout program where it fits, and the generic one if the kernel
+                // refuses it.
+                let first = btf_program(spec, &layouts.layouts, opts.generic_btf);
+                let mut programs = vec![first];
+                if first != spec.btf_program {
+                    programs.push(spec.btf_program);
+                }
+                for program in programs {
+                    match attach_btf(ebpf, spec, program, btf, true) {
+                        Ok(()) => {
+                            return ProbeStatus {
+                                probe,
+                                mode: Some(AttachMode::Btf),
+                                note: if notes.is_empty() {
+                                    None
+                                } else {
+                                    Some(notes.join("; "))
+                                },
+                                program: Some(program),
+                            };
+                        }
+                        Err(e) => notes.push(format!("tp_btf ({program}): {e}")),
                     }
-                    Err(e) => notes.push(format!("tp_btf: {e}")),
                 }
             }
         }
@@ -918,7 +965,11 @@ pub(crate) fn attach_btf(
         .map_err(|e: aya::programs::ProgramError| one_line(&e))?;
     prog.load(spec.event, btf).map_err(|e| {
         // The verifier's log is long: it is for whoever debugs a refused program.
-        tracing::debug!(program, "load refused: {e:?}");
+        tracing::debug!(
+            program,
+            "load refused: {}",
+            redact_addresses(&format!("{e:?}"))
+        );
         one_line(&e)
     })?;
     if attach {
@@ -975,5 +1026,25 @@ fn bump_memlock_rlimit() {
             "could not raise RLIMIT_MEMLOCK: {}",
             std::io::Error::last_os_error()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_hides_kernel_addresses_only() {
+        let log = "2064: (18) r1 = 0xffff8881042a0a00 ; R1=map_ptr(map=CACHE_TABLE,ks=4,vs=16384)\n\
+                   r2 = 18446612686224058880 r3 = 0x9e37 off=0x1f size 4096 ké";
+        let got = redact_addresses(log);
+        assert!(!got.contains("ffff8881"), "{got}");
+        assert!(!got.contains("18446612686224058880"), "{got}");
+        assert!(got.contains("r1 = <address> ;"), "{got}");
+        assert!(
+            got.contains("r2 = <address> r3 = 0x9e37 off=0x1f size 4096 ké"),
+            "{got}"
+        );
+        assert!(got.contains("map=CACHE_TABLE,ks=4,vs=16384"), "{got}");
     }
 }
