@@ -371,12 +371,16 @@ mod tests {
         assert_eq!(l.mm_page_alloc.migratetype, FieldLoc::new(32, 4));
     }
 
+    fn param(name: &str, size: u32) -> Param {
+        Param {
+            name: name.into(),
+            size,
+        }
+    }
+
     #[test]
     fn btf_layout_from_args_and_missing_fields() {
-        let p = |n: &str, s| Param {
-            name: n.into(),
-            size: s,
-        };
+        let p = param;
         let args = Args(vec![
             p("call_site", 8),
             p("ptr", 8),
@@ -410,10 +414,7 @@ mod tests {
     /// were compiled for (6.1 and later), and not where an argument moved.
     #[test]
     fn fixed_layouts_match_current_prototypes_only() {
-        let p = |n: &str, s| Param {
-            name: n.into(),
-            size: s,
-        };
+        let p = param;
         let protos: [(&str, Vec<Param>); 6] = [
             (
                 "kmalloc",

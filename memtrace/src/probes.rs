@@ -865,6 +865,22 @@ fn cache_name(n: &CacheName) -> String {
     if s.is_empty() { "unknown".into() } else { s }
 }
 
+/// The status of a probe attached as `mode` running `program`; `notes` say why earlier
+/// choices were not used.
+fn attached(
+    probe: String,
+    mode: AttachMode,
+    program: &'static str,
+    notes: &[String],
+) -> ProbeStatus {
+    ProbeStatus {
+        probe,
+        mode: Some(mode),
+        note: (!notes.is_empty()).then(|| notes.join("; ")),
+        program: Some(program),
+    }
+}
+
 fn attach_one(
     ebpf: &mut Ebpf,
     spec: &ProbeSpec,
@@ -891,18 +907,7 @@ fn attach_one(
                 }
                 for program in programs {
                     match attach_btf(ebpf, spec, program, btf, true) {
-                        Ok(()) => {
-                            return ProbeStatus {
-                                probe,
-                                mode: Some(AttachMode::Btf),
-                                note: if notes.is_empty() {
-                                    None
-                                } else {
-                                    Some(notes.join("; "))
-                                },
-                                program: Some(program),
-                            };
-                        }
+                        Ok(()) => return attached(probe, AttachMode::Btf, program, &notes),
                         Err(e) => notes.push(format!("tp_btf ({program}): {e}")),
                     }
                 }
@@ -918,16 +923,7 @@ fn attach_one(
             (Some(_), Some(missing)) => notes.push(format!("tracepoint: {missing}")),
             (Some(_), None) => match attach_tp(ebpf, spec, true) {
                 Ok(()) => {
-                    return ProbeStatus {
-                        probe,
-                        mode: Some(AttachMode::Tracepoint),
-                        note: if notes.is_empty() {
-                            None
-                        } else {
-                            Some(notes.join("; "))
-                        },
-                        program: Some(spec.tp_program),
-                    };
+                    return attached(probe, AttachMode::Tracepoint, spec.tp_program, &notes);
                 }
                 Err(e) => notes.push(format!("tracepoint: {e}")),
             },
