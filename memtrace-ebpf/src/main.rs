@@ -309,9 +309,14 @@ fn current_comm(btf: bool) -> [u64; 2] {
             ];
         }
     }
-    let c = bpf_get_current_comm().unwrap_or([0; 16]);
-    // SAFETY: 16 plain bytes read as two words.
-    unsafe { core::ptr::read_unaligned(c.as_ptr() as *const [u64; 2]) }
+    // The helper writes the name straight into two words: a byte array read as words would
+    // make the compiler split the words of the load path above into bytes too.
+    let mut words = [0u64; 2];
+    // SAFETY: the helper writes at most 16 bytes into the 16-byte buffer (zeroed on failure).
+    unsafe {
+        aya_ebpf::helpers::generated::bpf_get_current_comm(words.as_mut_ptr().cast(), 16);
+    }
+    words
 }
 
 /// The task-name and memory-cgroup parts of [`attribute`].
