@@ -130,7 +130,7 @@ fn table_value<const W: usize, V, const N: usize>(
     for i in 0..TABLE_PROBES {
         // SAFETY: the index is masked below N, the table's length (a power of two), so the
         // slot lies inside the map value; it is this CPU's, and only this program writes
-        // this entry (a program does not run twice at once on a CPU).
+        // this entry (the kernel does not run a program twice at once on a CPU; see Slot).
         unsafe {
             let s = t.add((h + i) & mask);
             let (mut same, mut free) = (true, true);
@@ -262,6 +262,7 @@ fn attribute(
 ) {
     let on = attribution();
     if on & ATTR_CALLSITES != 0 && call_site != 0 {
+        // SAFETY: the address of a field of this CPU's tables; nothing is read here.
         let sites = t.map(|t| unsafe { &raw mut (*t).sites });
         if let Some((p, _)) = table_value(sites, [call_site]) {
             add_usage(p, bytes);
@@ -330,6 +331,7 @@ fn attribute_rest(
 ) {
     if on & ATTR_COMMS != 0 {
         let words = current_comm(btf);
+        // SAFETY: the address of a field of this CPU's tables; nothing is read here.
         let comms = t.map(|t| unsafe { &raw mut (*t).comms });
         if let Some((p, _)) = table_value(comms, words) {
             add_usage(p, bytes);
@@ -650,6 +652,7 @@ fn record_size(
     requested: u64,
     allocated: u64,
 ) {
+    // SAFETY: the address of a field of this CPU's tables; nothing is read here.
     let sizes = t.map(|t| unsafe { &raw mut (*t).sizes });
     let p = match table_value(sizes, [size_table_key(gfp)]) {
         Some((p, _)) => Some(p),
