@@ -1012,7 +1012,8 @@ fn on_alloc_vmap_area(ctx: *mut c_void, l: &VmapAreaLayout, btf: bool) {
     if !wanted() {
         return;
     }
-    let size = field(ctx, l.size, btf);
+    let r = Record::load(ctx, span(&[l.size, l.failed]), btf);
+    let size = r.get(l.size);
     let mut n = Notable {
         allocator: Allocator::Vmalloc,
         call_site: 0,
@@ -1022,7 +1023,7 @@ fn on_alloc_vmap_area(ctx: *mut c_void, l: &VmapAreaLayout, btf: bool) {
         order: 0,
         flags: 0,
     };
-    if field(ctx, l.failed, btf) != 0 {
+    if r.get(l.failed) != 0 {
         count_failure(Allocator::Vmalloc, 0, GFP_UNKNOWN);
         n.flags = EVENT_FAILED;
         emit(ctx, n);

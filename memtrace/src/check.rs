@@ -159,7 +159,7 @@ pub fn run() -> Report {
             Some(d) => tracefs::event_exists(d, spec.category, spec.event),
             None => btf.as_ref().is_some_and(|b| b.has_tracepoint(spec.event)),
         };
-        let mut btf_choice = spec.btf_program;
+        let mut btf_choice = probes::btf_program(spec, &resolved.layouts, false);
         let (tp_btf, tracepoint) = match &mut ebpf {
             None => (
                 Some("not tested without privileges".to_string()),
@@ -167,12 +167,26 @@ pub fn run() -> Report {
             ),
             Some(Err(e)) => (Some(e.to_string()), Some(e.to_string())),
             Some(Ok(ebpf)) => {
-                btf_choice = probes::btf_program(spec, &resolved.layouts, false);
                 let b = match (&aya_btf, resolved.btf_missing(spec.event)) {
                     (None, _) => Some("kernel BTF unavailable".to_string()),
                     (_, Some(m)) => Some(m.to_string()),
                     (Some(aya_btf), None) => {
-                        probes::attach_btf(ebpf, spec, btf_choice, aya_btf, false).err()
+                        // The same choice, and the same fallback, as the daemon's.
+                        let (program, refused) = probes::attach_btf_best(
+                            ebpf,
+                            spec,
+                            &resolved.layouts,
+                            false,
+                            aya_btf,
+                            false,
+                        );
+                        match program {
+                            Some(p) => {
+                                btf_choice = p;
+                                None
+                            }
+                            None => Some(refused.join("; ")),
+                        }
                     }
                 };
                 let t = match (tracefs_dir.is_some(), resolved.tp_missing(spec.event)) {

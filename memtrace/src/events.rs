@@ -39,10 +39,16 @@ impl Kind {
     }
 }
 
+/// The text of a NUL-padded kernel name (a task's comm, a slab cache's name): the bytes
+/// before the first NUL, which end it (what follows is not part of it).
+pub fn nul_terminated(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
 /// The process name of an event.
 pub fn comm(e: &NotableEvent) -> String {
-    let end = e.comm.iter().position(|&b| b == 0).unwrap_or(e.comm.len());
-    String::from_utf8_lossy(&e.comm[..end]).into_owned()
+    nul_terminated(&e.comm)
 }
 
 /// The allocator of an event.

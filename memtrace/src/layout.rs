@@ -378,44 +378,11 @@ mod tests {
         }
     }
 
-    #[test]
-    fn btf_layout_from_args_and_missing_fields() {
+    /// The arguments of the BTF tracepoints of the hot events, as Linux 6.1 and later declare
+    /// them (`btf_trace_<event>` without its leading context pointer).
+    fn current_prototypes() -> [(&'static str, Vec<Param>); 6] {
         let p = param;
-        let args = Args(vec![
-            p("call_site", 8),
-            p("ptr", 8),
-            p("bytes_req", 8),
-            p("bytes_alloc", 8),
-            p("gfp_flags", 4),
-            p("node", 4),
-        ]);
-        let mut l = EventLayouts::default();
-        assert!(fill_event("kmalloc", &args, Mode::Btf, &mut l).is_empty());
-        assert_eq!(l.kmalloc.gfp_flags, FieldLoc::new(32, 4));
-        let old = Args(vec![p("call_site", 8), p("ptr", 8)]);
-        let mut l = EventLayouts::default();
-        assert_eq!(
-            fill_event("kmalloc", &old, Mode::Btf, &mut l),
-            vec!["bytes_req", "bytes_alloc", "gfp_flags"]
-        );
-        // kmem_cache_alloc's BTF tracepoint passes the cache, not its name and sizes.
-        let args = Args(vec![
-            p("call_site", 8),
-            p("ptr", 8),
-            p("s", 8),
-            p("gfp_flags", 4),
-            p("node", 4),
-        ]);
-        assert!(fill_event("kmem_cache_alloc", &args, Mode::Btf, &mut l).is_empty());
-        assert_eq!(l.kmem_cache_alloc.s, FieldLoc::new(16, 8));
-    }
-
-    /// The fixed-layout programs are chosen where the kernel's prototypes are the ones they
-    /// were compiled for (6.1 and later), and not where an argument moved.
-    #[test]
-    fn fixed_layouts_match_current_prototypes_only() {
-        let p = param;
-        let protos: [(&str, Vec<Param>); 6] = [
+        [
             (
                 "kmalloc",
                 vec![
@@ -428,6 +395,7 @@ mod tests {
                 ],
             ),
             ("kfree", vec![p("call_site", 8), p("ptr", 8)]),
+            // kmem_cache_alloc's BTF tracepoint passes the cache, not its name and sizes.
             (
                 "kmem_cache_alloc",
                 vec![
@@ -452,9 +420,43 @@ mod tests {
                 ],
             ),
             ("mm_page_free", vec![p("page", 8), p("order", 4)]),
-        ];
+        ]
+    }
+
+    /// The prototype of one hot event from [`current_prototypes`].
+    fn prototype(event: &str) -> Args {
+        let (_, args) = current_prototypes()
+            .into_iter()
+            .find(|(e, _)| *e == event)
+            .expect("a hot event");
+        Args(args)
+    }
+
+    #[test]
+    fn btf_layout_from_args_and_missing_fields() {
+        let p = param;
+        let args = prototype("kmalloc");
         let mut l = EventLayouts::default();
-        for (event, args) in protos {
+        assert!(fill_event("kmalloc", &args, Mode::Btf, &mut l).is_empty());
+        assert_eq!(l.kmalloc.gfp_flags, FieldLoc::new(32, 4));
+        let old = Args(vec![p("call_site", 8), p("ptr", 8)]);
+        let mut l = EventLayouts::default();
+        assert_eq!(
+            fill_event("kmalloc", &old, Mode::Btf, &mut l),
+            vec!["bytes_req", "bytes_alloc", "gfp_flags"]
+        );
+        let args = prototype("kmem_cache_alloc");
+        assert!(fill_event("kmem_cache_alloc", &args, Mode::Btf, &mut l).is_empty());
+        assert_eq!(l.kmem_cache_alloc.s, FieldLoc::new(16, 8));
+    }
+
+    /// The fixed-layout programs are chosen where the kernel's prototypes are the ones they
+    /// were compiled for (6.1 and later), and not where an argument moved.
+    #[test]
+    fn fixed_layouts_match_current_prototypes_only() {
+        let p = param;
+        let mut l = EventLayouts::default();
+        for (event, args) in current_prototypes() {
             assert!(fill_event(event, &Args(args), Mode::Btf, &mut l).is_empty());
         }
         for spec in PROBES.iter().filter(|s| s.fixed_program.is_some()) {

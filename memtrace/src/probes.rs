@@ -666,9 +666,7 @@ impl Tracer {
         let table = (tables.comms.into_iter()).map(|((e, w), u)| (e, comm_bytes(w), u));
         for (allocator, comm, u) in comms.chain(table) {
             if let (Some(a), true) = (Allocator::from_u32(allocator), u.allocations > 0) {
-                // The name ends at its NUL; a task's bytes after it are not part of it.
-                let end = comm.iter().position(|&b| b == 0).unwrap_or(16);
-                let comm = String::from_utf8_lossy(&comm[..end]).into_owned();
+                let comm = crate::events::nul_terminated(&comm);
                 snap.comms.entry((a, comm)).or_default().add(&u);
             }
         }
@@ -860,8 +858,7 @@ fn gfp_key(a: Allocator, order: u32, gfp: u64) -> GfpKey {
 
 /// A cache name from its NUL-padded bytes.
 fn cache_name(n: &CacheName) -> String {
-    let end = n.name.iter().position(|&b| b == 0).unwrap_or(n.name.len());
-    let s = String::from_utf8_lossy(&n.name[..end]).into_owned();
+    let s = crate::events::nul_terminated(&n.name);
     if s.is_empty() { "unknown".into() } else { s }
 }
 
@@ -898,18 +895,11 @@ fn attach_one(
             (None, _) => notes.push("tp_btf: kernel BTF unavailable".to_string()),
             (Some(_), Some(missing)) => notes.push(format!("tp_btf: {missing}")),
             (Some(btf), None) => {
-                // The fixed-layout program where it fits, and the generic one if the kernel
-                // refuses it.
-                let first = btf_program(spec, &layouts.layouts, opts.generic_btf);
-                let mut programs = vec![first];
-                if first != spec.btf_program {
-                    programs.push(spec.btf_program);
-                }
-                for program in programs {
-                    match attach_btf(ebpf, spec, program, btf, true) {
-                        Ok(()) => return attached(probe, AttachMode::Btf, program, &notes),
-                        Err(e) => notes.push(format!("tp_btf ({program}): {e}")),
-                    }
+                let (program, refused) =
+                    attach_btf_best(ebpf, spec, &layouts.layouts, opts.generic_btf, btf, true);
+                notes.extend(refused.into_iter().map(|why| format!("tp_btf ({why})")));
+                if let Some(program) = program {
+                    return attached(probe, AttachMode::Btf, program, &notes);
                 }
             }
         }
@@ -945,6 +935,29 @@ pub(crate) fn btf_program(spec: &ProbeSpec, layouts: &Layouts, generic: bool) ->
         Some(fixed) if !generic && spec.fixed_matches(&layouts.btf) => fixed,
         _ => spec.btf_program,
     }
+}
+
+/// Loads (and with `attach`, attaches) `spec`'s BTF program: the one [`btf_program`] picks,
+/// then the generic one if the kernel refuses it. The program that loaded, if any, and
+/// `program: reason` for each refusal.
+pub(crate) fn attach_btf_best(
+    ebpf: &mut Ebpf,
+    spec: &ProbeSpec,
+    layouts: &Layouts,
+    generic: bool,
+    btf: &aya::Btf,
+    attach: bool,
+) -> (Option<&'static str>, Vec<String>) {
+    let first = btf_program(spec, layouts, generic);
+    let mut refused = Vec::new();
+    let then_generic = (first != spec.btf_program).then_some(spec.btf_program);
+    for program in std::iter::once(first).chain(then_generic) {
+        match attach_btf(ebpf, spec, program, btf, attach) {
+            Ok(()) => return (Some(program), refused),
+            Err(e) => refused.push(format!("{program}: {e}")),
+        }
+    }
+    (None, refused)
 }
 
 pub(crate) fn attach_btf(

@@ -744,6 +744,14 @@ fn call_sites_and_task_names_match_ftrace_in_both_attach_modes() {
     }
 }
 
+/// Allocations of `a` summed over the keys of one attribution map of a snapshot.
+fn allocations_of<K>(m: &BTreeMap<(Allocator, K), memtrace_common::Usage>, a: Allocator) -> u64 {
+    m.iter()
+        .filter(|((x, _), _)| *x == a)
+        .map(|(_, u)| u.allocations)
+        .sum()
+}
+
 /// The hot path counts in small per-CPU tables first, then in per-CPU hash maps, then in
 /// the hash maps' overflow slots. With one table slot per CPU and more distinct call sites
 /// than the call-site map holds, every level is used: the rest count under the overflow
@@ -790,19 +798,9 @@ fn full_tables_and_maps_keep_totals_exact() {
     for a in [Allocator::Kmalloc, Allocator::KmemCache, Allocator::Percpu] {
         let total = snap.total(a).count();
         assert!(total > 0, "{a:?}: the workload allocates");
-        let by_site: u64 = snap
-            .callsites
-            .iter()
-            .filter(|((x, _), _)| *x == a)
-            .map(|(_, u)| u.allocations)
-            .sum();
+        let by_site = allocations_of(&snap.callsites, a);
         assert_eq!(by_site, total, "{a:?}: call-site totals stay exact");
-        let by_comm: u64 = snap
-            .comms
-            .iter()
-            .filter(|((x, _), _)| *x == a)
-            .map(|(_, u)| u.allocations)
-            .sum();
+        let by_comm = allocations_of(&snap.comms, a);
         assert_eq!(by_comm, total, "{a:?}: task-name totals stay exact");
     }
     let by_cache: u64 = snap.caches.values().map(|c| c.allocations).sum();
