@@ -402,12 +402,16 @@ pub struct ExtfragLayout {
     pub fallback_order: FieldLoc,
 }
 
-/// Layout of `vmalloc:alloc_vmap_area`.
+/// Layout of `vmalloc:alloc_vmap_area`, or of the `alloc_vmap_area()` function's arguments
+/// for its fexit program (kernels before 6.2 have no vmalloc tracepoints): then `ret` is the
+/// function's return value (a `struct vmap_area *`, an error pointer on failure) and
+/// `failed` is absent.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VmapAreaLayout {
     pub size: FieldLoc,
     pub failed: FieldLoc,
+    pub ret: FieldLoc,
 }
 
 /// Layout of `vmalloc:purge_vmap_area_lazy`.
@@ -439,8 +443,12 @@ pub struct PercpuAllocLayout {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EventLayouts {
     pub kmalloc: KmallocLayout,
+    /// `kmem:kmalloc_node` (kernels before 6.1; later, kmalloc covers it).
+    pub kmalloc_node: KmallocLayout,
     pub kfree: FreeLayout,
     pub kmem_cache_alloc: KmemCacheAllocLayout,
+    /// `kmem:kmem_cache_alloc_node` (kernels before 6.1).
+    pub kmem_cache_alloc_node: KmemCacheAllocLayout,
     pub kmem_cache_free: FreeLayout,
     pub mm_page_alloc: PageAllocLayout,
     pub mm_page_free: PageFreeLayout,
@@ -453,25 +461,31 @@ pub struct EventLayouts {
 
 const NO: FieldLoc = FieldLoc::ABSENT;
 
+const NO_KMALLOC: KmallocLayout = KmallocLayout {
+    call_site: NO,
+    ptr: NO,
+    bytes_req: NO,
+    bytes_alloc: NO,
+    gfp_flags: NO,
+};
+
+const NO_KMEM_CACHE_ALLOC: KmemCacheAllocLayout = KmemCacheAllocLayout {
+    call_site: NO,
+    ptr: NO,
+    gfp_flags: NO,
+    name: NO,
+    bytes_req: NO,
+    bytes_alloc: NO,
+    s: NO,
+};
+
 impl EventLayouts {
     pub const ZERO: EventLayouts = EventLayouts {
-        kmalloc: KmallocLayout {
-            call_site: NO,
-            ptr: NO,
-            bytes_req: NO,
-            bytes_alloc: NO,
-            gfp_flags: NO,
-        },
+        kmalloc: NO_KMALLOC,
+        kmalloc_node: NO_KMALLOC,
         kfree: FreeLayout { ptr: NO },
-        kmem_cache_alloc: KmemCacheAllocLayout {
-            call_site: NO,
-            ptr: NO,
-            gfp_flags: NO,
-            name: NO,
-            bytes_req: NO,
-            bytes_alloc: NO,
-            s: NO,
-        },
+        kmem_cache_alloc: NO_KMEM_CACHE_ALLOC,
+        kmem_cache_alloc_node: NO_KMEM_CACHE_ALLOC,
         kmem_cache_free: FreeLayout { ptr: NO },
         mm_page_alloc: PageAllocLayout {
             pfn: NO,
@@ -485,6 +499,7 @@ impl EventLayouts {
         alloc_vmap_area: VmapAreaLayout {
             size: NO,
             failed: NO,
+            ret: NO,
         },
         purge_vmap_area_lazy: PurgeLayout { npurged: NO },
         percpu_alloc_percpu: PercpuAllocLayout {
@@ -568,8 +583,9 @@ pub struct TaskOffsets {
     /// `task_struct.comm` (16 bytes); 0 if unknown. BTF programs read the current task's
     /// name with two loads from it instead of the `bpf_get_current_comm` helper's copy.
     pub comm: u32,
-    /// Explicit padding; always zero.
-    pub _pad: u32,
+    /// 1 when the kernel has the `bpf_get_current_task_btf` helper (5.11+), which the BTF
+    /// programs' typed task reads start from; 0: they use the untyped helpers.
+    pub task_btf: u32,
 }
 
 /// The two layout sets, one per way of attaching, and the struct offsets the BTF programs
@@ -579,10 +595,14 @@ pub struct TaskOffsets {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Layouts {
     pub tp: EventLayouts,
+    /// Also the layouts of raw tracepoints, whose argument array is the same.
     pub btf: EventLayouts,
+    /// The `alloc_vmap_area()` fexit program's arguments (see [`VmapAreaLayout`]).
+    pub vmap_fexit: VmapAreaLayout,
     pub kmem_cache: KmemCacheOffsets,
     pub memcg: MemcgOffsets,
     pub task: TaskOffsets,
+    pub slab: SlabOffsets,
 }
 
 impl Layouts {
@@ -602,8 +622,55 @@ impl Layouts {
             kernfs_node_id: 0,
             _pad: 0,
         },
-        task: TaskOffsets { comm: 0, _pad: 0 },
+        task: TaskOffsets {
+            comm: 0,
+            task_btf: 0,
+        },
+        vmap_fexit: VmapAreaLayout {
+            size: NO,
+            failed: NO,
+            ret: NO,
+        },
+        slab: SlabOffsets {
+            page_offset_base: 0,
+            vmemmap_base: 0,
+            struct_page_size: 0,
+            compound_head: 0,
+            slab_cache: 0,
+            page_shift: 0,
+        },
     };
+}
+
+/// What finds the slab cache of an allocated object, for `kmem_cache_alloc` events that
+/// carry neither the cache nor its name (the classic event before Linux 6.2, and every form
+/// of it before 6.1): the object's `struct page` in the kernel's page array, its head page,
+/// and that page's (or `struct slab`'s) `slab_cache` pointer. The kernel randomizes the base
+/// of the direct map and of the page array at boot (`CONFIG_RANDOMIZE_MEMORY`): the programs
+/// read them from the kernel variables `page_offset_base` and `vmemmap_base`, whose addresses
+/// userspace takes from `/proc/kallsyms`. These addresses stay inside the programs.
+/// All zero when unknown: such events are then counted under an unnamed cache.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlabOffsets {
+    /// The address of the kernel variable `page_offset_base`.
+    pub page_offset_base: u64,
+    /// The address of the kernel variable `vmemmap_base`.
+    pub vmemmap_base: u64,
+    /// `sizeof(struct page)`.
+    pub struct_page_size: u32,
+    /// `struct page.compound_head` (bit 0 set on a tail page: the head page's address + 1).
+    pub compound_head: u32,
+    /// `slab_cache` in `struct slab` (6.1+) or `struct page` (before).
+    pub slab_cache: u32,
+    /// log2 of the page size.
+    pub page_shift: u32,
+}
+
+impl SlabOffsets {
+    pub const fn is_known(&self) -> bool {
+        self.page_offset_base != 0 && self.vmemmap_base != 0 && self.struct_page_size != 0
+    }
 }
 
 /// A notable allocation event, sent through [`MAP_EVENTS`]: every failure, and allocations
@@ -1008,6 +1075,16 @@ pub struct ProbeSpec {
     pub btf_program: &'static str,
     /// The BTF program compiled with [`FixedBtf`]'s layout of the event, for the hot events.
     pub fixed_program: Option<&'static str>,
+    /// The raw tracepoint program: the BTF program's body reading the same argument array
+    /// without BTF-typed pointers, for verifiers that refuse a BTF program's access (6.1 to
+    /// 6.12 refuse reading a `const void *` argument of a tp_btf program).
+    pub raw_program: Option<&'static str>,
+    /// (program, kernel function) of an fexit program standing in for the tracepoint on
+    /// kernels that lack it (the vmalloc tracepoints came in Linux 6.2).
+    pub fexit: Option<(&'static str, &'static str)>,
+    /// Set for a tracepoint only some kernels have, saying which: where it is absent, that is
+    /// expected, not a missing probe.
+    pub only_on: Option<&'static str>,
 }
 
 impl ProbeSpec {
@@ -1027,105 +1104,90 @@ impl ProbeSpec {
     }
 }
 
+/// A [`ProbeSpec`] with every optional part empty, to fill in with `..`.
+const fn spec(
+    category: &'static str,
+    event: &'static str,
+    tp_program: &'static str,
+    btf_program: &'static str,
+) -> ProbeSpec {
+    ProbeSpec {
+        category,
+        event,
+        tp_program,
+        btf_program,
+        fixed_program: None,
+        raw_program: None,
+        fexit: None,
+        only_on: None,
+    }
+}
+
 pub const PROBES: &[ProbeSpec] = &[
     ProbeSpec {
-        category: "kmem",
-        event: "kmalloc",
-        tp_program: "kmalloc_tp",
-        btf_program: "kmalloc_btf",
         fixed_program: Some("kmalloc_btf_fixed"),
+        raw_program: Some("kmalloc_raw"),
+        ..spec("kmem", "kmalloc", "kmalloc_tp", "kmalloc_btf")
     },
     ProbeSpec {
-        category: "kmem",
-        event: "kfree",
-        tp_program: "kfree_tp",
-        btf_program: "kfree_btf",
+        raw_program: Some("kmalloc_node_raw"),
+        only_on: Some("kernels before 6.1 (later, kmem:kmalloc counts these too)"),
+        ..spec("kmem", "kmalloc_node", "kmalloc_node_tp", "kmalloc_node_btf")
+    },
+    ProbeSpec {
         fixed_program: Some("kfree_btf_fixed"),
+        raw_program: Some("kfree_raw"),
+        ..spec("kmem", "kfree", "kfree_tp", "kfree_btf")
     },
     ProbeSpec {
-        category: "kmem",
-        event: "kmem_cache_alloc",
-        tp_program: "kmem_cache_alloc_tp",
-        btf_program: "kmem_cache_alloc_btf",
         fixed_program: Some("kmem_cache_alloc_btf_fixed"),
+        raw_program: Some("kmem_cache_alloc_raw"),
+        ..spec("kmem", "kmem_cache_alloc", "kmem_cache_alloc_tp", "kmem_cache_alloc_btf")
     },
     ProbeSpec {
-        category: "kmem",
-        event: "kmem_cache_free",
-        tp_program: "kmem_cache_free_tp",
-        btf_program: "kmem_cache_free_btf",
+        raw_program: Some("kmem_cache_alloc_node_raw"),
+        only_on: Some("kernels before 6.1 (later, kmem:kmem_cache_alloc counts these too)"),
+        ..spec("kmem", "kmem_cache_alloc_node", "kmem_cache_alloc_node_tp", "kmem_cache_alloc_node_btf")
+    },
+    ProbeSpec {
         fixed_program: Some("kmem_cache_free_btf_fixed"),
+        raw_program: Some("kmem_cache_free_raw"),
+        ..spec("kmem", "kmem_cache_free", "kmem_cache_free_tp", "kmem_cache_free_btf")
     },
     ProbeSpec {
-        category: "kmem",
-        event: "mm_page_alloc",
-        tp_program: "mm_page_alloc_tp",
-        btf_program: "mm_page_alloc_btf",
         fixed_program: Some("mm_page_alloc_btf_fixed"),
+        raw_program: Some("mm_page_alloc_raw"),
+        ..spec("kmem", "mm_page_alloc", "mm_page_alloc_tp", "mm_page_alloc_btf")
     },
     ProbeSpec {
-        category: "kmem",
-        event: "mm_page_free",
-        tp_program: "mm_page_free_tp",
-        btf_program: "mm_page_free_btf",
         fixed_program: Some("mm_page_free_btf_fixed"),
+        raw_program: Some("mm_page_free_raw"),
+        ..spec("kmem", "mm_page_free", "mm_page_free_tp", "mm_page_free_btf")
+    },
+    spec("kmem", "mm_page_free_batched", "mm_page_free_batched_tp", "mm_page_free_batched_btf"),
+    ProbeSpec {
+        raw_program: Some("mm_page_alloc_extfrag_raw"),
+        ..spec("kmem", "mm_page_alloc_extfrag", "mm_page_alloc_extfrag_tp", "mm_page_alloc_extfrag_btf")
     },
     ProbeSpec {
-        category: "kmem",
-        event: "mm_page_free_batched",
-        tp_program: "mm_page_free_batched_tp",
-        btf_program: "mm_page_free_batched_btf",
-        fixed_program: None,
+        raw_program: Some("alloc_vmap_area_raw"),
+        fexit: Some(("alloc_vmap_area_fexit", "alloc_vmap_area")),
+        ..spec("vmalloc", "alloc_vmap_area", "alloc_vmap_area_tp", "alloc_vmap_area_btf")
     },
     ProbeSpec {
-        category: "kmem",
-        event: "mm_page_alloc_extfrag",
-        tp_program: "mm_page_alloc_extfrag_tp",
-        btf_program: "mm_page_alloc_extfrag_btf",
-        fixed_program: None,
+        raw_program: Some("purge_vmap_area_lazy_raw"),
+        ..spec("vmalloc", "purge_vmap_area_lazy", "purge_vmap_area_lazy_tp", "purge_vmap_area_lazy_btf")
     },
     ProbeSpec {
-        category: "vmalloc",
-        event: "alloc_vmap_area",
-        tp_program: "alloc_vmap_area_tp",
-        btf_program: "alloc_vmap_area_btf",
-        fixed_program: None,
+        raw_program: Some("percpu_alloc_percpu_raw"),
+        ..spec("percpu", "percpu_alloc_percpu", "percpu_alloc_percpu_tp", "percpu_alloc_percpu_btf")
     },
+    spec("percpu", "percpu_alloc_percpu_fail", "percpu_alloc_percpu_fail_tp", "percpu_alloc_percpu_fail_btf"),
     ProbeSpec {
-        category: "vmalloc",
-        event: "purge_vmap_area_lazy",
-        tp_program: "purge_vmap_area_lazy_tp",
-        btf_program: "purge_vmap_area_lazy_btf",
-        fixed_program: None,
+        raw_program: Some("mm_compaction_try_to_compact_pages_raw"),
+        ..spec("compaction", "mm_compaction_try_to_compact_pages", "mm_compaction_try_to_compact_pages_tp", "mm_compaction_try_to_compact_pages_btf")
     },
-    ProbeSpec {
-        category: "percpu",
-        event: "percpu_alloc_percpu",
-        tp_program: "percpu_alloc_percpu_tp",
-        btf_program: "percpu_alloc_percpu_btf",
-        fixed_program: None,
-    },
-    ProbeSpec {
-        category: "percpu",
-        event: "percpu_alloc_percpu_fail",
-        tp_program: "percpu_alloc_percpu_fail_tp",
-        btf_program: "percpu_alloc_percpu_fail_btf",
-        fixed_program: None,
-    },
-    ProbeSpec {
-        category: "compaction",
-        event: "mm_compaction_try_to_compact_pages",
-        tp_program: "mm_compaction_try_to_compact_pages_tp",
-        btf_program: "mm_compaction_try_to_compact_pages_btf",
-        fixed_program: None,
-    },
-    ProbeSpec {
-        category: "oom",
-        event: "mark_victim",
-        tp_program: "mark_victim_tp",
-        btf_program: "mark_victim_btf",
-        fixed_program: None,
-    },
+    spec("oom", "mark_victim", "mark_victim_tp", "mark_victim_btf"),
 ];
 
 #[cfg(feature = "user")]

@@ -23,9 +23,12 @@ use aya_ebpf::{
         bpf_get_current_task_btf, bpf_get_smp_processor_id, bpf_ktime_get_ns,
         bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
     },
-    macros::{btf_tracepoint, fentry, map, tracepoint},
+    macros::{btf_tracepoint, fentry, fexit, map, raw_tracepoint, tracepoint},
     maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
-    programs::{BtfTracePointContext, FEntryContext, TracePointContext, tracing::StackIdContext},
+    programs::{
+        BtfTracePointContext, FEntryContext, FExitContext, RawTracePointContext,
+        TracePointContext, tracing::StackIdContext,
+    },
 };
 use memtrace_common::{
     ALLOCATORS, AllocatorTables, CacheTable, FixedBtf, PageTable, Slot, TABLE_PROBES,
@@ -45,6 +48,34 @@ use memtrace_common::{
 
 #[unsafe(no_mangle)]
 static LAYOUTS: Layouts = Layouts::ZERO;
+
+/// How a program is attached, which decides how it reads its event. A constant in each
+/// program, so each keeps only its own way.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Classic tracepoint: fields are copied from the trace record.
+    Tp,
+    /// BTF tracepoint (or fexit): the argument array, pointers BTF-typed (plain loads
+    /// through them are checked by the verifier).
+    Btf,
+    /// Raw tracepoint: the same argument array, every value a plain number (kernel memory is
+    /// read with `bpf_probe_read_kernel`).
+    Raw,
+}
+
+impl Kind {
+    /// Whether the context is the tracepoint's argument array (not a record).
+    #[inline(always)]
+    fn args(self) -> bool {
+        self != Kind::Tp
+    }
+
+    /// Whether pointer arguments are BTF-typed.
+    #[inline(always)]
+    fn typed(self) -> bool {
+        self == Kind::Btf
+    }
+}
 
 #[unsafe(no_mangle)]
 static FILTER_TGID: u32 = 0;
@@ -210,7 +241,9 @@ fn memcg_id(btf: bool) -> u64 {
         off.css_cgroup,
         off.cgroup_kn,
     ];
-    let id = if btf {
+    // SAFETY: a plain read of a global.
+    let task_btf = unsafe { core::ptr::read_volatile(&LAYOUTS.task.task_btf) } != 0;
+    let id = if btf && task_btf {
         // SAFETY: the helper takes no arguments.
         let mut p = unsafe { bpf_get_current_task_btf() } as *const u8;
         for o in links {
@@ -411,6 +444,17 @@ fn read(base: *const u8, loc: FieldLoc) -> u64 {
     }
 }
 
+/// Reads an unsigned member at `base + loc.offset` of a kernel struct the program was given a
+/// pointer to: [`deref`] where the pointer is BTF-typed, else [`read`].
+#[inline(always)]
+fn member(base: *const u8, loc: FieldLoc, k: Kind) -> u64 {
+    if k.typed() {
+        deref(base, loc)
+    } else {
+        read(base, loc)
+    }
+}
+
 /// Reads an unsigned field of 4 or 8 bytes at `base + loc.offset`, where `base` is a typed
 /// kernel pointer a BTF tracepoint was given: a direct load, which the verifier checks
 /// against the kernel's BTF and guards against faults (no helper call). 0 if absent.
@@ -431,8 +475,8 @@ fn deref(base: *const u8, loc: FieldLoc) -> u64 {
 
 /// One field of an event (see [`Record`]).
 #[inline(always)]
-fn field(ctx: *mut c_void, loc: FieldLoc, btf: bool) -> u64 {
-    Record::load(ctx, loc.end(), btf).get(loc)
+fn field(ctx: *mut c_void, loc: FieldLoc, k: Kind) -> u64 {
+    Record::load(ctx, loc.end(), k).get(loc)
 }
 
 /// Words of a [`Record`]'s copy of a classic tracepoint's record.
@@ -451,11 +495,11 @@ struct Record {
 }
 
 impl Record {
-    /// The fields of `ctx`; `len` is the span of the fields the program needs. `btf` is a
+    /// The fields of `ctx`; `len` is the span of the fields the program needs. `k` is a
     /// constant in every program, so each keeps only its own way.
     #[inline(always)]
-    fn load(ctx: *mut c_void, len: u16, btf: bool) -> Record {
-        if btf {
+    fn load(ctx: *mut c_void, len: u16, k: Kind) -> Record {
+        if k.args() {
             return Record { ctx, copy: None };
         }
         let mut buf = [0u64; RECORD_WORDS];
@@ -546,6 +590,10 @@ macro_rules! layout {
     ($kind:ident, $event:ident) => {
         // SAFETY: a plain read of a global.
         unsafe { core::ptr::read_volatile(&LAYOUTS.$kind.$event) }
+    };
+    ($whole:ident) => {
+        // SAFETY: a plain read of a global.
+        unsafe { core::ptr::read_volatile(&LAYOUTS.$whole) }
     };
 }
 
@@ -735,15 +783,13 @@ fn min_bytes() -> u64 {
 }
 
 #[inline(always)]
-fn on_kmalloc(ctx: *mut c_void, l: &KmallocLayout, btf: bool) {
+fn on_kmalloc(ctx: *mut c_void, l: &KmallocLayout, k: Kind) {
     if !wanted() {
         return;
     }
     let r = Record::load(
         ctx,
-        span(&[l.call_site, l.ptr, l.bytes_req, l.bytes_alloc, l.gfp_flags]),
-        btf,
-    );
+        span(&[l.call_site, l.ptr, l.bytes_req, l.bytes_alloc, l.gfp_flags]), k);
     let gfp = r.get(l.gfp_flags);
     let bytes_req = r.get(l.bytes_req);
     let bytes_alloc = r.get(l.bytes_alloc);
@@ -764,7 +810,7 @@ fn on_kmalloc(ctx: *mut c_void, l: &KmallocLayout, btf: bool) {
     }
     let t = tables(Allocator::Kmalloc);
     record_size(Allocator::Kmalloc, t, gfp, bytes_req, bytes_alloc);
-    attribute(Allocator::Kmalloc, t, n.call_site, bytes_alloc, btf);
+    attribute(Allocator::Kmalloc, t, n.call_site, bytes_alloc, k.typed());
     raise(t, bytes_alloc);
     if bytes_alloc >= min_bytes() {
         n.flags = EVENT_LARGE;
@@ -773,9 +819,9 @@ fn on_kmalloc(ctx: *mut c_void, l: &KmallocLayout, btf: bool) {
 }
 
 #[inline(always)]
-fn on_free(ctx: *mut c_void, l: &FreeLayout, counter: Counter, btf: bool) {
+fn on_free(ctx: *mut c_void, l: &FreeLayout, counter: Counter, k: Kind) {
     // Freeing NULL is legal and frees nothing.
-    if wanted() && Record::load(ctx, span(&[l.ptr]), btf).get(l.ptr) != 0 {
+    if wanted() && Record::load(ctx, span(&[l.ptr]), k).get(l.ptr) != 0 {
         bump(counter);
     }
 }
@@ -809,8 +855,38 @@ fn record_cache_name(id: u64, cache: *const u8, known: Option<CacheName>) {
     let _ = CACHE_NAMES.insert(id, name, BPF_NOEXIST as u64);
 }
 
+/// The slab cache of the object at `addr`, from its page (see [`SlabOffsets`]); null if it
+/// cannot be read. Four helper reads: the two bases, the page's head, its cache.
 #[inline(always)]
-fn on_kmem_cache_alloc(ctx: *mut c_void, l: &KmemCacheAllocLayout, btf: bool) {
+fn cache_of_object(addr: u64) -> *const u8 {
+    // SAFETY: a plain read of a global.
+    let so = unsafe { core::ptr::read_volatile(&LAYOUTS.slab) };
+    if !so.is_known() {
+        return core::ptr::null();
+    }
+    // SAFETY: bpf_probe_read_kernel checks every address; a failed read yields null.
+    unsafe {
+        let (Ok(direct), Ok(pages)) = (
+            bpf_probe_read_kernel(so.page_offset_base as *const u64),
+            bpf_probe_read_kernel(so.vmemmap_base as *const u64),
+        ) else {
+            return core::ptr::null();
+        };
+        if addr < direct {
+            return core::ptr::null();
+        }
+        let pfn = (addr - direct) >> (so.page_shift & 63);
+        let page = pages.wrapping_add(pfn.wrapping_mul(u64::from(so.struct_page_size)));
+        let head = bpf_probe_read_kernel((page + u64::from(so.compound_head)) as *const u64)
+            .unwrap_or(0);
+        let page = if head & 1 != 0 { head - 1 } else { page };
+        bpf_probe_read_kernel((page + u64::from(so.slab_cache)) as *const u64).unwrap_or(0)
+            as *const u8
+    }
+}
+
+#[inline(always)]
+fn on_kmem_cache_alloc(ctx: *mut c_void, l: &KmemCacheAllocLayout, k: Kind) {
     if !wanted() {
         return;
     }
@@ -824,9 +900,7 @@ fn on_kmem_cache_alloc(ctx: *mut c_void, l: &KmemCacheAllocLayout, btf: bool) {
             l.bytes_req,
             l.bytes_alloc,
             l.gfp_flags,
-        ]),
-        btf,
-    );
+        ]), k);
     let gfp = r.get(l.gfp_flags);
     let call_site = r.get(l.call_site);
     if r.get(l.ptr) == 0 {
@@ -850,14 +924,25 @@ fn on_kmem_cache_alloc(ctx: *mut c_void, l: &KmemCacheAllocLayout, btf: bool) {
     // needs no name buffer on the hot path.
     let t = tables(Allocator::KmemCache);
     let (id, requested, allocated, cache, classic_name) = if l.s.is_present() {
-        // BTF tracepoint: the cache itself, its address as id.
+        // BTF or raw tracepoint: the cache itself, its address as id.
         let s = r.get(l.s) as *const u8;
         // SAFETY: a plain read of a global.
         let off = unsafe { core::ptr::read_volatile(&LAYOUTS.kmem_cache) };
+        let id = if k.typed() { address_of(s, t) } else { s as u64 };
         (
-            address_of(s, t),
-            deref(s, off.object_size),
-            deref(s, off.size),
+            id,
+            member(s, off.object_size, k),
+            member(s, off.size, k),
+            s,
+            None,
+        )
+    } else if !l.name.is_present() {
+        // Neither the cache nor its name (before 6.2): the cache the object lies in.
+        let s = cache_of_object(r.get(l.ptr));
+        (
+            s as u64,
+            r.get(l.bytes_req),
+            r.get(l.bytes_alloc),
             s,
             None,
         )
@@ -877,13 +962,15 @@ fn on_kmem_cache_alloc(ctx: *mut c_void, l: &KmemCacheAllocLayout, btf: bool) {
             Some(name),
         )
     };
-    attribute(Allocator::KmemCache, t, call_site, allocated, btf);
+    attribute(Allocator::KmemCache, t, call_site, allocated, k.typed());
 
     // A slot of the cache table also stands for the size histogram (see `CacheTable`);
-    // without one, the allocation counts in the cache map and the size table.
+    // without one, the allocation counts in the cache map and the size table. Only BTF
+    // programs use the table: with it, the classic and raw programs are refused by older
+    // verifiers (6.1's loses the table pointer's null check across the branches above).
     let in_table = match cache_table_key(id, gfp, allocated) {
-        Some(key) => table_value(CACHE_TABLE.get_ptr_mut(0), key),
-        None => None,
+        Some(key) if k.typed() => table_value(CACHE_TABLE.get_ptr_mut(0), key),
+        _ => None,
     };
     let p = match in_table {
         // Seen before on this CPU: its name was offered to CACHE_NAMES then (a cache whose
@@ -916,15 +1003,13 @@ fn on_kmem_cache_alloc(ctx: *mut c_void, l: &KmemCacheAllocLayout, btf: bool) {
 }
 
 #[inline(always)]
-fn on_mm_page_alloc(ctx: *mut c_void, l: &PageAllocLayout, btf: bool) {
+fn on_mm_page_alloc(ctx: *mut c_void, l: &PageAllocLayout, k: Kind) {
     if !wanted() {
         return;
     }
     let r = Record::load(
         ctx,
-        span(&[l.pfn, l.page, l.order, l.gfp_flags, l.migratetype]),
-        btf,
-    );
+        span(&[l.pfn, l.page, l.order, l.gfp_flags, l.migratetype]), k);
     let order = order_slot(r.get(l.order));
     let gfp = r.get(l.gfp_flags);
     let failed = if l.pfn.is_present() {
@@ -964,7 +1049,7 @@ fn on_mm_page_alloc(ctx: *mut c_void, l: &PageAllocLayout, btf: bool) {
     }
     let t = tables(Allocator::Page);
     raise(t, order as u64 + 1);
-    attribute(Allocator::Page, t, 0, page_bytes(order), btf);
+    attribute(Allocator::Page, t, 0, page_bytes(order), k.typed());
     let migratetype = r.get(l.migratetype) as u32;
     if let Some((p, _)) = table_value(
         PAGE_TABLE.get_ptr_mut(0),
@@ -991,29 +1076,36 @@ fn on_mm_page_alloc(ctx: *mut c_void, l: &PageAllocLayout, btf: bool) {
 }
 
 #[inline(always)]
-fn on_mm_page_free(ctx: *mut c_void, l: &PageFreeLayout, btf: bool) {
+fn on_mm_page_free(ctx: *mut c_void, l: &PageFreeLayout, k: Kind) {
     if wanted() {
-        add_counter(PAGE_FREES_BASE + order_slot(field(ctx, l.order, btf)), 1);
+        add_counter(PAGE_FREES_BASE + order_slot(field(ctx, l.order, k)), 1);
     }
 }
 
 #[inline(always)]
-fn on_extfrag(ctx: *mut c_void, l: &ExtfragLayout, btf: bool) {
+fn on_extfrag(ctx: *mut c_void, l: &ExtfragLayout, k: Kind) {
     if wanted() {
         add_counter(
-            EXTFRAG_BASE + order_slot(field(ctx, l.fallback_order, btf)),
+            EXTFRAG_BASE + order_slot(field(ctx, l.fallback_order, k)),
             1,
         );
     }
 }
 
 #[inline(always)]
-fn on_alloc_vmap_area(ctx: *mut c_void, l: &VmapAreaLayout, btf: bool) {
+fn on_alloc_vmap_area(ctx: *mut c_void, l: &VmapAreaLayout, k: Kind) {
     if !wanted() {
         return;
     }
-    let r = Record::load(ctx, span(&[l.size, l.failed]), btf);
+    let r = Record::load(ctx, span(&[l.size, l.failed, l.ret]), k);
     let size = r.get(l.size);
+    // The tracepoint's `failed`, or (fexit) an error pointer or NULL returned.
+    let failed = if l.ret.is_present() {
+        let ret = r.get(l.ret);
+        ret == 0 || ret > (-4096i64) as u64
+    } else {
+        r.get(l.failed) != 0
+    };
     let mut n = Notable {
         allocator: Allocator::Vmalloc,
         call_site: 0,
@@ -1023,7 +1115,7 @@ fn on_alloc_vmap_area(ctx: *mut c_void, l: &VmapAreaLayout, btf: bool) {
         order: 0,
         flags: 0,
     };
-    if r.get(l.failed) != 0 {
+    if failed {
         count_failure(Allocator::Vmalloc, 0, GFP_UNKNOWN);
         n.flags = EVENT_FAILED;
         emit(ctx, n);
@@ -1031,7 +1123,7 @@ fn on_alloc_vmap_area(ctx: *mut c_void, l: &VmapAreaLayout, btf: bool) {
     }
     let t = tables(Allocator::Vmalloc);
     record_size(Allocator::Vmalloc, t, GFP_UNKNOWN, size, size);
-    attribute(Allocator::Vmalloc, t, 0, size, btf);
+    attribute(Allocator::Vmalloc, t, 0, size, k.typed());
     raise(t, size);
     if size >= min_bytes() {
         n.flags = EVENT_LARGE;
@@ -1040,45 +1132,50 @@ fn on_alloc_vmap_area(ctx: *mut c_void, l: &VmapAreaLayout, btf: bool) {
 }
 
 #[inline(always)]
-fn on_purge(ctx: *mut c_void, l: &PurgeLayout, btf: bool) {
+fn on_purge(ctx: *mut c_void, l: &PurgeLayout, k: Kind) {
     if wanted() {
         bump(Counter::VmallocPurges);
         add_counter(
             Counter::VmallocPurgedAreas as u32,
-            field(ctx, l.npurged, btf),
+            field(ctx, l.npurged, k),
         );
     }
 }
 
 #[inline(always)]
-fn on_percpu_alloc(ctx: *mut c_void, l: &PercpuAllocLayout, btf: bool) {
+fn on_percpu_alloc(ctx: *mut c_void, l: &PercpuAllocLayout, k: Kind) {
     if wanted() {
         let r = Record::load(
             ctx,
-            span(&[l.call_site, l.size, l.bytes_alloc, l.gfp_flags]),
-            btf,
-        );
-        let bytes_alloc = r.get(l.bytes_alloc);
+            span(&[l.call_site, l.size, l.bytes_alloc, l.gfp_flags]), k);
+        // Before 5.14 the event has neither the bytes allocated nor the GFP flags (nor the
+        // call site, which then reads as 0: no call-site attribution).
+        let size = r.get(l.size);
+        let bytes_alloc = if l.bytes_alloc.is_present() {
+            r.get(l.bytes_alloc)
+        } else {
+            size
+        };
+        let gfp = if l.gfp_flags.is_present() {
+            r.get(l.gfp_flags)
+        } else {
+            GFP_UNKNOWN
+        };
         let t = tables(Allocator::Percpu);
-        record_size(
-            Allocator::Percpu,
-            t,
-            r.get(l.gfp_flags),
-            r.get(l.size),
-            bytes_alloc,
-        );
-        attribute(Allocator::Percpu, t, r.get(l.call_site), bytes_alloc, btf);
+        record_size(Allocator::Percpu, t, gfp, size, bytes_alloc);
+        attribute(Allocator::Percpu, t, r.get(l.call_site), bytes_alloc, k.typed());
     }
 }
 
-/// Defines the classic and the BTF tracepoint program of one event around one body.
+/// Defines the classic, the BTF and the raw tracepoint program of one event around one body.
 macro_rules! probe {
-    ($event:ident, $name:literal, $tp:ident, $btf:ident, |$ctx:ident, $l:ident, $b:ident| $body:expr) => {
+    ($event:ident, $name:literal, $tp:ident, $btf:ident, $raw:ident,
+     |$ctx:ident, $l:ident, $k:ident| $body:expr) => {
         #[tracepoint]
         pub fn $tp(ctx: TracePointContext) -> u32 {
             let $ctx = ctx.as_ptr();
             let $l = layout!(tp, $event);
-            let $b = false;
+            let $k = Kind::Tp;
             $body;
             0
         }
@@ -1087,22 +1184,32 @@ macro_rules! probe {
         pub fn $btf(ctx: BtfTracePointContext) -> i32 {
             let $ctx = ctx.as_ptr();
             let $l = layout!(btf, $event);
-            let $b = true;
+            let $k = Kind::Btf;
+            $body;
+            0
+        }
+
+        // A raw tracepoint's arguments are the BTF tracepoint's: the same layout.
+        #[raw_tracepoint(tracepoint = $name)]
+        pub fn $raw(ctx: RawTracePointContext) -> i32 {
+            let $ctx = ctx.as_ptr();
+            let $l = layout!(btf, $event);
+            let $k = Kind::Raw;
             $body;
             0
         }
     };
     // A hot event also gets `$fixed`: the BTF body compiled with the constant layout
     // `$layout` (see `FixedBtf`), which userspace loads where the kernel's layout equals it.
-    ($event:ident, $name:literal, $tp:ident, $btf:ident, $fixed:ident = $layout:expr,
-     |$ctx:ident, $l:ident, $b:ident| $body:expr) => {
-        probe!($event, $name, $tp, $btf, |$ctx, $l, $b| $body);
+    ($event:ident, $name:literal, $tp:ident, $btf:ident, $raw:ident, $fixed:ident = $layout:expr,
+     |$ctx:ident, $l:ident, $k:ident| $body:expr) => {
+        probe!($event, $name, $tp, $btf, $raw, |$ctx, $l, $k| $body);
 
         #[btf_tracepoint(function = $name)]
         pub fn $fixed(ctx: BtfTracePointContext) -> i32 {
             let $ctx = ctx.as_ptr();
             let $l = $layout;
-            let $b = true;
+            let $k = Kind::Btf;
             $body;
             0
         }
@@ -1114,76 +1221,111 @@ probe!(
     "kmalloc",
     kmalloc_tp,
     kmalloc_btf,
+    kmalloc_raw,
     kmalloc_btf_fixed = FixedBtf::KMALLOC,
-    |c, l, b| on_kmalloc(c, &l, b)
+    |c, l, k| on_kmalloc(c, &l, k)
 );
 probe!(
     kfree,
     "kfree",
     kfree_tp,
     kfree_btf,
+    kfree_raw,
     kfree_btf_fixed = FixedBtf::FREE,
-    |c, l, b| on_free(c, &l, Counter::KmallocFrees, b)
+    |c, l, k| on_free(c, &l, Counter::KmallocFrees, k)
 );
 probe!(
     kmem_cache_alloc,
     "kmem_cache_alloc",
     kmem_cache_alloc_tp,
     kmem_cache_alloc_btf,
+    kmem_cache_alloc_raw,
     kmem_cache_alloc_btf_fixed = FixedBtf::KMEM_CACHE_ALLOC,
-    |c, l, b| on_kmem_cache_alloc(c, &l, b)
+    |c, l, k| on_kmem_cache_alloc(c, &l, k)
+);
+probe!(
+    kmalloc_node,
+    "kmalloc_node",
+    kmalloc_node_tp,
+    kmalloc_node_btf,
+    kmalloc_node_raw,
+    |c, l, k| on_kmalloc(c, &l, k)
+);
+probe!(
+    kmem_cache_alloc_node,
+    "kmem_cache_alloc_node",
+    kmem_cache_alloc_node_tp,
+    kmem_cache_alloc_node_btf,
+    kmem_cache_alloc_node_raw,
+    |c, l, k| on_kmem_cache_alloc(c, &l, k)
 );
 probe!(
     kmem_cache_free,
     "kmem_cache_free",
     kmem_cache_free_tp,
     kmem_cache_free_btf,
+    kmem_cache_free_raw,
     kmem_cache_free_btf_fixed = FixedBtf::FREE,
-    |c, l, b| on_free(c, &l, Counter::KmemCacheFrees, b)
+    |c, l, k| on_free(c, &l, Counter::KmemCacheFrees, k)
 );
 probe!(
     mm_page_alloc,
     "mm_page_alloc",
     mm_page_alloc_tp,
     mm_page_alloc_btf,
+    mm_page_alloc_raw,
     mm_page_alloc_btf_fixed = FixedBtf::MM_PAGE_ALLOC,
-    |c, l, b| on_mm_page_alloc(c, &l, b)
+    |c, l, k| on_mm_page_alloc(c, &l, k)
 );
 probe!(
     mm_page_free,
     "mm_page_free",
     mm_page_free_tp,
     mm_page_free_btf,
+    mm_page_free_raw,
     mm_page_free_btf_fixed = FixedBtf::MM_PAGE_FREE,
-    |c, l, b| on_mm_page_free(c, &l, b)
+    |c, l, k| on_mm_page_free(c, &l, k)
 );
 probe!(
     mm_page_alloc_extfrag,
     "mm_page_alloc_extfrag",
     mm_page_alloc_extfrag_tp,
     mm_page_alloc_extfrag_btf,
-    |c, l, b| on_extfrag(c, &l, b)
+    mm_page_alloc_extfrag_raw,
+    |c, l, k| on_extfrag(c, &l, k)
 );
 probe!(
     alloc_vmap_area,
     "alloc_vmap_area",
     alloc_vmap_area_tp,
     alloc_vmap_area_btf,
-    |c, l, b| on_alloc_vmap_area(c, &l, b)
+    alloc_vmap_area_raw,
+    |c, l, k| on_alloc_vmap_area(c, &l, k)
 );
+/// `alloc_vmap_area()` returns, on kernels without the vmalloc tracepoints (before 6.2):
+/// the same allocations the `vmalloc:alloc_vmap_area` tracepoint reports, from the function's
+/// arguments and return value.
+#[fexit(function = "alloc_vmap_area")]
+pub fn alloc_vmap_area_fexit(ctx: FExitContext) -> i32 {
+    on_alloc_vmap_area(ctx.as_ptr(), &layout!(vmap_fexit), Kind::Btf);
+    0
+}
+
 probe!(
     purge_vmap_area_lazy,
     "purge_vmap_area_lazy",
     purge_vmap_area_lazy_tp,
     purge_vmap_area_lazy_btf,
-    |c, l, b| on_purge(c, &l, b)
+    purge_vmap_area_lazy_raw,
+    |c, l, k| on_purge(c, &l, k)
 );
 probe!(
     percpu_alloc_percpu,
     "percpu_alloc_percpu",
     percpu_alloc_percpu_tp,
     percpu_alloc_percpu_btf,
-    |c, l, b| on_percpu_alloc(c, &l, b)
+    percpu_alloc_percpu_raw,
+    |c, l, k| on_percpu_alloc(c, &l, k)
 );
 
 probe!(
@@ -1191,9 +1333,10 @@ probe!(
     "mm_compaction_try_to_compact_pages",
     mm_compaction_try_to_compact_pages_tp,
     mm_compaction_try_to_compact_pages_btf,
-    |c, l, b| {
+    mm_compaction_try_to_compact_pages_raw,
+    |c, l, k| {
         if wanted() {
-            add_counter(COMPACTION_STALLS_BASE + order_slot(field(c, l.order, b)), 1);
+            add_counter(COMPACTION_STALLS_BASE + order_slot(field(c, l.order, k)), 1);
         }
     }
 );

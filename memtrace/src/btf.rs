@@ -291,6 +291,65 @@ impl Btf {
         )
     }
 
+    /// The parameters of the kernel function `name` (from its BTF prototype), or `None` if
+    /// this kernel's BTF has no such function.
+    pub fn function_params(&self, name: &str) -> Option<Vec<Param>> {
+        let func = self.find(name, KIND_FUNC)?;
+        let proto = self.types.get(self.types[func as usize].size_or_type as usize)?;
+        if proto.kind != KIND_FUNC_PROTO {
+            return None;
+        }
+        Some(
+            proto
+                .items
+                .iter()
+                .map(|&(name, ty, _)| Param {
+                    name: self.str_at(name).to_string(),
+                    size: self.size_of(ty),
+                })
+                .collect(),
+        )
+    }
+
+    /// The size of `struct name`.
+    pub fn struct_size(&self, name: &str) -> Option<u32> {
+        let id = self.find(name, KIND_STRUCT)?;
+        Some(self.types[id as usize].size_or_type)
+    }
+
+    /// The member `member` of `struct name`, looking into its anonymous structs and unions
+    /// (as C does), with its offset from the start of the outer struct.
+    pub fn member_deep(&self, name: &str, member: &str) -> Option<Member> {
+        let id = self.find(name, KIND_STRUCT)?;
+        self.member_in(id, member, 0, 0)
+    }
+
+    fn member_in(&self, id: u32, member: &str, base_bits: u32, depth: u32) -> Option<Member> {
+        let t = self.types.get(id as usize)?;
+        if depth > 8 || !matches!(t.kind, KIND_STRUCT | KIND_UNION) {
+            return None;
+        }
+        for &(n, ty, off) in &t.items {
+            let bits = base_bits + if t.kind_flag { off & 0x00ff_ffff } else { off };
+            if n == 0 {
+                if let Some(m) = self.member_in(self.resolve(ty), member, bits, depth + 1) {
+                    return Some(m);
+                }
+            } else if self.str_at(n) == member {
+                return Some(Member {
+                    name: member.to_string(),
+                    byte_offset: bits / 8,
+                    size: self.size_of(ty),
+                    integer: matches!(
+                        self.types.get(self.resolve(ty) as usize).map(|t| t.kind),
+                        Some(KIND_INT | KIND_ENUM | KIND_ENUM64)
+                    ),
+                });
+            }
+        }
+        None
+    }
+
     /// The enumerators of `enum name`, in declaration order, with their values.
     pub fn enum_values(&self, name: &str) -> Option<Vec<(String, i64)>> {
         let id = self

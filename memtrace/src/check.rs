@@ -43,8 +43,18 @@ pub struct ProbeCheck {
     pub tracepoint_present: bool,
     /// Loading the tp_btf program: `None` if it worked, the reason otherwise.
     pub tp_btf: Option<String>,
+    /// Loading the raw tracepoint program: `None` if it worked, the reason otherwise.
+    pub raw_tp: Option<String>,
     /// Loading the classic tracepoint program: `None` if it worked, the reason otherwise.
     pub tracepoint: Option<String>,
+    /// Loading the fexit stand-in for a tracepoint this kernel lacks: `None` if it worked
+    /// (or the probe has none, see `has_fexit`), the reason otherwise.
+    pub fexit: Option<String>,
+    pub has_fexit: bool,
+    /// The tracepoint exists only on some kernels, not on this one: nothing is missing.
+    pub not_in_this_kernel: Option<&'static str>,
+    /// What the attached program cannot count on this kernel, if anything.
+    pub degraded: Option<String>,
     /// What `memtrace daemon` would use, if anything.
     pub will_use: Option<AttachMode>,
     /// The eBPF program it would run (`<event>_btf_fixed` where this kernel's layout of a hot
@@ -60,6 +70,8 @@ pub struct Report {
     pub tracefs: Item,
     pub fentry: Item,
     pub probes: Vec<ProbeCheck>,
+    /// What will be missing or reduced on this kernel, one sentence each (empty: nothing).
+    pub missing: Vec<String>,
     /// Whether memtrace can run here; when not, `reason` says why.
     pub can_run: bool,
     pub reason: Option<String>,
@@ -154,18 +166,21 @@ pub fn run() -> Report {
         None
     };
     let mut checks = Vec::new();
+    let untested = || Some("not tested without privileges".to_string());
     for spec in PROBES {
         let present = match &tracefs_dir {
             Some(d) => tracefs::event_exists(d, spec.category, spec.event),
             None => btf.as_ref().is_some_and(|b| b.has_tracepoint(spec.event)),
-        };
+        } || resolved.exists(spec.event);
         let mut btf_choice = probes::btf_program(spec, &resolved.layouts, false);
-        let (tp_btf, tracepoint) = match &mut ebpf {
-            None => (
-                Some("not tested without privileges".to_string()),
-                Some("not tested without privileges".to_string()),
+        let (tp_btf, raw_tp, tracepoint, fexit) = match &mut ebpf {
+            None => (untested(), untested(), untested(), untested()),
+            Some(Err(e)) => (
+                Some(e.to_string()),
+                Some(e.to_string()),
+                Some(e.to_string()),
+                Some(e.to_string()),
             ),
-            Some(Err(e)) => (Some(e.to_string()), Some(e.to_string())),
             Some(Ok(ebpf)) => {
                 let b = match (&aya_btf, resolved.btf_missing(spec.event)) {
                     (None, _) => Some("kernel BTF unavailable".to_string()),
@@ -189,6 +204,11 @@ pub fn run() -> Report {
                         }
                     }
                 };
+                let raw = match (spec.raw_program, resolved.btf_missing(spec.event)) {
+                    (None, _) => Some("memtrace has no raw_tp program for it".to_string()),
+                    (_, Some(m)) => Some(m.to_string()),
+                    (Some(program), None) => probes::attach_raw(ebpf, spec, program, false).err(),
+                };
                 let t = match (tracefs_dir.is_some(), resolved.tp_missing(spec.event)) {
                     (true, Some(m)) => Some(m.to_string()),
                     _ => probes::attach_tp(ebpf, spec, false).err().map(|e| {
@@ -199,13 +219,29 @@ pub fn run() -> Report {
                         }
                     }),
                 };
-                (b, t)
+                let f = match (spec.fexit, &aya_btf, resolved.fexit_missing(spec.event)) {
+                    (None, _, _) => None,
+                    (_, None, _) => Some("kernel BTF unavailable".to_string()),
+                    (_, _, Some(m)) => Some(m.to_string()),
+                    (Some((program, function)), Some(aya_btf), None) => {
+                        probes::attach_fexit(ebpf, program, function, aya_btf, false)
+                            .err()
+                            .map(|e| format!("fexit on {function}: {e}"))
+                    }
+                };
+                (b, raw, t, f)
             }
         };
-        let will_use = if tp_btf.is_none() {
+        let will_use = if !present {
+            (spec.fexit.is_some() && fexit.is_none()).then_some(AttachMode::Fexit)
+        } else if tp_btf.is_none() {
             Some(AttachMode::Btf)
-        } else if tracepoint.is_none() && present {
+        } else if raw_tp.is_none() {
+            Some(AttachMode::Raw)
+        } else if tracepoint.is_none() {
             Some(AttachMode::Tracepoint)
+        } else if spec.fexit.is_some() && fexit.is_none() {
+            Some(AttachMode::Fexit)
         } else {
             None
         };
@@ -213,15 +249,25 @@ pub fn run() -> Report {
             probe: format!("{}:{}", spec.category, spec.event),
             tracepoint_present: present,
             tp_btf,
+            raw_tp,
             tracepoint,
+            has_fexit: spec.fexit.is_some(),
+            fexit,
+            not_in_this_kernel: spec.only_on.filter(|_| !present),
+            degraded: will_use
+                .and_then(|_| resolved.degraded(spec.event))
+                .map(String::from),
             will_use,
             program: match will_use {
                 Some(AttachMode::Btf) => Some(btf_choice),
+                Some(AttachMode::Raw) => spec.raw_program,
                 Some(AttachMode::Tracepoint) => Some(spec.tp_program),
+                Some(AttachMode::Fexit) => spec.fexit.map(|(p, _)| p),
                 None => None,
             },
         });
     }
+    let missing = checks.iter().filter_map(missing_sentence).collect();
 
     let reason = if !privileged {
         Some(privileges.detail.clone())
@@ -239,9 +285,47 @@ pub fn run() -> Report {
         tracefs: tracefs_item,
         fentry,
         probes: checks,
+        missing,
         can_run: reason.is_none(),
         reason,
     }
+}
+
+/// What a user will not see because of probe `p`, in one sentence; `None` when nothing.
+fn missing_sentence(p: &ProbeCheck) -> Option<String> {
+    if p.not_in_this_kernel.is_some() {
+        return None;
+    }
+    if let (Some(_), Some(why)) = (p.will_use, &p.degraded) {
+        return Some(format!("{}: {why}", p.probe));
+    }
+    if p.will_use.is_some() {
+        return None;
+    }
+    let what = match p.probe.split_once(':').map_or("", |(_, e)| e) {
+        "kmalloc" => "kmalloc sizes, failures and call sites",
+        "kfree" => "kmalloc frees (memtrace_kmalloc_frees_total)",
+        "kmem_cache_alloc" => "slab-cache series (memtrace_slab_*, kmem_cache sizes)",
+        "kmem_cache_free" => "slab frees (memtrace_kmem_cache_frees_total)",
+        "mm_page_alloc" => "page allocation series",
+        "mm_page_free" | "mm_page_free_batched" => "page frees",
+        "mm_page_alloc_extfrag" => "fragmenting fallbacks (memtrace_page_extfrag_total)",
+        "alloc_vmap_area" => "vmalloc series (memtrace_vmalloc_*)",
+        "purge_vmap_area_lazy" => "vmalloc purges (memtrace_vmalloc_purges_total)",
+        "percpu_alloc_percpu" => "percpu allocation series",
+        "percpu_alloc_percpu_fail" => "percpu failures",
+        "mm_compaction_try_to_compact_pages" => "compaction stalls",
+        "mark_victim" => "OOM kills",
+        _ => "its series",
+    };
+    let why = if !p.tracepoint_present {
+        "this kernel has no such tracepoint".to_string()
+    } else {
+        p.tracepoint
+            .clone()
+            .unwrap_or_else(|| "no way to attach it".into())
+    };
+    Some(format!("{}: no {what} ({why})", p.probe))
 }
 
 fn unsafe_euid() -> u32 {
@@ -274,35 +358,70 @@ pub fn print_human(r: &Report, out: &mut dyn Write) -> std::io::Result<()> {
     writeln!(out)?;
     writeln!(
         out,
-        "  {:<46} {:<8} {:<7} {:<11} uses",
-        "probe", "present", "tp_btf", "tracepoint"
+        "  {:<46} {:<8} {:<7} {:<7} {:<11} {:<6} uses",
+        "probe", "present", "tp_btf", "raw_tp", "tracepoint", "fexit"
     )?;
     let status = |s: &Option<String>| if s.is_none() { "ok" } else { "no" };
     for p in &r.probes {
+        if let Some(only) = p.not_in_this_kernel {
+            writeln!(
+                out,
+                "  {:<46} {:<8} {:<7} {:<7} {:<11} {:<6} -- (exists on {only})",
+                p.probe, "no", "-", "-", "-", "-"
+            )?;
+            continue;
+        }
         writeln!(
             out,
-            "  {:<46} {:<8} {:<7} {:<11} {}",
+            "  {:<46} {:<8} {:<7} {:<7} {:<11} {:<6} {}",
             p.probe,
             if p.tracepoint_present { "yes" } else { "no" },
             status(&p.tp_btf),
+            status(&p.raw_tp),
             status(&p.tracepoint),
+            if p.has_fexit { status(&p.fexit) } else { "-" },
             match (p.will_use, p.program) {
                 (None, _) => "-- (missing)".to_string(),
                 (Some(m), Some(prog)) => format!("{m} ({prog})"),
                 (Some(m), None) => m.to_string(),
             }
         )?;
-        for (what, why) in [("tp_btf", &p.tp_btf), ("tracepoint", &p.tracepoint)] {
-            if let Some(why) = why {
-                if p.will_use.is_none() || what == "tp_btf" {
-                    writeln!(out, "      {what}: {why}")?;
-                }
+        // Why each way tried before the one used (or every way, when none works) failed.
+        let order = [
+            (AttachMode::Btf, "tp_btf", &p.tp_btf),
+            (AttachMode::Raw, "raw_tp", &p.raw_tp),
+            (AttachMode::Tracepoint, "tracepoint", &p.tracepoint),
+            (AttachMode::Fexit, "fexit", &p.fexit),
+        ];
+        for (mode, what, why) in order {
+            if Some(mode) == p.will_use {
+                break;
             }
+            if mode == AttachMode::Fexit && !p.has_fexit {
+                continue;
+            }
+            if let Some(why) = why {
+                writeln!(out, "      {what}: {why}")?;
+            }
+        }
+        if let Some(d) = &p.degraded {
+            writeln!(out, "      degraded: {d}")?;
+        }
+    }
+    if !r.missing.is_empty() {
+        writeln!(out)?;
+        writeln!(out, "On this kernel memtrace will lack:")?;
+        for m in &r.missing {
+            writeln!(out, "  - {m}")?;
         }
     }
     writeln!(out)?;
     match &r.reason {
-        None => writeln!(out, "memtrace can run here.")?,
+        None if r.missing.is_empty() => writeln!(out, "memtrace can run here.")?,
+        None => writeln!(
+            out,
+            "memtrace can run here, without what is listed above."
+        )?,
         Some(why) => writeln!(out, "memtrace cannot run here: {why}")?,
     }
     Ok(())

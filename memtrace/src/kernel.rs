@@ -1,7 +1,10 @@
 //! Facts about the running kernel that label or interpret the kernel's numbers, each read
 //! from the kernel itself: page-block order, migrate-type names.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    io::{BufRead as _, BufReader},
+};
 
 use crate::btf::Btf;
 
@@ -38,10 +41,72 @@ mod tests {
     use super::*;
 
     #[test]
+    fn kallsyms_addresses_of_core_symbols_only() {
+        let text = "ffffffff81000000 T _text\nffffffff82a1b2c8 D page_offset_base\n\
+                    ffffffffc0001000 d vmemmap_base\t[fake_module]\n\
+                    ffffffff82a1b2d0 D vmemmap_base\n";
+        let found = parse_kallsyms_addresses(
+            text.lines().map(String::from),
+            &["page_offset_base", "vmemmap_base", "absent"],
+        );
+        assert_eq!(
+            found,
+            vec![Some(0xffffffff82a1b2c8), Some(0xffffffff82a1b2d0), None]
+        );
+    }
+
+    #[test]
     fn reads_pageblock_order() {
         let text = "Page block order: 9\nPages per block:  512\n\nFree pages count per migrate type at order       0 ...\n";
         assert_eq!(parse_pageblock_order(text), Some(9));
         assert_eq!(parse_pageblock_order("nothing here"), None);
         assert_eq!(parse_pageblock_order("Page block order: x"), None);
     }
+}
+
+/// The addresses of the kernel symbols `names` (in that order), from `/proc/kallsyms`.
+/// They are handed to the eBPF programs only, never shown. An error names what is missing.
+pub fn kallsyms_addresses(names: &[&str]) -> Result<Vec<u64>, String> {
+    let path = crate::symbolize::KALLSYMS_PATH;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let mut found = parse_kallsyms_addresses(BufReader::new(file).lines().map_while(Result::ok), names);
+    if found.iter().any(|a| *a == Some(0)) {
+        return Err(format!(
+            "{path} hides addresses (kernel.kptr_restrict): run as root"
+        ));
+    }
+    let missing: Vec<&str> = names
+        .iter()
+        .zip(&found)
+        .filter(|(_, a)| a.is_none())
+        .map(|(n, _)| *n)
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "no {} in {path} (a kernel without CONFIG_RANDOMIZE_MEMORY?)",
+            missing.join(", ")
+        ));
+    }
+    Ok(found.iter_mut().map(|a| a.unwrap_or(0)).collect())
+}
+
+fn parse_kallsyms_addresses(
+    lines: impl Iterator<Item = String>,
+    names: &[&str],
+) -> Vec<Option<u64>> {
+    let mut found = vec![None; names.len()];
+    for line in lines {
+        let mut parts = line.split_ascii_whitespace();
+        let (Some(addr), Some(_kind), Some(name), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            continue; // module symbols have a fourth column
+        };
+        if let Some(i) = names.iter().position(|n| *n == name) {
+            if found[i].is_none() {
+                found[i] = u64::from_str_radix(addr, 16).ok();
+            }
+        }
+    }
+    found
 }

@@ -2,9 +2,15 @@
 //! record offsets from tracefs `format` files, BTF tracepoint argument positions from the
 //! kernel's BTF. The result is the load-time global the programs read.
 
-use std::{collections::BTreeMap, path::Path};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::Path,
+};
 
-use memtrace_common::{EventLayouts, FieldLoc, KmemCacheOffsets, Layouts, MemcgOffsets, PROBES};
+use memtrace_common::{
+    EventLayouts, FieldLoc, KmemCacheOffsets, Layouts, MemcgOffsets, PROBES, SlabOffsets,
+    VmapAreaLayout,
+};
 
 use crate::{btf::Btf, tracefs::Format};
 
@@ -14,10 +20,22 @@ pub struct Resolved {
     pub layouts: Layouts,
     tp_missing: BTreeMap<&'static str, String>,
     btf_missing: BTreeMap<&'static str, String>,
+    fexit_missing: BTreeMap<&'static str, String>,
+    /// Events whose tracepoint this kernel has (in its BTF or in tracefs).
+    present: BTreeSet<&'static str>,
+    /// What each event's program will not count on this kernel (fields it lacks), by event.
+    degraded: BTreeMap<&'static str, String>,
     memcg_missing: Option<String>,
+    slab_missing: Option<String>,
 }
 
 impl Resolved {
+    /// Why the programs cannot find an object's slab cache from its address, if they cannot
+    /// (needed where `kmem_cache_alloc` carries neither the cache nor its name).
+    pub fn slab_missing(&self) -> Option<&str> {
+        self.slab_missing.as_deref()
+    }
+
     /// Why `event` cannot be used as a classic tracepoint, if it cannot.
     pub fn tp_missing(&self, event: &str) -> Option<&str> {
         self.tp_missing.get(event).map(String::as_str)
@@ -26,6 +44,26 @@ impl Resolved {
     /// Why `event` cannot be used as a BTF tracepoint, if it cannot.
     pub fn btf_missing(&self, event: &str) -> Option<&str> {
         self.btf_missing.get(event).map(String::as_str)
+    }
+
+    /// Why `event`'s fexit stand-in (see [`memtrace_common::ProbeSpec::fexit`]) cannot be
+    /// used, if it cannot (or the probe has none).
+    pub fn fexit_missing(&self, event: &str) -> Option<&str> {
+        match self.fexit_missing.get(event) {
+            Some(why) => Some(why),
+            None if PROBES.iter().any(|p| p.event == event && p.fexit.is_some()) => None,
+            None => Some("no fexit stand-in for this tracepoint"),
+        }
+    }
+
+    /// Whether this kernel has `event`'s tracepoint.
+    pub fn exists(&self, event: &str) -> bool {
+        self.present.contains(event)
+    }
+
+    /// What `event`'s program cannot count on this kernel, if anything.
+    pub fn degraded(&self, event: &str) -> Option<&str> {
+        self.degraded.get(event).map(String::as_str)
     }
 
     /// Why the programs cannot read the current task's memory cgroup, if they cannot.
@@ -83,10 +121,22 @@ enum Mode {
 }
 
 /// Fills one event's layout; returns the names of required fields that are missing.
-fn fill_event(event: &str, src: &dyn Source, mode: Mode, l: &mut EventLayouts) -> Vec<String> {
+/// `slab_known`: the programs can find an object's slab cache from its address (see
+/// [`SlabOffsets`]), so `kmem_cache_alloc` needs neither the cache nor its name.
+fn fill_event(
+    event: &str,
+    src: &dyn Source,
+    mode: Mode,
+    slab_known: bool,
+    l: &mut EventLayouts,
+) -> Vec<String> {
     match event {
-        "kmalloc" => {
-            let k = &mut l.kmalloc;
+        "kmalloc" | "kmalloc_node" => {
+            let k = if event == "kmalloc" {
+                &mut l.kmalloc
+            } else {
+                &mut l.kmalloc_node
+            };
             fill(
                 src,
                 ["call_site", "ptr", "bytes_req", "bytes_alloc", "gfp_flags"],
@@ -100,34 +150,39 @@ fn fill_event(event: &str, src: &dyn Source, mode: Mode, l: &mut EventLayouts) -
             )
         }
         "kfree" => fill(src, ["ptr"], [&mut l.kfree.ptr]),
-        "kmem_cache_alloc" => {
-            let k = &mut l.kmem_cache_alloc;
-            match mode {
-                Mode::Tp => fill(
+        "kmem_cache_alloc" | "kmem_cache_alloc_node" => {
+            let k = if event == "kmem_cache_alloc" {
+                &mut l.kmem_cache_alloc
+            } else {
+                &mut l.kmem_cache_alloc_node
+            };
+            let mut missing = fill(
+                src,
+                ["call_site", "ptr", "gfp_flags"],
+                [&mut k.call_site, &mut k.ptr, &mut k.gfp_flags],
+            );
+            // The cache comes as a pointer (BTF, 6.1+), as a name (classic, 6.2+), or from
+            // the object's page; the sizes from the cache, or from the event.
+            let cache = match mode {
+                Mode::Btf => fill(src, ["s"], [&mut k.s]),
+                Mode::Tp => fill(src, ["name"], [&mut k.name]),
+            };
+            let from_pointer = mode == Mode::Btf && cache.is_empty();
+            if !from_pointer {
+                missing.extend(fill(
                     src,
-                    [
-                        "call_site",
-                        "ptr",
-                        "gfp_flags",
-                        "name",
-                        "bytes_req",
-                        "bytes_alloc",
-                    ],
-                    [
-                        &mut k.call_site,
-                        &mut k.ptr,
-                        &mut k.gfp_flags,
-                        &mut k.name,
-                        &mut k.bytes_req,
-                        &mut k.bytes_alloc,
-                    ],
-                ),
-                Mode::Btf => fill(
-                    src,
-                    ["call_site", "ptr", "gfp_flags", "s"],
-                    [&mut k.call_site, &mut k.ptr, &mut k.gfp_flags, &mut k.s],
-                ),
+                    ["bytes_req", "bytes_alloc"],
+                    [&mut k.bytes_req, &mut k.bytes_alloc],
+                ));
+                if !cache.is_empty() && !slab_known {
+                    missing.push(format!(
+                        "{} (and the cache cannot be found from the object's page: see \
+                         `memtrace check`)",
+                        cache.join(", ")
+                    ));
+                }
             }
+            missing
         }
         "kmem_cache_free" => fill(src, ["ptr"], [&mut l.kmem_cache_free.ptr]),
         "mm_page_alloc" => {
@@ -157,16 +212,13 @@ fn fill_event(event: &str, src: &dyn Source, mode: Mode, l: &mut EventLayouts) -
         "purge_vmap_area_lazy" => fill(src, ["npurged"], [&mut l.purge_vmap_area_lazy.npurged]),
         "percpu_alloc_percpu" => {
             let k = &mut l.percpu_alloc_percpu;
-            fill(
+            // Before 5.14 the event has only the size: see `optional_missing`.
+            let _ = fill(
                 src,
-                ["call_site", "size", "bytes_alloc", "gfp_flags"],
-                [
-                    &mut k.call_site,
-                    &mut k.size,
-                    &mut k.bytes_alloc,
-                    &mut k.gfp_flags,
-                ],
-            )
+                ["call_site", "bytes_alloc", "gfp_flags"],
+                [&mut k.call_site, &mut k.bytes_alloc, &mut k.gfp_flags],
+            );
+            fill(src, ["size"], [&mut k.size])
         }
         "mm_compaction_try_to_compact_pages" => fill(
             src,
@@ -176,6 +228,26 @@ fn fill_event(event: &str, src: &dyn Source, mode: Mode, l: &mut EventLayouts) -
         // Events whose programs read no field.
         "mm_page_free_batched" | "percpu_alloc_percpu_fail" | "mark_victim" => Vec::new(),
         other => vec![format!("(memtrace has no layout for {other})")],
+    }
+}
+
+/// What an event's program does without, where the kernel's event lacks optional fields.
+fn optional_missing(event: &str, src: &dyn Source) -> Option<String> {
+    match event {
+        "percpu_alloc_percpu" => {
+            let gone: Vec<&str> = ["call_site", "bytes_alloc", "gfp_flags"]
+                .into_iter()
+                .filter(|n| src.loc(n).is_none())
+                .collect();
+            (!gone.is_empty()).then(|| {
+                format!(
+                    "the event lacks {} (before Linux 5.14): percpu sizes count as requested, \
+                     under gfp \"other\", with no calling function",
+                    gone.join(", ")
+                )
+            })
+        }
+        _ => None,
     }
 }
 
@@ -269,6 +341,13 @@ pub fn task_comm_offset(btf: &Btf) -> u32 {
         .map_or(0, |m| m.byte_offset)
 }
 
+/// Whether the kernel has the `bpf_get_current_task_btf` helper (Linux 5.11+): its BTF's
+/// `enum bpf_func_id` lists every helper it has.
+pub fn has_task_btf_helper(btf: &Btf) -> bool {
+    btf.enum_values("bpf_func_id")
+        .is_some_and(|v| v.iter().any(|(n, _)| n == "BPF_FUNC_get_current_task_btf"))
+}
+
 /// Resolves every event's layout from what this kernel offers.
 pub fn resolve(btf: Option<&Btf>, tracefs: Option<&Path>) -> Resolved {
     let mut r = Resolved {
@@ -276,14 +355,33 @@ pub fn resolve(btf: Option<&Btf>, tracefs: Option<&Path>) -> Resolved {
         ..Default::default()
     };
     let cache_offsets = btf.and_then(|b| kmem_cache_offsets(b, &mut r.layouts.kmem_cache));
-    r.layouts.task.comm = btf.map_or(0, task_comm_offset);
+    r.layouts.task.task_btf = u32::from(btf.is_some_and(has_task_btf_helper));
+    if r.layouts.task.task_btf != 0 {
+        r.layouts.task.comm = btf.map_or(0, task_comm_offset);
+    }
     match btf.map(memcg_offsets) {
         Some(Ok(o)) => r.layouts.memcg = o,
         Some(Err(why)) => r.memcg_missing = Some(why),
         None => r.memcg_missing = Some("kernel BTF unavailable".into()),
     }
+    let slab = btf.map(|b| slab_offsets(b, &crate::kernel::kallsyms_addresses));
+    let slab_known = match slab {
+        Some(Ok(o)) => {
+            r.layouts.slab = o;
+            true
+        }
+        Some(Err(why)) => {
+            r.slab_missing = Some(why);
+            false
+        }
+        None => {
+            r.slab_missing = Some("kernel BTF unavailable".into());
+            false
+        }
+    };
     for spec in PROBES {
         let (category, event) = (spec.category, spec.event);
+        let is_cache = event.starts_with("kmem_cache_alloc");
         match tracefs.map(|dir| Format::read(dir, category, event)) {
             None => {
                 r.tp_missing.insert(event, "tracefs not mounted".into());
@@ -292,9 +390,18 @@ pub fn resolve(btf: Option<&Btf>, tracefs: Option<&Path>) -> Resolved {
                 r.tp_missing.insert(event, e.to_string());
             }
             Some(Ok(fmt)) => {
-                let missing = fill_event(event, &Record(&fmt), Mode::Tp, &mut r.layouts.tp);
+                r.present.insert(event);
+                let src = Record(&fmt);
+                let missing = fill_event(event, &src, Mode::Tp, slab_known, &mut r.layouts.tp);
                 if let Some(why) = describe(missing) {
                     r.tp_missing.insert(event, why);
+                } else if is_cache && !r.layouts.tp.kmem_cache_alloc.name.is_present() {
+                    if let Some(why) = &cache_offsets {
+                        r.tp_missing.insert(event, why.clone());
+                    }
+                }
+                if let Some(why) = optional_missing(event, &src) {
+                    r.degraded.insert(event, why);
                 }
             }
         }
@@ -307,18 +414,98 @@ pub fn resolve(btf: Option<&Btf>, tracefs: Option<&Path>) -> Resolved {
                     .insert(event, format!("no btf_trace_{event} in the kernel's BTF"));
             }
             Some(Some(args)) => {
-                let missing = fill_event(event, &Args(args), Mode::Btf, &mut r.layouts.btf);
+                r.present.insert(event);
+                if !args.is_empty() && args.iter().all(|a| a.name.is_empty()) {
+                    r.btf_missing.insert(
+                        event,
+                        "this kernel's BTF does not name the tracepoint's arguments \
+                         (no __bpf_trace_ functions, as before Linux 5.11)"
+                            .into(),
+                    );
+                    continue;
+                }
+                let src = Args(args);
+                let missing = fill_event(event, &src, Mode::Btf, slab_known, &mut r.layouts.btf);
                 if let Some(why) = describe(missing) {
                     r.btf_missing.insert(event, why);
-                } else if event == "kmem_cache_alloc" {
+                } else if is_cache {
                     if let Some(why) = &cache_offsets {
                         r.btf_missing.insert(event, why.clone());
                     }
                 }
+                if let Some(why) = optional_missing(event, &src) {
+                    r.degraded.entry(event).or_insert(why);
+                }
+            }
+        }
+        if let Some((_, function)) = spec.fexit {
+            match btf.map(|b| vmap_fexit_layout(b, function)) {
+                None => {
+                    r.fexit_missing.insert(event, "kernel BTF unavailable".into());
+                }
+                Some(Err(why)) => {
+                    r.fexit_missing.insert(event, why);
+                }
+                Some(Ok(l)) => r.layouts.vmap_fexit = l,
             }
         }
     }
     r
+}
+
+/// The fexit program's view of `function` (`alloc_vmap_area(unsigned long size, ...)`): the
+/// argument `size` and the return value, which follows the arguments.
+fn vmap_fexit_layout(btf: &Btf, function: &str) -> Result<VmapAreaLayout, String> {
+    let params = btf
+        .function_params(function)
+        .ok_or_else(|| format!("no function {function} in the kernel's BTF"))?;
+    let size = params
+        .iter()
+        .position(|p| p.name == "size" && p.size == 8)
+        .ok_or_else(|| format!("{function} has no 8-byte argument size"))?;
+    // fexit programs see at most 12 arguments and the return value.
+    if params.len() > 11 {
+        return Err(format!("{function} has too many arguments for fexit"));
+    }
+    Ok(VmapAreaLayout {
+        size: FieldLoc::new(8 * size as u16, 8),
+        failed: FieldLoc::ABSENT,
+        ret: FieldLoc::new(8 * params.len() as u16, 8),
+    })
+}
+
+/// Where the programs find an object's slab cache (see [`SlabOffsets`]), from the kernel's
+/// BTF and the addresses of `page_offset_base` and `vmemmap_base` (`lookup` reads them from
+/// kallsyms), or why they cannot.
+pub fn slab_offsets(
+    btf: &Btf,
+    lookup: &dyn Fn(&[&str]) -> Result<Vec<u64>, String>,
+) -> Result<SlabOffsets, String> {
+    let page_size = btf
+        .struct_size("page")
+        .ok_or("no struct page in the kernel's BTF")?;
+    let compound_head = btf
+        .member_deep("page", "compound_head")
+        .ok_or("struct page has no compound_head")?;
+    // Linux 5.17 moved the slab's fields from struct page into struct slab, which overlays it.
+    let slab_cache = btf
+        .member_deep("slab", "slab_cache")
+        .filter(|_| btf.struct_size("slab").is_some_and(|s| s <= page_size))
+        .or_else(|| btf.member_deep("page", "slab_cache"))
+        .ok_or("neither struct slab nor struct page has slab_cache")?;
+    if compound_head.size != 8 || slab_cache.size != 8 {
+        return Err("struct page's compound_head or slab_cache is not 8 bytes".into());
+    }
+    let addrs = lookup(&["page_offset_base", "vmemmap_base"])?;
+    let page = crate::probes::page_size();
+    Ok(SlabOffsets {
+        page_offset_base: addrs[0],
+        vmemmap_base: addrs[1],
+        struct_page_size: page_size,
+        compound_head: compound_head.byte_offset,
+        slab_cache: slab_cache.byte_offset,
+        page_shift: page.trailing_zeros(),
+    })
 }
 
 #[cfg(test)]
@@ -330,7 +517,7 @@ mod tests {
     fn classic_layout_from_format() {
         let fmt = Format::parse(crate::tracefs::tests_support::KMALLOC_FORMAT).unwrap();
         let mut l = EventLayouts::default();
-        assert!(fill_event("kmalloc", &Record(&fmt), Mode::Tp, &mut l).is_empty());
+        assert!(fill_event("kmalloc", &Record(&fmt), Mode::Tp, false, &mut l).is_empty());
         assert_eq!(l.kmalloc.ptr, FieldLoc::new(16, 8));
         assert_eq!(l.kmalloc.gfp_flags, FieldLoc::new(40, 8));
     }
@@ -348,7 +535,7 @@ mod tests {
             let text = std::fs::read_to_string(&path).unwrap();
             let fmt = Format::parse(&text).unwrap();
             let mut l = EventLayouts::default();
-            let missing = fill_event(spec.event, &Record(&fmt), Mode::Tp, &mut l);
+            let missing = fill_event(spec.event, &Record(&fmt), Mode::Tp, false, &mut l);
             assert!(missing.is_empty(), "{}: {missing:?}", spec.event);
         }
         let text = include_str!("../testdata/linux-6.18/kmem_kmem_cache_alloc.format");
@@ -357,6 +544,7 @@ mod tests {
             "kmem_cache_alloc",
             &Record(&Format::parse(text).unwrap()),
             Mode::Tp,
+            false,
             &mut l,
         );
         assert_eq!(l.kmem_cache_alloc.name, FieldLoc::new(24, 4));
@@ -365,6 +553,7 @@ mod tests {
             "mm_page_alloc",
             &Record(&Format::parse(text).unwrap()),
             Mode::Tp,
+            false,
             &mut l,
         );
         assert_eq!(l.mm_page_alloc.pfn, FieldLoc::new(8, 8));
@@ -437,16 +626,16 @@ mod tests {
         let p = param;
         let args = prototype("kmalloc");
         let mut l = EventLayouts::default();
-        assert!(fill_event("kmalloc", &args, Mode::Btf, &mut l).is_empty());
+        assert!(fill_event("kmalloc", &args, Mode::Btf, false, &mut l).is_empty());
         assert_eq!(l.kmalloc.gfp_flags, FieldLoc::new(32, 4));
         let old = Args(vec![p("call_site", 8), p("ptr", 8)]);
         let mut l = EventLayouts::default();
         assert_eq!(
-            fill_event("kmalloc", &old, Mode::Btf, &mut l),
+            fill_event("kmalloc", &old, Mode::Btf, false, &mut l),
             vec!["bytes_req", "bytes_alloc", "gfp_flags"]
         );
         let args = prototype("kmem_cache_alloc");
-        assert!(fill_event("kmem_cache_alloc", &args, Mode::Btf, &mut l).is_empty());
+        assert!(fill_event("kmem_cache_alloc", &args, Mode::Btf, false, &mut l).is_empty());
         assert_eq!(l.kmem_cache_alloc.s, FieldLoc::new(16, 8));
     }
 
@@ -457,7 +646,7 @@ mod tests {
         let p = param;
         let mut l = EventLayouts::default();
         for (event, args) in current_prototypes() {
-            assert!(fill_event(event, &Args(args), Mode::Btf, &mut l).is_empty());
+            assert!(fill_event(event, &Args(args), Mode::Btf, false, &mut l).is_empty());
         }
         for spec in PROBES.iter().filter(|s| s.fixed_program.is_some()) {
             assert!(
@@ -474,7 +663,7 @@ mod tests {
             p("bytes_req", 8),
             p("bytes_alloc", 8),
         ]);
-        assert!(fill_event("kmalloc", &moved, Mode::Btf, &mut l).is_empty());
+        assert!(fill_event("kmalloc", &moved, Mode::Btf, false, &mut l).is_empty());
         let kmalloc = PROBES.iter().find(|s| s.event == "kmalloc").unwrap();
         assert!(!kmalloc.fixed_matches(&l));
         let no_fixed = PROBES

@@ -8,7 +8,7 @@ use anyhow::{Context as _, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
-    programs::{BtfTracePoint, FEntry, TracePoint},
+    programs::{BtfTracePoint, FEntry, FExit, RawTracePoint, TracePoint},
     util::nr_cpus,
 };
 use memtrace_common::{
@@ -36,15 +36,23 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 pub enum AttachMode {
     /// BTF tracepoint (tp_btf).
     Btf,
+    /// Raw tracepoint (raw_tp): the BTF tracepoint's arguments without BTF-typed pointers,
+    /// where the verifier refuses the BTF program.
+    Raw,
     /// Classic tracepoint (needs tracefs).
     Tracepoint,
+    /// An fexit program on the kernel function a tracepoint this kernel lacks would report
+    /// from (vmalloc before Linux 6.2).
+    Fexit,
 }
 
 impl fmt::Display for AttachMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             AttachMode::Btf => "tp_btf",
+            AttachMode::Raw => "raw_tp",
             AttachMode::Tracepoint => "tracepoint",
+            AttachMode::Fexit => "fexit",
         })
     }
 }
@@ -52,13 +60,28 @@ impl fmt::Display for AttachMode {
 /// Which attach modes to try.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum AttachPreference {
-    /// tp_btf where the kernel has it, classic tracepoint otherwise.
+    /// tp_btf where the kernel allows it, then raw_tp, then the classic tracepoint, then
+    /// fexit for a tracepoint the kernel lacks.
     #[default]
     Auto,
-    /// Only tp_btf.
+    /// Only tp_btf (and fexit where the tracepoint is missing).
     Btf,
+    /// Only raw tracepoints.
+    Raw,
     /// Only classic tracepoints.
     Tracepoint,
+}
+
+impl AttachPreference {
+    /// Whether this preference allows attaching as `mode`.
+    pub fn allows(self, mode: AttachMode) -> bool {
+        match self {
+            AttachPreference::Auto => true,
+            AttachPreference::Btf => matches!(mode, AttachMode::Btf | AttachMode::Fexit),
+            AttachPreference::Raw => mode == AttachMode::Raw,
+            AttachPreference::Tracepoint => mode == AttachMode::Tracepoint,
+        }
+    }
 }
 
 /// How one probe fared.
@@ -397,6 +420,11 @@ impl Tracer {
 
         let mut probes = Vec::new();
         for spec in specs {
+            // A tracepoint only some kernels have (e.g. kmalloc_node before 6.1) is simply
+            // not this kernel's: no probe, no series.
+            if spec.only_on.is_some() && !layouts.exists(spec.event) {
+                continue;
+            }
             probes.push(attach_one(
                 &mut ebpf,
                 spec,
@@ -890,7 +918,7 @@ fn attach_one(
     let probe = format!("{}:{}", spec.category, spec.event);
     let pref = opts.attach;
     let mut notes = Vec::new();
-    if pref != AttachPreference::Tracepoint {
+    if pref.allows(AttachMode::Btf) {
         match (aya_btf, layouts.btf_missing(spec.event)) {
             (None, _) => notes.push("tp_btf: kernel BTF unavailable".to_string()),
             (Some(_), Some(missing)) => notes.push(format!("tp_btf: {missing}")),
@@ -904,7 +932,18 @@ fn attach_one(
             }
         }
     }
-    if pref != AttachPreference::Btf {
+    if pref.allows(AttachMode::Raw) {
+        if let Some(program) = spec.raw_program {
+            match layouts.btf_missing(spec.event) {
+                Some(missing) => notes.push(format!("raw_tp: {missing}")),
+                None => match attach_raw(ebpf, spec, program, true) {
+                    Ok(()) => return attached(probe, AttachMode::Raw, program, &notes),
+                    Err(e) => notes.push(format!("raw_tp: {e}")),
+                },
+            }
+        }
+    }
+    if pref.allows(AttachMode::Tracepoint) {
         match (tracefs_dir, layouts.tp_missing(spec.event)) {
             (None, _) => notes.push(format!(
                 "tracepoint: {}",
@@ -917,6 +956,18 @@ fn attach_one(
                 }
                 Err(e) => notes.push(format!("tracepoint: {e}")),
             },
+        }
+    }
+    if pref.allows(AttachMode::Fexit) {
+        if let Some((program, function)) = spec.fexit {
+            match (aya_btf, layouts.fexit_missing(spec.event)) {
+                (None, _) => notes.push("fexit: kernel BTF unavailable".to_string()),
+                (_, Some(missing)) => notes.push(format!("fexit: {missing}")),
+                (Some(btf), None) => match attach_fexit(ebpf, program, function, btf, true) {
+                    Ok(()) => return attached(probe, AttachMode::Fexit, program, &notes),
+                    Err(e) => notes.push(format!("fexit on {function}: {e}")),
+                },
+            }
         }
     }
     ProbeStatus {
@@ -974,6 +1025,57 @@ pub(crate) fn attach_btf(
         .map_err(|e: aya::programs::ProgramError| one_line(&e))?;
     prog.load(spec.event, btf).map_err(|e| {
         // The verifier's log is long: it is for whoever debugs a refused program.
+        tracing::debug!(
+            program,
+            "load refused: {}",
+            redact_addresses(&format!("{e:?}"))
+        );
+        one_line(&e)
+    })?;
+    if attach {
+        prog.attach().map_err(|e| one_line(&e))?;
+    }
+    Ok(())
+}
+
+pub(crate) fn attach_raw(
+    ebpf: &mut Ebpf,
+    spec: &ProbeSpec,
+    program: &str,
+    attach: bool,
+) -> Result<(), String> {
+    let prog: &mut RawTracePoint = ebpf
+        .program_mut(program)
+        .ok_or_else(|| format!("program {program} missing from the object"))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| one_line(&e))?;
+    prog.load().map_err(|e| {
+        tracing::debug!(
+            program,
+            "load refused: {}",
+            redact_addresses(&format!("{e:?}"))
+        );
+        one_line(&e)
+    })?;
+    if attach {
+        prog.attach(spec.event).map_err(|e| one_line(&e))?;
+    }
+    Ok(())
+}
+
+pub(crate) fn attach_fexit(
+    ebpf: &mut Ebpf,
+    program: &str,
+    function: &str,
+    btf: &aya::Btf,
+    attach: bool,
+) -> Result<(), String> {
+    let prog: &mut FExit = ebpf
+        .program_mut(program)
+        .ok_or_else(|| format!("program {program} missing from the object"))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| one_line(&e))?;
+    prog.load(function, btf).map_err(|e| {
         tracing::debug!(
             program,
             "load refused: {}",
