@@ -1132,7 +1132,12 @@ pub const PROBES: &[ProbeSpec] = &[
     ProbeSpec {
         raw_program: Some("kmalloc_node_raw"),
         only_on: Some("kernels before 6.1 (later, kmem:kmalloc counts these too)"),
-        ..spec("kmem", "kmalloc_node", "kmalloc_node_tp", "kmalloc_node_btf")
+        ..spec(
+            "kmem",
+            "kmalloc_node",
+            "kmalloc_node_tp",
+            "kmalloc_node_btf",
+        )
     },
     ProbeSpec {
         fixed_program: Some("kfree_btf_fixed"),
@@ -1142,52 +1147,121 @@ pub const PROBES: &[ProbeSpec] = &[
     ProbeSpec {
         fixed_program: Some("kmem_cache_alloc_btf_fixed"),
         raw_program: Some("kmem_cache_alloc_raw"),
-        ..spec("kmem", "kmem_cache_alloc", "kmem_cache_alloc_tp", "kmem_cache_alloc_btf")
+        ..spec(
+            "kmem",
+            "kmem_cache_alloc",
+            "kmem_cache_alloc_tp",
+            "kmem_cache_alloc_btf",
+        )
     },
     ProbeSpec {
         raw_program: Some("kmem_cache_alloc_node_raw"),
         only_on: Some("kernels before 6.1 (later, kmem:kmem_cache_alloc counts these too)"),
-        ..spec("kmem", "kmem_cache_alloc_node", "kmem_cache_alloc_node_tp", "kmem_cache_alloc_node_btf")
+        ..spec(
+            "kmem",
+            "kmem_cache_alloc_node",
+            "kmem_cache_alloc_node_tp",
+            "kmem_cache_alloc_node_btf",
+        )
     },
     ProbeSpec {
         fixed_program: Some("kmem_cache_free_btf_fixed"),
         raw_program: Some("kmem_cache_free_raw"),
-        ..spec("kmem", "kmem_cache_free", "kmem_cache_free_tp", "kmem_cache_free_btf")
+        ..spec(
+            "kmem",
+            "kmem_cache_free",
+            "kmem_cache_free_tp",
+            "kmem_cache_free_btf",
+        )
     },
     ProbeSpec {
         fixed_program: Some("mm_page_alloc_btf_fixed"),
         raw_program: Some("mm_page_alloc_raw"),
-        ..spec("kmem", "mm_page_alloc", "mm_page_alloc_tp", "mm_page_alloc_btf")
+        ..spec(
+            "kmem",
+            "mm_page_alloc",
+            "mm_page_alloc_tp",
+            "mm_page_alloc_btf",
+        )
     },
     ProbeSpec {
         fixed_program: Some("mm_page_free_btf_fixed"),
         raw_program: Some("mm_page_free_raw"),
-        ..spec("kmem", "mm_page_free", "mm_page_free_tp", "mm_page_free_btf")
+        ..spec(
+            "kmem",
+            "mm_page_free",
+            "mm_page_free_tp",
+            "mm_page_free_btf",
+        )
     },
-    spec("kmem", "mm_page_free_batched", "mm_page_free_batched_tp", "mm_page_free_batched_btf"),
+    ProbeSpec {
+        raw_program: Some("mm_page_free_batched_raw"),
+        ..spec(
+            "kmem",
+            "mm_page_free_batched",
+            "mm_page_free_batched_tp",
+            "mm_page_free_batched_btf",
+        )
+    },
     ProbeSpec {
         raw_program: Some("mm_page_alloc_extfrag_raw"),
-        ..spec("kmem", "mm_page_alloc_extfrag", "mm_page_alloc_extfrag_tp", "mm_page_alloc_extfrag_btf")
+        ..spec(
+            "kmem",
+            "mm_page_alloc_extfrag",
+            "mm_page_alloc_extfrag_tp",
+            "mm_page_alloc_extfrag_btf",
+        )
     },
     ProbeSpec {
         raw_program: Some("alloc_vmap_area_raw"),
         fexit: Some(("alloc_vmap_area_fexit", "alloc_vmap_area")),
-        ..spec("vmalloc", "alloc_vmap_area", "alloc_vmap_area_tp", "alloc_vmap_area_btf")
+        ..spec(
+            "vmalloc",
+            "alloc_vmap_area",
+            "alloc_vmap_area_tp",
+            "alloc_vmap_area_btf",
+        )
     },
     ProbeSpec {
         raw_program: Some("purge_vmap_area_lazy_raw"),
-        ..spec("vmalloc", "purge_vmap_area_lazy", "purge_vmap_area_lazy_tp", "purge_vmap_area_lazy_btf")
+        ..spec(
+            "vmalloc",
+            "purge_vmap_area_lazy",
+            "purge_vmap_area_lazy_tp",
+            "purge_vmap_area_lazy_btf",
+        )
     },
     ProbeSpec {
         raw_program: Some("percpu_alloc_percpu_raw"),
-        ..spec("percpu", "percpu_alloc_percpu", "percpu_alloc_percpu_tp", "percpu_alloc_percpu_btf")
+        ..spec(
+            "percpu",
+            "percpu_alloc_percpu",
+            "percpu_alloc_percpu_tp",
+            "percpu_alloc_percpu_btf",
+        )
     },
-    spec("percpu", "percpu_alloc_percpu_fail", "percpu_alloc_percpu_fail_tp", "percpu_alloc_percpu_fail_btf"),
+    ProbeSpec {
+        raw_program: Some("percpu_alloc_percpu_fail_raw"),
+        ..spec(
+            "percpu",
+            "percpu_alloc_percpu_fail",
+            "percpu_alloc_percpu_fail_tp",
+            "percpu_alloc_percpu_fail_btf",
+        )
+    },
     ProbeSpec {
         raw_program: Some("mm_compaction_try_to_compact_pages_raw"),
-        ..spec("compaction", "mm_compaction_try_to_compact_pages", "mm_compaction_try_to_compact_pages_tp", "mm_compaction_try_to_compact_pages_btf")
+        ..spec(
+            "compaction",
+            "mm_compaction_try_to_compact_pages",
+            "mm_compaction_try_to_compact_pages_tp",
+            "mm_compaction_try_to_compact_pages_btf",
+        )
     },
-    spec("oom", "mark_victim", "mark_victim_tp", "mark_victim_btf"),
+    ProbeSpec {
+        raw_program: Some("mark_victim_raw"),
+        ..spec("oom", "mark_victim", "mark_victim_tp", "mark_victim_btf")
+    },
 ];
 
 #[cfg(feature = "user")]

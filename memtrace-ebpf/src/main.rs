@@ -26,8 +26,8 @@ use aya_ebpf::{
     macros::{btf_tracepoint, fentry, fexit, map, raw_tracepoint, tracepoint},
     maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
     programs::{
-        BtfTracePointContext, FEntryContext, FExitContext, RawTracePointContext,
-        TracePointContext, tracing::StackIdContext,
+        BtfTracePointContext, FEntryContext, FExitContext, RawTracePointContext, TracePointContext,
+        tracing::StackIdContext,
     },
 };
 use memtrace_common::{
@@ -789,7 +789,9 @@ fn on_kmalloc(ctx: *mut c_void, l: &KmallocLayout, k: Kind) {
     }
     let r = Record::load(
         ctx,
-        span(&[l.call_site, l.ptr, l.bytes_req, l.bytes_alloc, l.gfp_flags]), k);
+        span(&[l.call_site, l.ptr, l.bytes_req, l.bytes_alloc, l.gfp_flags]),
+        k,
+    );
     let gfp = r.get(l.gfp_flags);
     let bytes_req = r.get(l.bytes_req);
     let bytes_alloc = r.get(l.bytes_alloc);
@@ -877,8 +879,8 @@ fn cache_of_object(addr: u64) -> *const u8 {
         }
         let pfn = (addr - direct) >> (so.page_shift & 63);
         let page = pages.wrapping_add(pfn.wrapping_mul(u64::from(so.struct_page_size)));
-        let head = bpf_probe_read_kernel((page + u64::from(so.compound_head)) as *const u64)
-            .unwrap_or(0);
+        let head =
+            bpf_probe_read_kernel((page + u64::from(so.compound_head)) as *const u64).unwrap_or(0);
         let page = if head & 1 != 0 { head - 1 } else { page };
         bpf_probe_read_kernel((page + u64::from(so.slab_cache)) as *const u64).unwrap_or(0)
             as *const u8
@@ -900,7 +902,9 @@ fn on_kmem_cache_alloc(ctx: *mut c_void, l: &KmemCacheAllocLayout, k: Kind) {
             l.bytes_req,
             l.bytes_alloc,
             l.gfp_flags,
-        ]), k);
+        ]),
+        k,
+    );
     let gfp = r.get(l.gfp_flags);
     let call_site = r.get(l.call_site);
     if r.get(l.ptr) == 0 {
@@ -928,7 +932,11 @@ fn on_kmem_cache_alloc(ctx: *mut c_void, l: &KmemCacheAllocLayout, k: Kind) {
         let s = r.get(l.s) as *const u8;
         // SAFETY: a plain read of a global.
         let off = unsafe { core::ptr::read_volatile(&LAYOUTS.kmem_cache) };
-        let id = if k.typed() { address_of(s, t) } else { s as u64 };
+        let id = if k.typed() {
+            address_of(s, t)
+        } else {
+            s as u64
+        };
         (
             id,
             member(s, off.object_size, k),
@@ -939,13 +947,7 @@ fn on_kmem_cache_alloc(ctx: *mut c_void, l: &KmemCacheAllocLayout, k: Kind) {
     } else if !l.name.is_present() {
         // Neither the cache nor its name (before 6.2): the cache the object lies in.
         let s = cache_of_object(r.get(l.ptr));
-        (
-            s as u64,
-            r.get(l.bytes_req),
-            r.get(l.bytes_alloc),
-            s,
-            None,
-        )
+        (s as u64, r.get(l.bytes_req), r.get(l.bytes_alloc), s, None)
     } else {
         // Classic tracepoint: the record holds the name as a __data_loc string.
         let loc = r.get(l.name);
@@ -1009,7 +1011,9 @@ fn on_mm_page_alloc(ctx: *mut c_void, l: &PageAllocLayout, k: Kind) {
     }
     let r = Record::load(
         ctx,
-        span(&[l.pfn, l.page, l.order, l.gfp_flags, l.migratetype]), k);
+        span(&[l.pfn, l.page, l.order, l.gfp_flags, l.migratetype]),
+        k,
+    );
     let order = order_slot(r.get(l.order));
     let gfp = r.get(l.gfp_flags);
     let failed = if l.pfn.is_present() {
@@ -1135,10 +1139,7 @@ fn on_alloc_vmap_area(ctx: *mut c_void, l: &VmapAreaLayout, k: Kind) {
 fn on_purge(ctx: *mut c_void, l: &PurgeLayout, k: Kind) {
     if wanted() {
         bump(Counter::VmallocPurges);
-        add_counter(
-            Counter::VmallocPurgedAreas as u32,
-            field(ctx, l.npurged, k),
-        );
+        add_counter(Counter::VmallocPurgedAreas as u32, field(ctx, l.npurged, k));
     }
 }
 
@@ -1147,7 +1148,9 @@ fn on_percpu_alloc(ctx: *mut c_void, l: &PercpuAllocLayout, k: Kind) {
     if wanted() {
         let r = Record::load(
             ctx,
-            span(&[l.call_site, l.size, l.bytes_alloc, l.gfp_flags]), k);
+            span(&[l.call_site, l.size, l.bytes_alloc, l.gfp_flags]),
+            k,
+        );
         // Before 5.14 the event has neither the bytes allocated nor the GFP flags (nor the
         // call site, which then reads as 0: no call-site attribution).
         let size = r.get(l.size);
@@ -1163,7 +1166,13 @@ fn on_percpu_alloc(ctx: *mut c_void, l: &PercpuAllocLayout, k: Kind) {
         };
         let t = tables(Allocator::Percpu);
         record_size(Allocator::Percpu, t, gfp, size, bytes_alloc);
-        attribute(Allocator::Percpu, t, r.get(l.call_site), bytes_alloc, k.typed());
+        attribute(
+            Allocator::Percpu,
+            t,
+            r.get(l.call_site),
+            bytes_alloc,
+            k.typed(),
+        );
     }
 }
 
@@ -1358,6 +1367,14 @@ pub fn mark_victim_btf(_ctx: BtfTracePointContext) -> i32 {
     0
 }
 
+#[raw_tracepoint(tracepoint = "mark_victim")]
+pub fn mark_victim_raw(_ctx: RawTracePointContext) -> i32 {
+    if wanted() {
+        bump(Counter::OomKills);
+    }
+    0
+}
+
 /// `mm_page_free_batched` frees one order-0 page and has no field memtrace needs.
 #[tracepoint]
 pub fn mm_page_free_batched_tp(_ctx: TracePointContext) -> u32 {
@@ -1369,6 +1386,14 @@ pub fn mm_page_free_batched_tp(_ctx: TracePointContext) -> u32 {
 
 #[btf_tracepoint(function = "mm_page_free_batched")]
 pub fn mm_page_free_batched_btf(_ctx: BtfTracePointContext) -> i32 {
+    if wanted() {
+        add_counter(PAGE_FREES_BASE, 1);
+    }
+    0
+}
+
+#[raw_tracepoint(tracepoint = "mm_page_free_batched")]
+pub fn mm_page_free_batched_raw(_ctx: RawTracePointContext) -> i32 {
     if wanted() {
         add_counter(PAGE_FREES_BASE, 1);
     }
@@ -1403,6 +1428,12 @@ pub fn percpu_alloc_percpu_fail_tp(ctx: TracePointContext) -> u32 {
 
 #[btf_tracepoint(function = "percpu_alloc_percpu_fail")]
 pub fn percpu_alloc_percpu_fail_btf(ctx: BtfTracePointContext) -> i32 {
+    on_percpu_fail(ctx.as_ptr());
+    0
+}
+
+#[raw_tracepoint(tracepoint = "percpu_alloc_percpu_fail")]
+pub fn percpu_alloc_percpu_fail_raw(ctx: RawTracePointContext) -> i32 {
     on_percpu_fail(ctx.as_ptr());
     0
 }

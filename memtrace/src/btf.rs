@@ -295,7 +295,9 @@ impl Btf {
     /// this kernel's BTF has no such function.
     pub fn function_params(&self, name: &str) -> Option<Vec<Param>> {
         let func = self.find(name, KIND_FUNC)?;
-        let proto = self.types.get(self.types[func as usize].size_or_type as usize)?;
+        let proto = self
+            .types
+            .get(self.types[func as usize].size_or_type as usize)?;
         if proto.kind != KIND_FUNC_PROTO {
             return None;
         }

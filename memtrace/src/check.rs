@@ -418,10 +418,7 @@ pub fn print_human(r: &Report, out: &mut dyn Write) -> std::io::Result<()> {
     writeln!(out)?;
     match &r.reason {
         None if r.missing.is_empty() => writeln!(out, "memtrace can run here.")?,
-        None => writeln!(
-            out,
-            "memtrace can run here, without what is listed above."
-        )?,
+        None => writeln!(out, "memtrace can run here, without what is listed above.")?,
         Some(why) => writeln!(out, "memtrace cannot run here: {why}")?,
     }
     Ok(())

@@ -36,41 +36,14 @@ pub fn migratetype_names(btf: &Btf) -> BTreeMap<u32, String> {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn kallsyms_addresses_of_core_symbols_only() {
-        let text = "ffffffff81000000 T _text\nffffffff82a1b2c8 D page_offset_base\n\
-                    ffffffffc0001000 d vmemmap_base\t[fake_module]\n\
-                    ffffffff82a1b2d0 D vmemmap_base\n";
-        let found = parse_kallsyms_addresses(
-            text.lines().map(String::from),
-            &["page_offset_base", "vmemmap_base", "absent"],
-        );
-        assert_eq!(
-            found,
-            vec![Some(0xffffffff82a1b2c8), Some(0xffffffff82a1b2d0), None]
-        );
-    }
-
-    #[test]
-    fn reads_pageblock_order() {
-        let text = "Page block order: 9\nPages per block:  512\n\nFree pages count per migrate type at order       0 ...\n";
-        assert_eq!(parse_pageblock_order(text), Some(9));
-        assert_eq!(parse_pageblock_order("nothing here"), None);
-        assert_eq!(parse_pageblock_order("Page block order: x"), None);
-    }
-}
-
 /// The addresses of the kernel symbols `names` (in that order), from `/proc/kallsyms`.
 /// They are handed to the eBPF programs only, never shown. An error names what is missing.
 pub fn kallsyms_addresses(names: &[&str]) -> Result<Vec<u64>, String> {
     let path = crate::symbolize::KALLSYMS_PATH;
     let file = std::fs::File::open(path).map_err(|e| format!("cannot read {path}: {e}"))?;
-    let mut found = parse_kallsyms_addresses(BufReader::new(file).lines().map_while(Result::ok), names);
-    if found.iter().any(|a| *a == Some(0)) {
+    let mut found =
+        parse_kallsyms_addresses(BufReader::new(file).lines().map_while(Result::ok), names);
+    if found.contains(&Some(0)) {
         return Err(format!(
             "{path} hides addresses (kernel.kptr_restrict): run as root"
         ));
@@ -109,4 +82,32 @@ fn parse_kallsyms_addresses(
         }
     }
     found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kallsyms_addresses_of_core_symbols_only() {
+        let text = "ffffffff81000000 T _text\nffffffff82a1b2c8 D page_offset_base\n\
+                    ffffffffc0001000 d vmemmap_base\t[fake_module]\n\
+                    ffffffff82a1b2d0 D vmemmap_base\n";
+        let found = parse_kallsyms_addresses(
+            text.lines().map(String::from),
+            &["page_offset_base", "vmemmap_base", "absent"],
+        );
+        assert_eq!(
+            found,
+            vec![Some(0xffffffff82a1b2c8), Some(0xffffffff82a1b2d0), None]
+        );
+    }
+
+    #[test]
+    fn reads_pageblock_order() {
+        let text = "Page block order: 9\nPages per block:  512\n\nFree pages count per migrate type at order       0 ...\n";
+        assert_eq!(parse_pageblock_order(text), Some(9));
+        assert_eq!(parse_pageblock_order("nothing here"), None);
+        assert_eq!(parse_pageblock_order("Page block order: x"), None);
+    }
 }

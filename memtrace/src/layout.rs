@@ -415,18 +415,17 @@ pub fn resolve(btf: Option<&Btf>, tracefs: Option<&Path>) -> Resolved {
             }
             Some(Some(args)) => {
                 r.present.insert(event);
-                if !args.is_empty() && args.iter().all(|a| a.name.is_empty()) {
+                let unnamed = !args.is_empty() && args.iter().all(|a| a.name.is_empty());
+                let src = Args(args);
+                let missing = fill_event(event, &src, Mode::Btf, slab_known, &mut r.layouts.btf);
+                if unnamed && !missing.is_empty() {
                     r.btf_missing.insert(
                         event,
                         "this kernel's BTF does not name the tracepoint's arguments \
                          (no __bpf_trace_ functions, as before Linux 5.11)"
                             .into(),
                     );
-                    continue;
-                }
-                let src = Args(args);
-                let missing = fill_event(event, &src, Mode::Btf, slab_known, &mut r.layouts.btf);
-                if let Some(why) = describe(missing) {
+                } else if let Some(why) = describe(missing) {
                     r.btf_missing.insert(event, why);
                 } else if is_cache {
                     if let Some(why) = &cache_offsets {
@@ -441,7 +440,8 @@ pub fn resolve(btf: Option<&Btf>, tracefs: Option<&Path>) -> Resolved {
         if let Some((_, function)) = spec.fexit {
             match btf.map(|b| vmap_fexit_layout(b, function)) {
                 None => {
-                    r.fexit_missing.insert(event, "kernel BTF unavailable".into());
+                    r.fexit_missing
+                        .insert(event, "kernel BTF unavailable".into());
                 }
                 Some(Err(why)) => {
                     r.fexit_missing.insert(event, why);
@@ -474,13 +474,14 @@ fn vmap_fexit_layout(btf: &Btf, function: &str) -> Result<VmapAreaLayout, String
     })
 }
 
+/// Finds the addresses of kernel symbols, in the order asked (see
+/// [`crate::kernel::kallsyms_addresses`]).
+pub type SymbolLookup = dyn Fn(&[&str]) -> Result<Vec<u64>, String>;
+
 /// Where the programs find an object's slab cache (see [`SlabOffsets`]), from the kernel's
 /// BTF and the addresses of `page_offset_base` and `vmemmap_base` (`lookup` reads them from
 /// kallsyms), or why they cannot.
-pub fn slab_offsets(
-    btf: &Btf,
-    lookup: &dyn Fn(&[&str]) -> Result<Vec<u64>, String>,
-) -> Result<SlabOffsets, String> {
+pub fn slab_offsets(btf: &Btf, lookup: &SymbolLookup) -> Result<SlabOffsets, String> {
     let page_size = btf
         .struct_size("page")
         .ok_or("no struct page in the kernel's BTF")?;

@@ -13,15 +13,15 @@ use std::collections::BTreeMap;
 
 use memtrace::{
     gfp::GfpTable,
-    probes::{AttachMode, AttachPreference, Snapshot, Tracer, TracerOptions},
+    probes::{AttachMode, AttachPreference, ProbeStatus, Snapshot, Tracer, TracerOptions},
 };
 use memtrace_common::{
     Allocator, Counter, EVENT_FAILED, EVENT_LARGE, NotableEvent, SizeStats, size_bucket,
 };
 use support::{
     BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_PERCPU_ARRAY, Ftrace, Memcg, TraceEvent, Worker,
-    bpf_map_create_close, force_failures, ftrace_gfp_label, open_close, pipe_pages, require_kernel,
-    setxattr_kmalloc,
+    bpf_map_create_close, force_failures, ftrace_gfp_label, has_event, kernel_events, open_close,
+    pipe_pages, require_kernel, setxattr_kmalloc,
 };
 
 /// One way of attaching the programs: the exact tests run each.
@@ -45,7 +45,7 @@ impl std::fmt::Display for Way {
     }
 }
 
-const WAYS: [Way; 3] = [
+const WAYS: [Way; 4] = [
     Way {
         pref: AttachPreference::Btf,
         expect: AttachMode::Btf,
@@ -57,11 +57,108 @@ const WAYS: [Way; 3] = [
         generic_btf: true,
     },
     Way {
+        pref: AttachPreference::Raw,
+        expect: AttachMode::Raw,
+        generic_btf: false,
+    },
+    Way {
         pref: AttachPreference::Tracepoint,
         expect: AttachMode::Tracepoint,
         generic_btf: false,
     },
 ];
+
+/// The running kernel's (major, minor) version.
+fn release() -> (u32, u32) {
+    let r = memtrace::check::kernel_release();
+    let mut parts = r.split(|c: char| !c.is_ascii_digit());
+    let mut next = || parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    (next(), next())
+}
+
+/// Why `st` is not attached the way `way` asks, where that is a documented degradation of
+/// this (older) kernel: then the way is skipped for this probe's test. Anything else fails.
+/// On 6.18 and later nothing may degrade.
+fn allowed_gap(way: Way, st: &ProbeStatus) -> Option<String> {
+    let note = st.note.as_deref().unwrap_or("");
+    let event = st.probe.split_once(':').map_or("", |(_, e)| e);
+    if release() >= (6, 18) {
+        return None;
+    }
+    let vmalloc = matches!(event, "alloc_vmap_area" | "purge_vmap_area_lazy");
+    match way.expect {
+        _ if vmalloc && release() < (6, 2) => {
+            Some("no vmalloc tracepoints before 6.2 (the BTF way uses fexit)".into())
+        }
+        AttachMode::Btf | AttachMode::Raw if note.contains("does not name") => Some(format!(
+            "unnamed tracepoint arguments in BTF before 5.11: {note}"
+        )),
+        AttachMode::Btf
+            if matches!(
+                event,
+                "kmalloc" | "kfree" | "kmem_cache_alloc" | "kmem_cache_free"
+            ) && note.contains("Permission denied") =>
+        {
+            Some(format!(
+                "the verifier refuses the tp_btf program's pointer arguments: {note}"
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// The program memtrace should run for `spec` attached as `mode` in `way`.
+fn expected_program(way: Way, mode: AttachMode, spec: &memtrace_common::ProbeSpec) -> &'static str {
+    match (mode, spec.fixed_program) {
+        (AttachMode::Tracepoint, _) => spec.tp_program,
+        (AttachMode::Raw, _) => spec.raw_program.expect("a raw program"),
+        (AttachMode::Fexit, _) => spec.fexit.expect("an fexit program").0,
+        // The kernels of the matrix have the prototypes the fixed programs were compiled for
+        // (memtrace_common::FixedBtf): if this fails, the kernel changed them and the fixed
+        // programs are no longer used there.
+        (AttachMode::Btf, Some(fixed)) if !way.generic_btf => fixed,
+        (AttachMode::Btf, _) => spec.btf_program,
+    }
+}
+
+/// Checks that `tracer` attached every probe of `events` as `way` asks (or, for a
+/// tracepoint the kernel lacks, as fexit in the BTF way), running the expected program.
+/// `Err` with the reason when this kernel documentedly cannot: the caller skips the way.
+fn check_way(tracer: &Tracer, way: Way, events: &[(&str, &str)]) -> Result<(), String> {
+    for (c, e) in events {
+        let name = format!("{c}:{e}");
+        let Some(st) = tracer.probes().iter().find(|p| p.probe == name) else {
+            // Only a tracepoint some kernels lack (kmalloc_node after 6.0) has no status.
+            let spec = memtrace_common::PROBES.iter().find(|p| p.event == *e);
+            assert!(
+                spec.is_some_and(|s| s.only_on.is_some()),
+                "memtrace has no probe {name}"
+            );
+            continue;
+        };
+        let spec = memtrace_common::PROBES
+            .iter()
+            .find(|p| p.event == *e)
+            .expect("a probe spec");
+        let mode_ok = st.mode == Some(way.expect)
+            || (way.expect == AttachMode::Btf
+                && st.mode == Some(AttachMode::Fexit)
+                && !has_event(c, e));
+        if !mode_ok {
+            return match allowed_gap(way, st) {
+                Some(why) => Err(format!("{name}: {why}")),
+                None => panic!("{name} ({way}) attached as {st:?}"),
+            };
+        }
+        let mode = st.mode.expect("attached");
+        assert_eq!(
+            st.program,
+            Some(expected_program(way, mode, spec)),
+            "{name} ({way}) runs {st:?}"
+        );
+    }
+    Ok(())
+}
 
 /// What one observation window saw, on both sides.
 struct Window {
@@ -77,8 +174,11 @@ const NOTABLE_BYTES: u64 = 64 << 10;
 const NOTABLE_ORDER: u32 = 4;
 
 impl Window {
+    /// The events `name`, and its `_node` twin where the kernel has one (before 6.1).
     fn of(&self, name: &str) -> impl Iterator<Item = &TraceEvent> {
-        self.events.iter().filter(move |e| e.name == name)
+        self.events.iter().filter(move |e| {
+            e.name == name || e.name.strip_suffix("_node").is_some_and(|n| n == name)
+        })
     }
 
     /// memtrace's notable events of `allocator` with `flag`.
@@ -107,11 +207,18 @@ const ATTEMPTS: u32 = 8;
 /// An interrupt that allocates or frees on the worker's CPU while the same program is
 /// running there is recorded by ftrace but skipped by the kernel for BPF (a recursion miss,
 /// which memtrace reports): such a window is not comparable, so it is observed again.
-fn observe(way: Way, events: &[(&str, &str)], job: impl Fn() + Send + Clone + 'static) -> Window {
+///
+/// `None` when this kernel cannot attach the probes as `way` asks, for a documented reason
+/// ([`allowed_gap`]): the test skips that way.
+fn observe(
+    way: Way,
+    events: &[(&str, &str)],
+    job: impl Fn() + Send + Clone + 'static,
+) -> Option<Window> {
     for attempt in 1..=ATTEMPTS {
-        let w = observe_once(way, events, job.clone());
+        let w = observe_once(way, events, job.clone())?;
         if w.snap.recursion_misses == 0 {
-            return w;
+            return Some(w);
         }
         eprintln!(
             "attempt {attempt}: the kernel skipped {} program runs (recursion): observing again",
@@ -121,7 +228,11 @@ fn observe(way: Way, events: &[(&str, &str)], job: impl Fn() + Send + Clone + 's
     panic!("every attempt had program runs skipped by the kernel (recursion misses)");
 }
 
-fn observe_once(way: Way, events: &[(&str, &str)], job: impl FnOnce() + Send + 'static) -> Window {
+fn observe_once(
+    way: Way,
+    events: &[(&str, &str)],
+    job: impl FnOnce() + Send + 'static,
+) -> Option<Window> {
     let worker = Worker::spawn();
     let mut tracer = Tracer::start(&TracerOptions {
         filter_tid: worker.tid,
@@ -132,27 +243,26 @@ fn observe_once(way: Way, events: &[(&str, &str)], job: impl FnOnce() + Send + '
         ..Default::default()
     })
     .unwrap_or_else(|e| panic!("memtrace could not start: {e:#}"));
-    for (c, e) in events {
-        let name = format!("{c}:{e}");
-        let st = tracer
-            .probes()
-            .iter()
-            .find(|p| p.probe == name)
-            .unwrap_or_else(|| panic!("memtrace has no probe {name}"));
-        assert_eq!(st.mode, Some(way.expect), "{name} attached as {st:?}");
-        let spec = memtrace_common::PROBES
-            .iter()
-            .find(|p| p.event == *e)
-            .expect("a probe spec");
-        let want = match (way.expect, spec.fixed_program) {
-            (AttachMode::Tracepoint, _) => spec.tp_program,
-            // This kernel's prototypes are the ones the fixed programs were compiled for
-            // (memtrace_common::FixedBtf): if this fails, the kernel changed them and the
-            // fixed programs are no longer used here.
-            (AttachMode::Btf, Some(fixed)) if !way.generic_btf => fixed,
-            (AttachMode::Btf, _) => spec.btf_program,
-        };
-        assert_eq!(st.program, Some(want), "{name} ({way}) runs {st:?}");
+    let mut all = kernel_events(events);
+    // vmalloc before 6.2 has no tracepoint: kprobes on the function are the reference.
+    let vmap_kprobes = events.contains(&("vmalloc", "alloc_vmap_area"))
+        && !has_event("vmalloc", "alloc_vmap_area");
+    if vmap_kprobes {
+        support::define_vmap_kprobes();
+        for e in support::VMAP_KPROBES {
+            all.push((support::KPROBE_GROUP.to_string(), e.to_string()));
+        }
+    }
+    let refs: Vec<(&str, &str)> = all.iter().map(|(c, e)| (c.as_str(), e.as_str())).collect();
+    let probes: Vec<(&str, &str)> = refs
+        .iter()
+        .copied()
+        .filter(|(c, _)| *c != support::KPROBE_GROUP)
+        .chain(vmap_kprobes.then_some(("vmalloc", "alloc_vmap_area")))
+        .collect();
+    if let Err(why) = check_way(&tracer, way, &probes) {
+        eprintln!("{way}: skipped on this kernel: {why}");
+        return None;
     }
     let idle = tracer.snapshot().expect("snapshot");
     assert_eq!(
@@ -161,9 +271,12 @@ fn observe_once(way: Way, events: &[(&str, &str)], job: impl FnOnce() + Send + '
         "the worker is idle so far"
     );
 
-    let ftrace = Ftrace::start(events, worker.tid);
+    let ftrace = Ftrace::start(&refs, worker.tid);
     worker.run(job);
-    let events = ftrace.stop();
+    let mut events = ftrace.stop();
+    if vmap_kprobes {
+        events = support::vmap_events_from_kprobes(events);
+    }
     let snap = tracer.snapshot().expect("snapshot");
     assert_eq!(snap.counter(Counter::MapFull), 0, "no map overflowed");
     assert_eq!(
@@ -178,12 +291,12 @@ fn observe_once(way: Way, events: &[(&str, &str)], job: impl FnOnce() + Send + '
         assert_eq!(e.tid, worker.tid, "notable events are the worker's");
         assert_eq!(memtrace::events::comm(e), "memtrace-work");
     }
-    Window {
+    Some(Window {
         snap,
         events,
         gfp: gfp_table(),
         notable,
-    }
+    })
 }
 
 fn tempdir(tag: &str) -> std::path::PathBuf {
@@ -220,13 +333,16 @@ fn kmalloc_matches_ftrace(way: Way) {
     let dir = tempdir("kmalloc");
     let file = dir.join("xattr-target");
     std::fs::write(&file, b"x").expect("create xattr target");
-    let w = observe(way, &[("kmem", "kmalloc"), ("kmem", "kfree")], move || {
+    let Some(w) = observe(way, &[("kmem", "kmalloc"), ("kmem", "kfree")], move || {
         for _ in 0..REPS {
             for size in SIZES {
                 setxattr_kmalloc(&file, size);
             }
         }
-    });
+    }) else {
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    };
     let _ = std::fs::remove_dir_all(&dir);
 
     // The workload really did what it claims: every setxattr value went through vmemdup_user.
@@ -235,7 +351,7 @@ fn kmalloc_matches_ftrace(way: Way) {
             .of("kmalloc")
             .filter(|e| {
                 !e.is_null("ptr")
-                    && e.str("call_site").starts_with("vmemdup_user")
+                    && support::is_vmemdup_site(&ftrace_function(e.str("call_site")))
                     && e.u64("bytes_req") == size as u64
             })
             .count();
@@ -324,14 +440,21 @@ fn slab_caches_by_name_match_ftrace_in_both_attach_modes() {
         let dir = tempdir("slab");
         let file = dir.join("f");
         std::fs::write(&file, b"x").unwrap();
-        let w = observe(
+        let Some(w) = observe(
             way,
             &[("kmem", "kmem_cache_alloc"), ("kmem", "kmem_cache_free")],
             move || open_close(&file, 100),
-        );
+        ) else {
+            continue;
+        };
         let _ = std::fs::remove_dir_all(&dir);
 
         let mut want: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
+        // Before 6.2 the event has no cache name; memtrace then finds the cache from the
+        // object's page, which the reference below checks another way.
+        let named = w
+            .of("kmem_cache_alloc")
+            .all(|e| e.fields.contains_key("name"));
         for e in w.of("kmem_cache_alloc").filter(|e| !e.is_null("ptr")) {
             let v = want.entry(e.str("name").to_string()).or_default();
             v.0 += 1;
@@ -350,9 +473,13 @@ fn slab_caches_by_name_match_ftrace_in_both_attach_modes() {
             })
             .collect();
         eprintln!("{way}: caches ftrace {want:?} memtrace {got:?}");
-        assert_eq!(got, want, "per-cache allocations differ from ftrace");
+        if named {
+            assert_eq!(got, want, "per-cache allocations differ from ftrace");
+        } else {
+            support::assert_caches_without_names(&got, &want[""]);
+        }
         assert!(
-            want.get("filp").is_some_and(|v| v.0 >= 100),
+            got.get("filp").is_some_and(|v| v.0 >= 100),
             "100 opens, 100 filp objects"
         );
 
@@ -409,7 +536,7 @@ fn page_allocations_and_frees_match_ftrace_in_both_attach_modes() {
         let dir = tempdir("pages");
         let file = dir.join("xattr-target");
         std::fs::write(&file, b"x").unwrap();
-        let w = observe(
+        let Some(w) = observe(
             way,
             &[
                 ("kmem", "mm_page_alloc"),
@@ -424,7 +551,9 @@ fn page_allocations_and_frees_match_ftrace_in_both_attach_modes() {
                     setxattr_kmalloc(&file, 65536);
                 }
             },
-        );
+        ) else {
+            continue;
+        };
         let _ = std::fs::remove_dir_all(&dir);
 
         let mut want: BTreeMap<(u32, u32, String), u64> = BTreeMap::new();
@@ -501,7 +630,7 @@ fn vmalloc_and_percpu_match_ftrace_in_both_attach_modes() {
         return;
     };
     for way in WAYS {
-        let w = observe(
+        let Some(w) = observe(
             way,
             &[
                 ("vmalloc", "alloc_vmap_area"),
@@ -516,7 +645,9 @@ fn vmalloc_and_percpu_match_ftrace_in_both_attach_modes() {
                     bpf_map_create_close(BPF_MAP_TYPE_PERCPU_ARRAY, 64, 16);
                 }
             },
-        );
+        ) else {
+            continue;
+        };
 
         let vmaps: Vec<&TraceEvent> = w
             .of("alloc_vmap_area")
@@ -551,9 +682,17 @@ fn vmalloc_and_percpu_match_ftrace_in_both_attach_modes() {
 
         let mut want: BTreeMap<String, SizeStats> = BTreeMap::new();
         for e in w.of("percpu_alloc_percpu") {
-            want.entry(ftrace_gfp_label(e.str("gfp_flags")))
-                .or_insert(SizeStats::ZERO)
-                .add(&histogram(std::iter::once(e), "size", "bytes_alloc"));
+            // Before 5.14 the event has neither GFP flags nor bytes allocated: memtrace
+            // counts the size requested, under its "unknown flags" value.
+            if e.fields.contains_key("bytes_alloc") {
+                want.entry(ftrace_gfp_label(e.str("gfp_flags")))
+                    .or_insert(SizeStats::ZERO)
+                    .add(&histogram(std::iter::once(e), "size", "bytes_alloc"));
+            } else {
+                want.entry(w.label(memtrace_common::GFP_UNKNOWN))
+                    .or_insert(SizeStats::ZERO)
+                    .add(&histogram(std::iter::once(e), "size", "size"));
+            }
         }
         let mut got: BTreeMap<String, SizeStats> = BTreeMap::new();
         for ((a, raw), s) in &w.snap.sizes {
@@ -605,6 +744,15 @@ fn real_allocation_failures_match_ftrace() {
         })
         .unwrap_or_else(|e| panic!("memtrace could not start: {e:#}"));
         let events = [("kmem", "kmalloc"), ("kmem", "mm_page_alloc")];
+        if let Err(why) = check_way(&tracer, way, &events) {
+            eprintln!("{way}: skipped on this kernel: {why}");
+            continue;
+        }
+        let events = kernel_events(&events);
+        let events: Vec<(&str, &str)> = events
+            .iter()
+            .map(|(c, e)| (c.as_str(), e.as_str()))
+            .collect();
         let ftrace = Ftrace::start(&events, worker.tid);
         force_failures(&worker, &memcg, &file, 5);
         let events = ftrace.stop();
@@ -615,7 +763,7 @@ fn real_allocation_failures_match_ftrace() {
         let mut want: BTreeMap<(Allocator, String), u64> = BTreeMap::new();
         for e in &events {
             let failed = match e.name.as_str() {
-                "kmalloc" if e.is_null("ptr") => Allocator::Kmalloc,
+                "kmalloc" | "kmalloc_node" if e.is_null("ptr") => Allocator::Kmalloc,
                 "mm_page_alloc" if e.is_null("page") => Allocator::Page,
                 _ => continue,
             };
@@ -631,6 +779,12 @@ fn real_allocation_failures_match_ftrace() {
         }
         eprintln!("{way}: failures ftrace {want:?} memtrace {got:?}");
         assert_eq!(got, want, "allocation failures differ from ftrace");
+        if !support::per_thread_kmem_charges() {
+            eprintln!(
+                "{way}: this kernel charges a thread's kernel memory to its process's cgroup: no failure can be forced here"
+            );
+            continue;
+        }
         assert!(
             want.keys().any(|(a, _)| *a == Allocator::Kmalloc),
             "a real kmalloc failure"
@@ -676,7 +830,7 @@ fn call_sites_and_task_names_match_ftrace_in_both_attach_modes() {
         let dir = tempdir("attribution");
         let file = dir.join("xattr-target");
         std::fs::write(&file, b"x").unwrap();
-        let w = observe(
+        let Some(w) = observe(
             way,
             &[("kmem", "kmalloc"), ("kmem", "kmem_cache_alloc")],
             move || {
@@ -685,7 +839,9 @@ fn call_sites_and_task_names_match_ftrace_in_both_attach_modes() {
                 }
                 open_close(&file, 20);
             },
-        );
+        ) else {
+            continue;
+        };
         let _ = std::fs::remove_dir_all(&dir);
 
         for (event, allocator, bytes_field) in [
@@ -733,7 +889,7 @@ fn call_sites_and_task_names_match_ftrace_in_both_attach_modes() {
             .callsites
             .iter()
             .filter(|((a, addr), _)| {
-                *a == Allocator::Kmalloc && symbols.function(*addr) == "vmemdup_user"
+                *a == Allocator::Kmalloc && support::is_vmemdup_site(&symbols.function(*addr))
             })
             .map(|(_, u)| u.allocations)
             .sum::<u64>();
@@ -799,7 +955,14 @@ fn full_tables_and_maps_keep_totals_exact() {
         let total = snap.total(a).count();
         assert!(total > 0, "{a:?}: the workload allocates");
         let by_site = allocations_of(&snap.callsites, a);
-        assert_eq!(by_site, total, "{a:?}: call-site totals stay exact");
+        // Before 5.14 the percpu event has no call site: nothing to attribute.
+        if a != Allocator::Percpu
+            || support::event_has_field("percpu", "percpu_alloc_percpu", "call_site")
+        {
+            assert_eq!(by_site, total, "{a:?}: call-site totals stay exact");
+        } else {
+            assert_eq!(by_site, 0, "{a:?}: no call sites on this kernel");
+        }
         let by_comm = allocations_of(&snap.comms, a);
         assert_eq!(by_comm, total, "{a:?}: task-name totals stay exact");
     }
@@ -887,8 +1050,17 @@ fn a_missing_probe_degrades_only_that_probe() {
         tp_program: "kfree_tp",
         btf_program: "kfree_btf",
         fixed_program: Some("kfree_btf_fixed"),
+        raw_program: Some("kfree_raw"),
+        fexit: None,
+        only_on: None,
     };
-    let specs = [memtrace_common::PROBES[0], missing];
+    // kmalloc (and, before 6.1, kmalloc_node, which kvmalloc reports) and the missing one.
+    let mut specs: Vec<memtrace_common::ProbeSpec> = memtrace_common::PROBES
+        .iter()
+        .filter(|p| p.event.starts_with("kmalloc"))
+        .copied()
+        .collect();
+    specs.push(missing);
     let worker = Worker::spawn();
     let tracer = Tracer::start_with(
         &TracerOptions {
@@ -899,13 +1071,16 @@ fn a_missing_probe_degrades_only_that_probe() {
     )
     .unwrap_or_else(|e| panic!("one missing probe must not stop memtrace: {e:#}"));
     let st = tracer.probes();
-    assert_eq!(st.len(), 2);
-    assert!(st[0].attached(), "{st:?}");
-    assert!(!st[1].attached(), "{st:?}");
-    let why = st[1].note.as_deref().unwrap_or("");
+    let (last, kmalloc) = st.split_last().expect("statuses");
     assert!(
-        why.contains("tp_btf") && why.contains("tracepoint"),
-        "both ways tried: {why}"
+        !kmalloc.is_empty() && kmalloc.iter().all(|p| p.attached()),
+        "{st:?}"
+    );
+    assert!(!last.attached(), "{st:?}");
+    let why = last.note.as_deref().unwrap_or("");
+    assert!(
+        why.contains("tp_btf") && why.contains("raw_tp") && why.contains("tracepoint"),
+        "every way tried: {why}"
     );
     assert_eq!(why.lines().count(), 1, "one line: {why}");
     let dir = tempdir("missing");
@@ -1053,14 +1228,16 @@ fn memory_cgroups_match_ftrace_in_both_attach_modes() {
                     ("kmem", "kmem_cache_alloc"),
                     ("kmem", "mm_page_alloc"),
                 ];
-                for (c, e) in events {
-                    let st = tracer
-                        .probes()
-                        .iter()
-                        .find(|p| p.probe == format!("{c}:{e}"))
-                        .expect("probe");
-                    assert_eq!(st.mode, Some(way.expect), "{st:?}");
+                if let Err(why) = check_way(&tracer, way, &events) {
+                    eprintln!("{way}: skipped on this kernel: {why}");
+                    worker.run(move || support::enter_tasks(&leave));
+                    break;
                 }
+                let events = kernel_events(&events);
+                let events: Vec<(&str, &str)> = events
+                    .iter()
+                    .map(|(c, e)| (c.as_str(), e.as_str()))
+                    .collect();
                 let ftrace = Ftrace::start(&events, worker.tid);
                 let f = file.clone();
                 worker.run(move || {
@@ -1093,7 +1270,10 @@ fn memory_cgroups_match_ftrace_in_both_attach_modes() {
                 ] {
                     let ok: Vec<&TraceEvent> = trace
                         .iter()
-                        .filter(|e| e.name == event && !e.is_null(ok_field))
+                        .filter(|e| {
+                            (e.name == event || e.name == format!("{event}_node"))
+                                && !e.is_null(ok_field)
+                        })
                         .collect();
                     let bytes: u64 = ok
                         .iter()

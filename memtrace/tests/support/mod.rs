@@ -281,6 +281,156 @@ pub fn setxattr_kmalloc(path: &std::path::Path, size: usize) {
     }
 }
 
+/// Whether this kernel's `category:event` tracepoint has the field `field`.
+pub fn event_has_field(category: &str, event: &str, field: &str) -> bool {
+    let (tracefs, _) = memtrace::tracefs::ensure_mounted().expect("tracefs");
+    memtrace::tracefs::Format::read(&tracefs, category, event)
+        .is_ok_and(|f| f.field(field).is_some())
+}
+
+/// Before 5.14 a kernel allocation is charged to the memory cgroup of the process's memory
+/// owner (its main thread), not of the allocating thread: a worker thread moved alone into a
+/// tiny cgroup cannot make kernel allocations fail there (and moving the whole test process
+/// stalls it). The failure tests then check that memtrace and ftrace agree on none.
+pub fn per_thread_kmem_charges() -> bool {
+    !kernel_before(5, 14)
+}
+
+/// Whether the running kernel is older than `major.minor`.
+pub fn kernel_before(major: u32, minor: u32) -> bool {
+    let r = memtrace::check::kernel_release();
+    let mut parts = r.split(|c: char| !c.is_ascii_digit());
+    let mut next = || {
+        parts
+            .next()
+            .and_then(|p| p.parse::<u32>().ok())
+            .unwrap_or(0)
+    };
+    (next(), next()) < (major, minor)
+}
+
+/// Whether tracefs has `category:event` on this kernel.
+pub fn has_event(category: &str, event: &str) -> bool {
+    let (tracefs, _) = memtrace::tracefs::ensure_mounted().expect("tracefs");
+    memtrace::tracefs::event_exists(&tracefs, category, event)
+}
+
+/// The ftrace events a test observes on this kernel: `events`, each hot allocation event
+/// with its `_node` twin where the kernel has one (before 6.1), and without events the
+/// kernel lacks.
+pub fn kernel_events(events: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (c, e) in events {
+        if has_event(c, e) {
+            out.push((c.to_string(), e.to_string()));
+        }
+        let node = format!("{e}_node");
+        if matches!(*e, "kmalloc" | "kmem_cache_alloc") && has_event(c, &node) {
+            out.push((c.to_string(), node));
+        }
+    }
+    out
+}
+
+/// Whether `function` is where setxattr's value copy is allocated: `vmemdup_user` on
+/// current kernels; before 6.x's allocation-profiling rework the kmalloc event's call site is
+/// the kvmalloc inside it.
+pub fn is_vmemdup_site(function: &str) -> bool {
+    // 5.10's setxattr calls kvmalloc itself, inlined; elsewhere the kvmalloc behind
+    // vmemdup_user is the call site for sizes it sends to kmalloc_node (6.12:
+    // __kvmalloc_node_noprof).
+    function == "vmemdup_user" || function == "setxattr" || function.contains("kvmalloc_node")
+}
+
+/// The ftrace group of the kprobe events the tests define as references where a kernel has
+/// no tracepoint (vmalloc before 6.2).
+pub const KPROBE_GROUP: &str = "memtrace_test";
+/// The kprobe events on `alloc_vmap_area()`: its entry (with `size`) and its return.
+pub const VMAP_KPROBES: [&str; 2] = ["alloc_vmap_area", "alloc_vmap_area_ret"];
+
+/// Defines [`VMAP_KPROBES`] (once): the reference for vmalloc on kernels without the
+/// vmalloc tracepoints, the function memtrace's fexit program watches.
+pub fn define_vmap_kprobes() {
+    let (tracefs, _) = memtrace::tracefs::ensure_mounted().expect("tracefs");
+    if tracefs
+        .join("events")
+        .join(KPROBE_GROUP)
+        .join(VMAP_KPROBES[0])
+        .is_dir()
+    {
+        return;
+    }
+    let defs = format!(
+        "p:{KPROBE_GROUP}/{} alloc_vmap_area size=%di:u64\nr:{KPROBE_GROUP}/{} alloc_vmap_area ret=$retval:x64\n",
+        VMAP_KPROBES[0], VMAP_KPROBES[1]
+    );
+    let path = tracefs.join("kprobe_events");
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    std::io::Write::write_all(&mut f, defs.as_bytes())
+        .unwrap_or_else(|e| panic!("define kprobes in {}: {e}", path.display()));
+}
+
+/// `events` with each pair of [`VMAP_KPROBES`] events (one thread's, in order) turned into
+/// one `alloc_vmap_area` event with the tracepoint's `size` and `failed` fields.
+pub fn vmap_events_from_kprobes(events: Vec<TraceEvent>) -> Vec<TraceEvent> {
+    let mut out = Vec::new();
+    let mut pending: HashMap<u32, Vec<u64>> = HashMap::new();
+    for e in events {
+        if e.name == VMAP_KPROBES[0] {
+            pending.entry(e.pid).or_default().push(e.u64("size"));
+        } else if e.name == VMAP_KPROBES[1] {
+            let Some(size) = pending.get_mut(&e.pid).and_then(Vec::pop) else {
+                continue; // entered before the window opened
+            };
+            let ret = e.str("ret");
+            let ret = u64::from_str_radix(ret.trim_start_matches("0x"), 16)
+                .unwrap_or_else(|_| panic!("kretprobe ret={ret} is not hex"));
+            let failed = ret == 0 || ret > (-4096i64) as u64;
+            out.push(TraceEvent {
+                pid: e.pid,
+                name: "alloc_vmap_area".into(),
+                fields: HashMap::from([
+                    ("size".to_string(), size.to_string()),
+                    ("failed".to_string(), u64::from(failed).to_string()),
+                ]),
+            });
+        } else {
+            out.push(e);
+        }
+    }
+    out
+}
+
+/// Checks memtrace's per-cache counts `got` where the kernel's event names no cache (before
+/// 6.2): together they equal ftrace's `total` (allocations, bytes requested, bytes allocated),
+/// every cache is named, and each cache's bytes per object are that cache's own object size
+/// (`/sys/kernel/slab/<name>/slab_size`), so each allocation landed under its own cache.
+pub fn assert_caches_without_names(
+    got: &std::collections::BTreeMap<String, (u64, u64, u64)>,
+    total: &(u64, u64, u64),
+) {
+    let sum = got
+        .values()
+        .fold((0, 0, 0), |a, v| (a.0 + v.0, a.1 + v.1, a.2 + v.2));
+    assert_eq!(&sum, total, "all caches together differ from ftrace");
+    for (name, (n, _, allocated)) in got {
+        assert!(
+            name != "unknown" && name != "other",
+            "unnamed cache: {got:?}"
+        );
+        let path = format!("/sys/kernel/slab/{name}/slab_size");
+        let size: u64 = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+            .trim()
+            .parse()
+            .expect("slab_size");
+        assert_eq!(allocated / n, size, "{name}: bytes per object vs {path}");
+    }
+}
+
 /// Opens and closes `path` `n` times: each open takes a `struct file` from the `filp` slab
 /// cache (and frees it on close).
 pub fn open_close(path: &std::path::Path, n: usize) {
@@ -313,6 +463,13 @@ pub const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
 /// Creates and closes a BPF map: an array above 32 KiB is vmalloc'ed (`bpf_map_area_alloc`),
 /// a per-CPU array takes one percpu allocation per element.
 pub fn bpf_map_create_close(map_type: u32, value_size: u32, max_entries: u32) {
+    // Before 5.11 the kernel charges BPF maps against RLIMIT_MEMLOCK (64 KiB by default).
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: a valid rlimit; failing leaves the limit as it was.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
     let mut attr = [0u32; 32];
     attr[0] = map_type;
     attr[1] = 4; // key size
@@ -342,45 +499,67 @@ pub fn bpf_map_create_close(map_type: u32, value_size: u32, max_entries: u32) {
 pub struct Memcg {
     pub dir: PathBuf,
     parent_tasks: PathBuf,
+    v2: bool,
+    /// The process's `oom_score_adj` before a v2 cgroup with the OOM killer "off" lowered it.
+    oom_score_adj: Option<String>,
 }
 
 impl Memcg {
-    /// A memory cgroup with `limit_bytes` and the OOM killer off.
+    /// A memory cgroup with `limit_bytes` and the OOM killer off: cgroup v1's
+    /// `memory.oom_control`; cgroup v2 has none, so the process is made unkillable
+    /// (`oom_score_adj` -1000) while the cgroup exists, and a charge the OOM killer cannot
+    /// help then fails instead.
     pub fn new(limit_bytes: u64) -> Memcg {
-        let m = Self::with_oom_killer(limit_bytes);
-        std::fs::write(m.dir.join("memory.oom_control"), "1")
-            .expect("disable the memcg OOM killer");
+        let mut m = Self::with_oom_killer(limit_bytes);
+        if m.v2 {
+            let p = "/proc/self/oom_score_adj";
+            m.oom_score_adj = Some(std::fs::read_to_string(p).expect(p).trim().to_string());
+            std::fs::write(p, "-1000").expect("make the test process unkillable");
+        } else {
+            std::fs::write(m.dir.join("memory.oom_control"), "1")
+                .expect("disable the memcg OOM killer");
+        }
         m
     }
 
-    /// A memory cgroup with `limit_bytes` and the OOM killer on.
+    /// A memory cgroup with `limit_bytes` and the OOM killer on, in the hierarchy that holds
+    /// the memory controller (cgroup v1 here; v2 where the kernel has no v1 memory
+    /// controller, as Debian's 6.12). On v2 a thread cannot leave its process: entering
+    /// ([`Memcg::tasks_paths`]) moves the whole process.
     pub fn with_oom_killer(limit_bytes: u64) -> Memcg {
-        let root = PathBuf::from("/sys/fs/cgroup/memory");
-        assert!(
-            root.join("memory.limit_in_bytes").exists(),
-            "the failure test needs the cgroup-v1 memory controller at {}",
-            root.display()
-        );
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        let (root, version) = memtrace::cgroup::memory_hierarchy(&mountinfo)
+            .expect("the memory cgroup tests need a mounted hierarchy with the memory controller");
+        let v2 = version == memtrace::cgroup::Version::V2;
         let own = std::fs::read_to_string("/proc/self/cgroup").expect("/proc/self/cgroup");
         let parent = own
             .lines()
             .find_map(|l| {
                 let mut parts = l.splitn(3, ':');
                 let (_, ctrl, path) = (parts.next()?, parts.next()?, parts.next()?);
-                ctrl.split(',')
-                    .any(|c| c == "memory")
-                    .then(|| path.to_string())
+                let ours = if v2 {
+                    ctrl.is_empty()
+                } else {
+                    ctrl.split(',').any(|c| c == "memory")
+                };
+                ours.then(|| path.to_string())
             })
             .unwrap_or_else(|| "/".into());
         let parent_dir = root.join(parent.trim_start_matches('/'));
+        if v2 {
+            let _ = std::fs::write(parent_dir.join("cgroup.subtree_control"), "+memory");
+        }
         static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = parent_dir.join(format!("memtrace-test-{}-{seq}", std::process::id()));
         let _ = std::fs::remove_dir(&dir);
         std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        let tasks = if v2 { "cgroup.procs" } else { "tasks" };
         let m = Memcg {
             dir,
-            parent_tasks: parent_dir.join("tasks"),
+            parent_tasks: parent_dir.join(tasks),
+            v2,
+            oom_score_adj: None,
         };
         m.set_limit(limit_bytes);
         m
@@ -392,23 +571,36 @@ impl Memcg {
     }
 
     pub fn set_limit(&self, bytes: u64) {
-        std::fs::write(self.dir.join("memory.limit_in_bytes"), bytes.to_string())
-            .expect("memory.limit_in_bytes");
+        let (file, value) = if self.v2 {
+            ("memory.max", bytes.min(1 << 62).to_string())
+        } else {
+            ("memory.limit_in_bytes", bytes.to_string())
+        };
+        std::fs::write(self.dir.join(file), value).unwrap_or_else(|e| panic!("{file}: {e}"));
     }
 
     /// NUL-terminated paths of the `tasks` files to enter and to leave this cgroup, for use
-    /// from a worker without allocating.
+    /// from a worker without allocating (`cgroup.procs` on v2).
     pub fn tasks_paths(&self) -> (std::ffi::CString, std::ffi::CString) {
         let c =
             |p: PathBuf| std::ffi::CString::new(p.into_os_string().into_encoded_bytes()).unwrap();
-        (c(self.dir.join("tasks")), c(self.parent_tasks.clone()))
+        let tasks = if self.v2 { "cgroup.procs" } else { "tasks" };
+        (
+            c(self.dir.join(tasks)),
+            c(self.parent_tasks.with_file_name(tasks)),
+        )
     }
 }
 
 impl Drop for Memcg {
     fn drop(&mut self) {
         self.set_limit(u64::MAX / 2);
-        let _ = std::fs::write(self.dir.join("memory.force_empty"), "0");
+        if !self.v2 {
+            let _ = std::fs::write(self.dir.join("memory.force_empty"), "0");
+        }
+        if let Some(adj) = &self.oom_score_adj {
+            let _ = std::fs::write("/proc/self/oom_score_adj", adj);
+        }
         for _ in 0..50 {
             if std::fs::remove_dir(&self.dir).is_ok() {
                 return;
@@ -444,17 +636,52 @@ pub fn enter_tasks(tasks: &std::ffi::CStr) {
 }
 
 /// Makes real allocation failures: runs on `worker` a job that moves the thread into `memcg`
-/// (tiny limit, OOM killer off), stores `reps` 64 KiB extended attributes on the tmpfs file
-/// `file` — shmem copies each value with kvmalloc(GFP_KERNEL_ACCOUNT), whose order-5
-/// kmalloc_large cannot be charged, so a page allocation and a kmalloc fail (and the vmalloc
-/// fallback too) — and moves back. Panics if the worker stalls (after unsticking it).
+/// (tiny limit, OOM killer off), fills a pipe with pages until the cgroup is full (page
+/// allocations fail), grows the pipe's ring (its slot array's kmalloc fails), and stores
+/// `reps` 64 KiB extended attributes on the tmpfs file `file` — since 6.x shmem copies each
+/// value with kvmalloc(GFP_KERNEL_ACCOUNT), whose order-5 kmalloc_large cannot be charged (and
+/// the vmalloc fallback fails too) — then moves back. The same failures on every kernel of
+/// the matrix. Panics if the worker stalls (after unsticking it).
 pub fn force_failures(worker: &Worker, memcg: &Memcg, file: &std::path::Path, reps: usize) {
     let (enter, leave) = memcg.tasks_paths();
     let path = std::ffi::CString::new(file.as_os_str().as_encoded_bytes()).unwrap();
     let value = vec![0x5au8; 65536];
+    let page = vec![7u8; 4096];
+    // A non-blocking pipe with room for 64 pages, made (and charged) outside the cgroup.
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe2(2) into a valid array; fcntl on its own fd.
+    unsafe {
+        assert_eq!(libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK), 0, "pipe2");
+        assert!(
+            libc::fcntl(fds[1], libc::F_SETPIPE_SZ, 64 * 4096) > 0,
+            "F_SETPIPE_SZ"
+        );
+    }
     let finished = worker.run_timeout(
         move || {
             enter_tasks(&enter);
+            // SAFETY: write and fcntl on the pipe's own fds with a valid buffer; ENOMEM is
+            // the expected result once the cgroup is full.
+            unsafe {
+                // Pages written to the pipe are charged (GFP_HIGHUSER | __GFP_ACCOUNT) until
+                // the cgroup is full: then page allocations fail, on every kernel.
+                let mut failed = 0;
+                for _ in 0..64 {
+                    if libc::write(fds[1], page.as_ptr().cast(), page.len()) < 0 {
+                        failed += 1;
+                        if failed >= reps {
+                            break;
+                        }
+                    }
+                }
+                for _ in 0..reps {
+                    // Then growing the ring to 256 slots kcallocs a 10 KiB slot array with
+                    // GFP_KERNEL_ACCOUNT: a slab kmalloc the full cgroup cannot charge.
+                    libc::fcntl(fds[1], libc::F_SETPIPE_SZ, 256 * 4096);
+                    // And to 4096 slots: an order-6 kmalloc_large, charged since 5.14-ish.
+                    libc::fcntl(fds[1], libc::F_SETPIPE_SZ, 16 << 20);
+                }
+            }
             for _ in 0..reps {
                 // SAFETY: valid path, name and buffer; ENOMEM is the expected result.
                 unsafe {
@@ -468,6 +695,11 @@ pub fn force_failures(worker: &Worker, memcg: &Memcg, file: &std::path::Path, re
                 }
             }
             enter_tasks(&leave);
+            // SAFETY: our own fds; closing frees the pipe's pages.
+            unsafe {
+                libc::close(fds[0]);
+                libc::close(fds[1]);
+            }
         },
         std::time::Duration::from_secs(30),
     );
