@@ -1131,7 +1131,7 @@ pub const PROBES: &[ProbeSpec] = &[
     },
     ProbeSpec {
         raw_program: Some("kmalloc_node_raw"),
-        only_on: Some("kernels before 6.1 (later, kmem:kmalloc counts these too)"),
+        only_on: Some("kernels before 6.1; later ones report these in kmem:kmalloc"),
         ..spec(
             "kmem",
             "kmalloc_node",
@@ -1156,7 +1156,7 @@ pub const PROBES: &[ProbeSpec] = &[
     },
     ProbeSpec {
         raw_program: Some("kmem_cache_alloc_node_raw"),
-        only_on: Some("kernels before 6.1 (later, kmem:kmem_cache_alloc counts these too)"),
+        only_on: Some("kernels before 6.1; later ones report these in kmem:kmem_cache_alloc"),
         ..spec(
             "kmem",
             "kmem_cache_alloc_node",

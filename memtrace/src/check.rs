@@ -366,7 +366,7 @@ pub fn print_human(r: &Report, out: &mut dyn Write) -> std::io::Result<()> {
         if let Some(only) = p.not_in_this_kernel {
             writeln!(
                 out,
-                "  {:<46} {:<8} {:<7} {:<7} {:<11} {:<6} -- (exists on {only})",
+                "  {:<46} {:<8} {:<7} {:<7} {:<11} {:<6} -- (not in this kernel: {only})",
                 p.probe, "no", "-", "-", "-", "-"
             )?;
             continue;

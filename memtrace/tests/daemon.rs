@@ -61,15 +61,31 @@ fn daemon_serves_metrics_that_move_with_load_and_stops_on_sigterm() {
 
     let after = d.scrape();
     let delta = |k: &str| metric(&after, k) - metric(&before, k);
-    let le4096 = delta("memtrace_kmalloc_size_bytes_bucket{gfp=\"GFP_USER\",le=\"4096\"}");
-    let le2048 = delta("memtrace_kmalloc_size_bytes_bucket{gfp=\"GFP_USER\",le=\"2048\"}");
+    // setxattr copies with GFP_USER (vmemdup_user), or GFP_KERNEL before 5.11's rework.
+    let bucket = |le: &str| {
+        ["GFP_USER", "GFP_KERNEL"]
+            .iter()
+            .map(|g| {
+                delta(&format!(
+                    "memtrace_kmalloc_size_bytes_bucket{{gfp=\"{g}\",le=\"{le}\"}}"
+                ))
+            })
+            .sum::<f64>()
+    };
+    let (le4096, le2048) = (bucket("4096"), bucket("2048"));
     assert!(
         le4096 - le2048 >= 200.0,
-        "GFP_USER kmallocs in (2048, 4096]: {}",
+        "GFP_USER (or GFP_KERNEL) kmallocs in (2048, 4096]: {}",
         le4096 - le2048
     );
-    assert!(delta("memtrace_kmalloc_requested_bytes_total{gfp=\"GFP_USER\"}") >= 600_000.0);
-    assert!(delta("memtrace_kmalloc_allocated_bytes_total{gfp=\"GFP_USER\"}") >= 819_200.0);
+    let bytes = |m: &str| {
+        ["GFP_USER", "GFP_KERNEL"]
+            .iter()
+            .map(|g| delta(&format!("{m}{{gfp=\"{g}\"}}")))
+            .sum::<f64>()
+    };
+    assert!(bytes("memtrace_kmalloc_requested_bytes_total") >= 600_000.0);
+    assert!(bytes("memtrace_kmalloc_allocated_bytes_total") >= 819_200.0);
     assert!(delta("memtrace_frees_total{allocator=\"kmalloc\"}") >= 200.0);
     assert!(delta("memtrace_kmem_cache_allocations_total{cache=\"filp\"}") >= 100.0);
     assert!(delta("memtrace_kmem_cache_allocated_bytes_total{cache=\"filp\"}") >= 100.0);
