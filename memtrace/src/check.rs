@@ -428,6 +428,50 @@ pub fn print_human(r: &Report, out: &mut dyn Write) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
+    fn probe(name: &str, will_use: Option<AttachMode>) -> ProbeCheck {
+        ProbeCheck {
+            probe: name.into(),
+            tracepoint_present: true,
+            tp_btf: Some("refused".into()),
+            raw_tp: None,
+            tracepoint: Some("lacks field(s) name".into()),
+            fexit: None,
+            has_fexit: false,
+            not_in_this_kernel: None,
+            degraded: None,
+            will_use,
+            program: will_use.map(|_| "x_raw"),
+        }
+    }
+
+    /// What a kernel lacks is said plainly: a probe with no way to attach names its series;
+    /// one only older kernels have is not missing; a degraded one says what it lacks.
+    #[test]
+    fn missing_series_are_named() {
+        let mut none = probe("kmem:kmem_cache_alloc", None);
+        none.raw_tp = Some("refused".into());
+        let why = missing_sentence(&none).expect("missing");
+        assert!(
+            why.contains("slab-cache series") && why.contains("lacks field(s) name"),
+            "{why}"
+        );
+        let mut absent = probe("vmalloc:purge_vmap_area_lazy", None);
+        absent.tracepoint_present = false;
+        let why = missing_sentence(&absent).expect("missing");
+        assert!(why.contains("no such tracepoint"), "{why}");
+        let mut old = probe("kmem:kmalloc_node", None);
+        old.not_in_this_kernel = Some("kernels before 6.1");
+        assert_eq!(missing_sentence(&old), None);
+        assert_eq!(
+            missing_sentence(&probe("kmem:kmalloc", Some(AttachMode::Raw))),
+            None
+        );
+        let mut degraded = probe("percpu:percpu_alloc_percpu", Some(AttachMode::Tracepoint));
+        degraded.degraded = Some("the event lacks gfp_flags".into());
+        let why = missing_sentence(&degraded).expect("degraded");
+        assert!(why.contains("lacks gfp_flags"), "{why}");
+    }
+
     #[test]
     fn parses_capeff() {
         let s = "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\n";

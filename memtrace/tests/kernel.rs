@@ -779,12 +779,6 @@ fn real_allocation_failures_match_ftrace() {
         }
         eprintln!("{way}: failures ftrace {want:?} memtrace {got:?}");
         assert_eq!(got, want, "allocation failures differ from ftrace");
-        if !support::per_thread_kmem_charges() {
-            eprintln!(
-                "{way}: this kernel charges a thread's kernel memory to its process's cgroup: no failure can be forced here"
-            );
-            continue;
-        }
         assert!(
             want.keys().any(|(a, _)| *a == Allocator::Kmalloc),
             "a real kmalloc failure"

@@ -112,10 +112,7 @@ fn a_real_failure_is_one_trace_event_with_its_stack() {
     want.sort();
     got.sort();
     eprintln!("failures ftrace {want:?} trace {got:?}");
-    assert!(
-        !want.is_empty() || !support::per_thread_kmem_charges(),
-        "the workload failed for real"
-    );
+    assert!(!want.is_empty(), "the workload failed for real");
     assert_eq!(
         got, want,
         "one trace event per failure, with the kernel's GFP flags"
@@ -132,14 +129,16 @@ fn a_real_failure_is_one_trace_event_with_its_stack() {
             .collect();
         // The workload's failing syscalls: setxattr on tmpfs, a pipe's write and resize.
         assert!(
-            stack.iter().any(|f| f.contains("setxattr")
-                || f.contains("pipe_set_size")
-                || f.contains("pipe_write")),
+            stack
+                .iter()
+                .any(|f| f.contains("setxattr") || f.contains("pipe_")),
             "{stack:?}"
         );
         if r["allocator"] == "kmalloc" {
             assert!(
-                stack.iter().any(|f| f.contains("kmalloc")),
+                stack
+                    .iter()
+                    .any(|f| f.contains("kmalloc") || f.contains("kvmalloc")),
                 "a failed kmalloc's stack shows the allocator: {stack:?}"
             );
             let site = r["call_site"].as_str().expect("kmalloc has a call site");

@@ -10,6 +10,7 @@ use anyhow::{Context as _, anyhow, bail};
 
 mod bench;
 mod install;
+mod vm;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -65,6 +66,22 @@ enum Task {
         #[arg(long, default_value_t = 2.0)]
         seconds: f64,
     },
+    /// Run the kernel integration tests (kernel, trace, daemon, limits) on Debian's 5.10, 6.1
+    /// and 6.12 kernels, each booted in qemu; the serial console goes to stdout and to
+    /// target/vm-test/<series>/console.log. One verdict line per kernel at the end.
+    VmTest {
+        /// A kernel series to test (repeatable); default: all of them.
+        #[arg(long = "kernel", value_name = "SERIES",
+              value_parser = clap::builder::PossibleValuesParser::new(vm::SERIES.iter().map(|s| s.name)))]
+        kernels: Vec<String>,
+        /// Seconds each kernel may take from boot to power-off; then qemu is killed.
+        #[arg(long, value_name = "SECS", default_value_t = 1500)]
+        timeout: u64,
+        /// Extra arguments for every test binary, e.g. a test name filter or `--skip NAME`.
+        /// Takes the rest of the command line, so it comes last.
+        #[arg(long, value_name = "ARGS", num_args = 1.., allow_hyphen_values = true)]
+        test_filter: Vec<String>,
+    },
 }
 
 fn main() {
@@ -82,6 +99,20 @@ fn main() {
         } => install(root, prefix, binary, enable),
         Task::Lint => setup().and_then(|()| lint()),
         Task::Bench { reps, seconds } => setup().and_then(|()| bench(reps, seconds)),
+        Task::VmTest {
+            kernels,
+            timeout,
+            test_filter,
+        } => setup().and_then(|()| {
+            vm::run(
+                &target_dir(),
+                &vm::Options {
+                    kernels,
+                    test_args: test_filter,
+                    timeout: std::time::Duration::from_secs(timeout),
+                },
+            )
+        }),
     };
     if let Err(e) = res {
         eprintln!("xtask: {e:#}");
@@ -143,8 +174,16 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const BPF_LINKER_LLVM: std::ops::RangeInclusive<u32> = 21..=23;
 /// Debian packages the tests use: `prometheus` brings the server and `promtool`, against
 /// which the exporter and the alerting rules are checked; `systemd` brings
-/// `systemd-analyze` for the unit; `util-linux` brings `setpriv` for the capability test.
-const DEBIAN_PACKAGES: &[&str] = &["prometheus", "systemd", "util-linux", "tmux"];
+/// `systemd-analyze` for the unit; `util-linux` brings `setpriv` for the capability test;
+/// `qemu-system-x86` and `busybox-static` boot other kernels for `cargo xtask vm-test`.
+const DEBIAN_PACKAGES: &[&str] = &[
+    "prometheus",
+    "systemd",
+    "util-linux",
+    "tmux",
+    "qemu-system-x86",
+    "busybox-static",
+];
 
 fn setup() -> anyhow::Result<()> {
     let started = std::time::Instant::now();

@@ -288,10 +288,8 @@ pub fn event_has_field(category: &str, event: &str, field: &str) -> bool {
         .is_ok_and(|f| f.field(field).is_some())
 }
 
-/// Before 5.14 a kernel allocation is charged to the memory cgroup of the process's memory
-/// owner (its main thread), not of the allocating thread: a worker thread moved alone into a
-/// tiny cgroup cannot make kernel allocations fail there (and moving the whole test process
-/// stalls it). The failure tests then check that memtrace and ftrace agree on none.
+/// Whether a kernel allocation is charged to the memory cgroup of the allocating thread (5.14
+/// and later), not of the process's memory owner (its main thread).
 pub fn per_thread_kmem_charges() -> bool {
     !kernel_before(5, 14)
 }
@@ -584,7 +582,10 @@ impl Memcg {
     pub fn tasks_paths(&self) -> (std::ffi::CString, std::ffi::CString) {
         let c =
             |p: PathBuf| std::ffi::CString::new(p.into_os_string().into_encoded_bytes()).unwrap();
-        let tasks = if self.v2 { "cgroup.procs" } else { "tasks" };
+        // Before 5.14 a kernel allocation is charged to the cgroup of the process's memory
+        // owner, not of the thread: there the whole process moves, as on v2.
+        let whole = self.v2 || !per_thread_kmem_charges();
+        let tasks = if whole { "cgroup.procs" } else { "tasks" };
         (
             c(self.dir.join(tasks)),
             c(self.parent_tasks.with_file_name(tasks)),
@@ -694,12 +695,14 @@ pub fn force_failures(worker: &Worker, memcg: &Memcg, file: &std::path::Path, re
                     );
                 }
             }
-            enter_tasks(&leave);
-            // SAFETY: our own fds; closing frees the pipe's pages.
+            // Closing the pipe frees its pages first: in a full cgroup even opening the
+            // `tasks` file to leave would fail (a `struct file` is charged too).
+            // SAFETY: our own fds.
             unsafe {
                 libc::close(fds[0]);
                 libc::close(fds[1]);
             }
+            enter_tasks(&leave);
         },
         std::time::Duration::from_secs(30),
     );
