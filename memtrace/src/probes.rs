@@ -385,11 +385,13 @@ impl Tracer {
         let want_btf = opts.attach != AttachPreference::Tracepoint && btf.is_some();
         let mut tracefs_dir = tracefs::mounted();
         let mut tracefs_note = None;
+        // Also where the BTF does not name a tracepoint's arguments (before 5.11): then its
+        // layout comes from tracefs only. (A tracepoint only older kernels have is not needed.)
         let needs_tracefs = !want_btf
-            || PROBES.iter().any(|p| {
+            || PROBES.iter().filter(|p| p.only_on.is_none()).any(|p| {
                 btf.as_ref()
                     .and_then(|b| b.tracepoint_args(p.event))
-                    .is_none()
+                    .is_none_or(|args| args.iter().any(|a| a.name.is_empty()))
             });
         if tracefs_dir.is_none() && needs_tracefs {
             match tracefs::ensure_mounted() {

@@ -188,9 +188,15 @@ fn check_report(console: &str) -> Option<serde_json::Value> {
     let end = format!("{MARK}CHECK-END");
     let start = console.find(&begin)? + begin.len();
     let stop = start + console[start..].find(&end)?;
-    console[start..stop]
+    // The pretty-printed object, without the kernel messages the console may interleave.
+    let text: String = console[start..stop]
         .lines()
-        .find_map(|l| serde_json::from_str(l.trim()).ok())
+        .map(|l| l.trim_end_matches('\r'))
+        .filter(|l| !l.trim_start().starts_with('['))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let (from, to) = (text.find('{')?, text.rfind('}')?);
+    serde_json::from_str(text.get(from..=to)?).ok()
 }
 
 /// A Markdown section per kernel: how each probe attaches and what the kernel lacks, from
@@ -216,7 +222,15 @@ fn supported_kernels(runs: &[KernelRun]) -> String {
             let probe = p["probe"].as_str().unwrap_or("?");
             let uses = match (p["will_use"].as_str(), p["program"].as_str()) {
                 _ if !p["not_in_this_kernel"].is_null() => "not in this kernel".to_string(),
-                (Some(mode), Some(program)) => format!("{mode} (`{program}`)"),
+                (Some(mode), Some(program)) => {
+                    // memtrace's own names for the attach modes (its JSON says btf, raw).
+                    let mode = match mode {
+                        "btf" => "tp_btf",
+                        "raw" => "raw_tp",
+                        other => other,
+                    };
+                    format!("{mode} (`{program}`)")
+                }
                 _ => "**missing**".to_string(),
             };
             out.push_str(&format!("| `{probe}` | {uses} |\n"));
@@ -1591,7 +1605,7 @@ not json"#;
         };
         let md = supported_kernels(&[run]);
         assert!(
-            md.contains("| `kmem:kmalloc` | raw (`kmalloc_raw`) |"),
+            md.contains("| `kmem:kmalloc` | raw_tp (`kmalloc_raw`) |"),
             "{md}"
         );
         assert!(md.contains("- x: no y"), "{md}");
