@@ -355,8 +355,9 @@ fn kmalloc_matches_ftrace(way: Way) {
                     && e.u64("bytes_req") == size as u64
             })
             .count();
-        assert_eq!(
-            n, REPS,
+        // (At least: a filesystem may copy the value again with kvmalloc.)
+        assert!(
+            n >= REPS,
             "ftrace saw {n} vmemdup_user kmallocs of {size} B, expected {REPS}"
         );
     }
@@ -887,9 +888,10 @@ fn call_sites_and_task_names_match_ftrace_in_both_attach_modes() {
             })
             .map(|(_, u)| u.allocations)
             .sum::<u64>();
-        assert_eq!(
-            vmemdup, 25,
-            "setxattr's copies are attributed to vmemdup_user"
+        // (At least: a filesystem may copy the value again with kvmalloc.)
+        assert!(
+            vmemdup >= 25,
+            "setxattr's copies are attributed to vmemdup_user: {vmemdup}"
         );
     }
 }
