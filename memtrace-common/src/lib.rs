@@ -268,6 +268,10 @@ pub struct CacheName {
 /// The cache id under which caches count when [`MAP_CACHE_STATS`] is full.
 pub const CACHE_OVERFLOW: u64 = 0;
 
+/// The cache id of allocations whose cache could not be found from the object's page (see
+/// [`SlabOffsets`]): it has no name, and is shown as `unknown`.
+pub const CACHE_UNREADABLE: u64 = u64::MAX;
+
 /// FNV-1a over a NUL-terminated name: the cache id of a classic tracepoint event, whose
 /// record carries the cache's name but not its address. Never returns [`CACHE_OVERFLOW`].
 #[inline(always)]
@@ -649,7 +653,7 @@ impl Layouts {
 /// of the direct map and of the page array at boot (`CONFIG_RANDOMIZE_MEMORY`): the programs
 /// read them from the kernel variables `page_offset_base` and `vmemmap_base`, whose addresses
 /// userspace takes from `/proc/kallsyms`. These addresses stay inside the programs.
-/// All zero when unknown: such events are then counted under an unnamed cache.
+/// All zero when unknown: such events then count under [`CACHE_UNREADABLE`] (`unknown`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SlabOffsets {

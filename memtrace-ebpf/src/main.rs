@@ -36,14 +36,14 @@ use memtrace_common::{
 };
 use memtrace_common::{
     ATTR_CALLSITES, ATTR_CGROUPS, ATTR_COMMS, ATTR_STACKS, Allocator, CACHE_NAME_LEN,
-    CACHE_OVERFLOW, CACHES_MAX, CALLSITES_MAX, CGROUP_OVERFLOW, CGROUP_UNREADABLE, CGROUPS_MAX,
-    COMMS_MAX, COMPACTION_STALLS_BASE, COUNTERS_LEN, CacheName, CacheStats, CgroupKey, CommKey,
-    Counter, EVENT_FAILED, EVENT_LARGE, EVENTS_RING_BYTES, EXTFRAG_BASE, ExtfragLayout, FieldLoc,
-    FreeLayout, GFP_KEYS_MAX, GFP_OVERFLOW, GFP_UNKNOWN, GfpKey, KmallocLayout,
-    KmemCacheAllocLayout, Layouts, NotableEvent, PAGE_FREES_BASE, PAGE_KEYS_MAX, PageAllocLayout,
-    PageFreeLayout, PageKey, PercpuAllocLayout, PurgeLayout, RECORD_BYTES, SIZE_BUCKETS,
-    STACKS_MAX, SiteKey, SizeStats, Usage, VmapAreaLayout, cache_name_id, order_slot, size_bucket,
-    span,
+    CACHE_OVERFLOW, CACHE_UNREADABLE, CACHES_MAX, CALLSITES_MAX, CGROUP_OVERFLOW,
+    CGROUP_UNREADABLE, CGROUPS_MAX, COMMS_MAX, COMPACTION_STALLS_BASE, COUNTERS_LEN, CacheName,
+    CacheStats, CgroupKey, CommKey, Counter, EVENT_FAILED, EVENT_LARGE, EVENTS_RING_BYTES,
+    EXTFRAG_BASE, ExtfragLayout, FieldLoc, FreeLayout, GFP_KEYS_MAX, GFP_OVERFLOW, GFP_UNKNOWN,
+    GfpKey, KmallocLayout, KmemCacheAllocLayout, Layouts, NotableEvent, PAGE_FREES_BASE,
+    PAGE_KEYS_MAX, PageAllocLayout, PageFreeLayout, PageKey, PercpuAllocLayout, PurgeLayout,
+    RECORD_BYTES, SIZE_BUCKETS, STACKS_MAX, SiteKey, SizeStats, Usage, VmapAreaLayout,
+    cache_name_id, order_slot, size_bucket, span,
 };
 
 #[unsafe(no_mangle)]
@@ -947,7 +947,12 @@ fn on_kmem_cache_alloc(ctx: *mut c_void, l: &KmemCacheAllocLayout, k: Kind) {
     } else if !l.name.is_present() {
         // Neither the cache nor its name (before 6.2): the cache the object lies in.
         let s = cache_of_object(r.get(l.ptr));
-        (s as u64, r.get(l.bytes_req), r.get(l.bytes_alloc), s, None)
+        let id = if s.is_null() {
+            CACHE_UNREADABLE
+        } else {
+            s as u64
+        };
+        (id, r.get(l.bytes_req), r.get(l.bytes_alloc), s, None)
     } else {
         // Classic tracepoint: the record holds the name as a __data_loc string.
         let loc = r.get(l.name);

@@ -174,12 +174,17 @@ pub fn run() -> Report {
         } || resolved.exists(spec.event);
         let mut btf_choice = probes::btf_program(spec, &resolved.layouts, false);
         let (tp_btf, raw_tp, tracepoint, fexit) = match &mut ebpf {
-            None => (untested(), untested(), untested(), untested()),
+            None => (
+                untested(),
+                untested(),
+                untested(),
+                spec.fexit.and_then(|_| untested()),
+            ),
             Some(Err(e)) => (
                 Some(e.to_string()),
                 Some(e.to_string()),
                 Some(e.to_string()),
-                Some(e.to_string()),
+                spec.fexit.map(|_| e.to_string()),
             ),
             Some(Ok(ebpf)) => {
                 let b = match (&aya_btf, resolved.btf_missing(spec.event)) {
@@ -304,12 +309,12 @@ fn missing_sentence(p: &ProbeCheck) -> Option<String> {
     }
     let what = match p.probe.split_once(':').map_or("", |(_, e)| e) {
         "kmalloc" => "kmalloc sizes, failures and call sites",
-        "kfree" => "kmalloc frees (memtrace_kmalloc_frees_total)",
-        "kmem_cache_alloc" => "slab-cache series (memtrace_slab_*, kmem_cache sizes)",
-        "kmem_cache_free" => "slab frees (memtrace_kmem_cache_frees_total)",
+        "kfree" => "kmalloc frees (memtrace_frees_total{allocator=\"kmalloc\"})",
+        "kmem_cache_alloc" => "slab-cache series (memtrace_kmem_cache_*, kmem_cache sizes)",
+        "kmem_cache_free" => "slab frees (memtrace_frees_total{allocator=\"kmem_cache\"})",
         "mm_page_alloc" => "page allocation series",
         "mm_page_free" | "mm_page_free_batched" => "page frees",
-        "mm_page_alloc_extfrag" => "fragmenting fallbacks (memtrace_page_extfrag_total)",
+        "mm_page_alloc_extfrag" => "fragmenting fallbacks (memtrace_page_fallbacks_total)",
         "alloc_vmap_area" => "vmalloc series (memtrace_vmalloc_*)",
         "purge_vmap_area_lazy" => "vmalloc purges (memtrace_vmalloc_purges_total)",
         "percpu_alloc_percpu" => "percpu allocation series",
@@ -318,12 +323,20 @@ fn missing_sentence(p: &ProbeCheck) -> Option<String> {
         "mark_victim" => "OOM kills",
         _ => "its series",
     };
-    let why = if !p.tracepoint_present {
-        "this kernel has no such tracepoint".to_string()
-    } else {
-        p.tracepoint
-            .clone()
-            .unwrap_or_else(|| "no way to attach it".into())
+    let why = match (&p.fexit, p.tracepoint_present) {
+        (Some(fexit), false) if p.has_fexit => {
+            format!("this kernel has no such tracepoint, and its fexit stand-in: {fexit}")
+        }
+        (_, false) => "this kernel has no such tracepoint".to_string(),
+        _ => [
+            ("tp_btf", &p.tp_btf),
+            ("raw_tp", &p.raw_tp),
+            ("tracepoint", &p.tracepoint),
+        ]
+        .iter()
+        .filter_map(|(w, why)| why.as_ref().map(|why| format!("{w}: {why}")))
+        .collect::<Vec<_>>()
+        .join("; "),
     };
     Some(format!("{}: no {what} ({why})", p.probe))
 }

@@ -45,7 +45,7 @@ pub fn kallsyms_addresses(names: &[&str]) -> Result<Vec<u64>, String> {
         parse_kallsyms_addresses(BufReader::new(file).lines().map_while(Result::ok), names);
     if found.contains(&Some(0)) {
         return Err(format!(
-            "{path} hides addresses (kernel.kptr_restrict): run as root"
+            "{path} hides addresses (kernel.kptr_restrict): memtrace needs CAP_SYSLOG (or root)"
         ));
     }
     let missing: Vec<&str> = names

@@ -121,13 +121,14 @@ enum Mode {
 }
 
 /// Fills one event's layout; returns the names of required fields that are missing.
-/// `slab_known`: the programs can find an object's slab cache from its address (see
-/// [`SlabOffsets`]), so `kmem_cache_alloc` needs neither the cache nor its name.
+/// `slab_missing`: why the programs cannot find an object's slab cache from its address (see
+/// [`SlabOffsets`]), or `None` when they can: then `kmem_cache_alloc` needs neither the cache
+/// nor its name.
 fn fill_event(
     event: &str,
     src: &dyn Source,
     mode: Mode,
-    slab_known: bool,
+    slab_missing: Option<&str>,
     l: &mut EventLayouts,
 ) -> Vec<String> {
     match event {
@@ -174,10 +175,9 @@ fn fill_event(
                     ["bytes_req", "bytes_alloc"],
                     [&mut k.bytes_req, &mut k.bytes_alloc],
                 ));
-                if !cache.is_empty() && !slab_known {
+                if let (false, Some(why)) = (cache.is_empty(), slab_missing) {
                     missing.push(format!(
-                        "{} (and the cache cannot be found from the object's page: see \
-                         `memtrace check`)",
+                        "{} (and the cache cannot be found from the object's page: {why})",
                         cache.join(", ")
                     ));
                 }
@@ -228,6 +228,15 @@ fn fill_event(
         // Events whose programs read no field.
         "mm_page_free_batched" | "percpu_alloc_percpu_fail" | "mark_victim" => Vec::new(),
         other => vec![format!("(memtrace has no layout for {other})")],
+    }
+}
+
+/// The layout of `kmem_cache_alloc` or `kmem_cache_alloc_node`.
+fn cache_layout<'a>(l: &'a EventLayouts, event: &str) -> &'a memtrace_common::KmemCacheAllocLayout {
+    if event == "kmem_cache_alloc_node" {
+        &l.kmem_cache_alloc_node
+    } else {
+        &l.kmem_cache_alloc
     }
 }
 
@@ -364,21 +373,19 @@ pub fn resolve(btf: Option<&Btf>, tracefs: Option<&Path>) -> Resolved {
         Some(Err(why)) => r.memcg_missing = Some(why),
         None => r.memcg_missing = Some("kernel BTF unavailable".into()),
     }
-    let slab = btf.map(|b| slab_offsets(b, &crate::kernel::kallsyms_addresses));
-    let slab_known = match slab {
-        Some(Ok(o)) => {
-            r.layouts.slab = o;
-            true
-        }
-        Some(Err(why)) => {
-            r.slab_missing = Some(why);
-            false
-        }
-        None => {
-            r.slab_missing = Some("kernel BTF unavailable".into());
-            false
-        }
+    // Only where an event lacks the cache are kallsyms read and kernel addresses handed over.
+    let slab = if needs_slab_lookup(btf, tracefs) {
+        btf.map(|b| slab_offsets(b, &crate::kernel::kallsyms_addresses))
+    } else {
+        Some(Err("not needed: the events carry the cache".to_string()))
     };
+    match slab {
+        Some(Ok(o)) => r.layouts.slab = o,
+        Some(Err(why)) => r.slab_missing = Some(why),
+        None => r.slab_missing = Some("kernel BTF unavailable".into()),
+    }
+    let slab_missing = r.slab_missing.clone();
+    let slab_missing = slab_missing.as_deref();
     for spec in PROBES {
         let (category, event) = (spec.category, spec.event);
         let is_cache = event.starts_with("kmem_cache_alloc");
@@ -392,10 +399,10 @@ pub fn resolve(btf: Option<&Btf>, tracefs: Option<&Path>) -> Resolved {
             Some(Ok(fmt)) => {
                 r.present.insert(event);
                 let src = Record(&fmt);
-                let missing = fill_event(event, &src, Mode::Tp, slab_known, &mut r.layouts.tp);
+                let missing = fill_event(event, &src, Mode::Tp, slab_missing, &mut r.layouts.tp);
                 if let Some(why) = describe(missing) {
                     r.tp_missing.insert(event, why);
-                } else if is_cache && !r.layouts.tp.kmem_cache_alloc.name.is_present() {
+                } else if is_cache && !cache_layout(&r.layouts.tp, event).name.is_present() {
                     if let Some(why) = &cache_offsets {
                         r.tp_missing.insert(event, why.clone());
                     }
@@ -417,7 +424,7 @@ pub fn resolve(btf: Option<&Btf>, tracefs: Option<&Path>) -> Resolved {
                 r.present.insert(event);
                 let unnamed = !args.is_empty() && args.iter().all(|a| a.name.is_empty());
                 let src = Args(args);
-                let missing = fill_event(event, &src, Mode::Btf, slab_known, &mut r.layouts.btf);
+                let missing = fill_event(event, &src, Mode::Btf, slab_missing, &mut r.layouts.btf);
                 if unnamed && !missing.is_empty() {
                     r.btf_missing.insert(
                         event,
@@ -451,6 +458,23 @@ pub fn resolve(btf: Option<&Btf>, tracefs: Option<&Path>) -> Resolved {
         }
     }
     r
+}
+
+/// Whether some form of `kmem_cache_alloc` this kernel has carries neither the cache (BTF)
+/// nor its name (tracefs): then the programs find the cache from the object's page.
+fn needs_slab_lookup(btf: Option<&Btf>, tracefs: Option<&Path>) -> bool {
+    PROBES
+        .iter()
+        .filter(|p| p.event.starts_with("kmem_cache_alloc"))
+        .any(|p| {
+            let classic = tracefs
+                .and_then(|d| Format::read(d, p.category, p.event).ok())
+                .is_some_and(|f| f.field("name").is_none());
+            let typed = btf
+                .and_then(|b| b.tracepoint_args(p.event))
+                .is_some_and(|a| a.iter().all(|x| x.name != "s"));
+            classic || typed
+        })
 }
 
 /// The fexit program's view of `function` (`alloc_vmap_area(unsigned long size, ...)`): the
@@ -522,7 +546,7 @@ mod tests {
     fn classic_layout_from_format() {
         let fmt = Format::parse(crate::tracefs::tests_support::KMALLOC_FORMAT).unwrap();
         let mut l = EventLayouts::default();
-        assert!(fill_event("kmalloc", &Record(&fmt), Mode::Tp, false, &mut l).is_empty());
+        assert!(fill_event("kmalloc", &Record(&fmt), Mode::Tp, Some("unknown"), &mut l).is_empty());
         assert_eq!(l.kmalloc.ptr, FieldLoc::new(16, 8));
         assert_eq!(l.kmalloc.gfp_flags, FieldLoc::new(40, 8));
     }
@@ -541,7 +565,7 @@ mod tests {
             let text = std::fs::read_to_string(&path).unwrap();
             let fmt = Format::parse(&text).unwrap();
             let mut l = EventLayouts::default();
-            let missing = fill_event(spec.event, &Record(&fmt), Mode::Tp, false, &mut l);
+            let missing = fill_event(spec.event, &Record(&fmt), Mode::Tp, Some("unknown"), &mut l);
             assert!(missing.is_empty(), "{}: {missing:?}", spec.event);
         }
         let text = include_str!("../testdata/linux-6.18/kmem_kmem_cache_alloc.format");
@@ -550,7 +574,7 @@ mod tests {
             "kmem_cache_alloc",
             &Record(&Format::parse(text).unwrap()),
             Mode::Tp,
-            false,
+            Some("unknown"),
             &mut l,
         );
         assert_eq!(l.kmem_cache_alloc.name, FieldLoc::new(24, 4));
@@ -559,7 +583,7 @@ mod tests {
             "mm_page_alloc",
             &Record(&Format::parse(text).unwrap()),
             Mode::Tp,
-            false,
+            Some("unknown"),
             &mut l,
         );
         assert_eq!(l.mm_page_alloc.pfn, FieldLoc::new(8, 8));
@@ -574,17 +598,32 @@ mod tests {
         let text = include_str!("../testdata/linux-5.10/kmem_kmem_cache_alloc.format");
         let fmt = Format::parse(text).unwrap();
         let mut l = EventLayouts::default();
-        let missing = fill_event("kmem_cache_alloc", &Record(&fmt), Mode::Tp, false, &mut l);
+        let missing = fill_event(
+            "kmem_cache_alloc",
+            &Record(&fmt),
+            Mode::Tp,
+            Some("unknown"),
+            &mut l,
+        );
         assert_eq!(missing.len(), 1, "{missing:?}");
         assert!(missing[0].starts_with("name"), "{missing:?}");
         let mut l = EventLayouts::default();
-        assert!(fill_event("kmem_cache_alloc", &Record(&fmt), Mode::Tp, true, &mut l).is_empty());
+        assert!(fill_event("kmem_cache_alloc", &Record(&fmt), Mode::Tp, None, &mut l).is_empty());
         assert_eq!(l.kmem_cache_alloc.bytes_alloc, FieldLoc::new(32, 8));
         assert!(!l.kmem_cache_alloc.name.is_present());
         let text = include_str!("../testdata/linux-5.10/percpu_percpu_alloc_percpu.format");
         let fmt = Format::parse(text).unwrap();
         let src = Record(&fmt);
-        assert!(fill_event("percpu_alloc_percpu", &src, Mode::Tp, false, &mut l).is_empty());
+        assert!(
+            fill_event(
+                "percpu_alloc_percpu",
+                &src,
+                Mode::Tp,
+                Some("unknown"),
+                &mut l
+            )
+            .is_empty()
+        );
         assert!(!l.percpu_alloc_percpu.gfp_flags.is_present());
         let why = optional_missing("percpu_alloc_percpu", &src).expect("degraded");
         assert!(why.contains("call_site, bytes_alloc, gfp_flags"), "{why}");
@@ -676,16 +715,25 @@ mod tests {
         let p = param;
         let args = prototype("kmalloc");
         let mut l = EventLayouts::default();
-        assert!(fill_event("kmalloc", &args, Mode::Btf, false, &mut l).is_empty());
+        assert!(fill_event("kmalloc", &args, Mode::Btf, Some("unknown"), &mut l).is_empty());
         assert_eq!(l.kmalloc.gfp_flags, FieldLoc::new(32, 4));
         let old = Args(vec![p("call_site", 8), p("ptr", 8)]);
         let mut l = EventLayouts::default();
         assert_eq!(
-            fill_event("kmalloc", &old, Mode::Btf, false, &mut l),
+            fill_event("kmalloc", &old, Mode::Btf, Some("unknown"), &mut l),
             vec!["bytes_req", "bytes_alloc", "gfp_flags"]
         );
         let args = prototype("kmem_cache_alloc");
-        assert!(fill_event("kmem_cache_alloc", &args, Mode::Btf, false, &mut l).is_empty());
+        assert!(
+            fill_event(
+                "kmem_cache_alloc",
+                &args,
+                Mode::Btf,
+                Some("unknown"),
+                &mut l
+            )
+            .is_empty()
+        );
         assert_eq!(l.kmem_cache_alloc.s, FieldLoc::new(16, 8));
     }
 
@@ -696,7 +744,7 @@ mod tests {
         let p = param;
         let mut l = EventLayouts::default();
         for (event, args) in current_prototypes() {
-            assert!(fill_event(event, &Args(args), Mode::Btf, false, &mut l).is_empty());
+            assert!(fill_event(event, &Args(args), Mode::Btf, Some("unknown"), &mut l).is_empty());
         }
         for spec in PROBES.iter().filter(|s| s.fixed_program.is_some()) {
             assert!(
@@ -713,7 +761,7 @@ mod tests {
             p("bytes_req", 8),
             p("bytes_alloc", 8),
         ]);
-        assert!(fill_event("kmalloc", &moved, Mode::Btf, false, &mut l).is_empty());
+        assert!(fill_event("kmalloc", &moved, Mode::Btf, Some("unknown"), &mut l).is_empty());
         let kmalloc = PROBES.iter().find(|s| s.event == "kmalloc").unwrap();
         assert!(!kmalloc.fixed_matches(&l));
         let no_fixed = PROBES

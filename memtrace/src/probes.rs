@@ -207,7 +207,9 @@ pub struct Tracer {
 }
 
 /// `text` with every number that could be a kernel address replaced by `<address>`: hex
-/// literals of 12 or more digits and decimal numbers of 15 or more digits. The verifier's
+/// literals of 12 or more digits, decimal numbers of 15 or more digits, and negative decimals
+/// of 10 or more (older verifiers print a known 64-bit value, such as a kernel text address
+/// from a load-time global, as a signed 32-bit immediate). The verifier's
 /// log prints map pointers as such numbers; memtrace never shows a kernel address (KASLR).
 pub fn redact_addresses(text: &str) -> String {
     let b = text.as_bytes();
@@ -227,7 +229,8 @@ pub fn redact_addresses(text: &str) -> String {
             }
         } else if b[i].is_ascii_digit() && (i == 0 || !b[i - 1].is_ascii_alphanumeric()) {
             let digits = b[i..].iter().take_while(|c| c.is_ascii_digit()).count();
-            if digits >= 15 {
+            let negative = i > 0 && b[i - 1] == b'-';
+            if digits >= 15 || (negative && digits >= 10) {
                 out.push_str("<address>");
                 i += digits;
                 continue;
@@ -960,7 +963,8 @@ fn attach_one(
             },
         }
     }
-    if pref.allows(AttachMode::Fexit) {
+    // fexit only stands in for a tracepoint this kernel lacks.
+    if pref.allows(AttachMode::Fexit) && !layouts.exists(spec.event) {
         if let Some((program, function)) = spec.fexit {
             match (aya_btf, layouts.fexit_missing(spec.event)) {
                 (None, _) => notes.push("fexit: kernel BTF unavailable".to_string()),
@@ -1149,7 +1153,8 @@ mod tests {
     #[test]
     fn redaction_hides_kernel_addresses_only() {
         let log = "2064: (18) r1 = 0xffff8881042a0a00 ; R1=map_ptr(map=CACHE_TABLE,ks=4,vs=16384)\n\
-                   r2 = 18446612686224058880 r3 = 0x9e37 off=0x1f size 4096 ké";
+                   r2 = 18446612686224058880 r3 = 0x9e37 off=0x1f size 4096 ké\n\
+                   (b7) r4 = -2103332152 ; umax=4294967295 off=-24";
         let got = redact_addresses(log);
         assert!(!got.contains("ffff8881"), "{got}");
         assert!(!got.contains("18446612686224058880"), "{got}");
@@ -1159,5 +1164,7 @@ mod tests {
             "{got}"
         );
         assert!(got.contains("map=CACHE_TABLE,ks=4,vs=16384"), "{got}");
+        assert!(!got.contains("2103332152"), "{got}");
+        assert!(got.contains("umax=4294967295 off=-24"), "{got}");
     }
 }
