@@ -112,7 +112,10 @@ pub fn run(target_dir: &Path, opts: &Options) -> anyhow::Result<()> {
     let accel = if kvm_usable() {
         ["-accel", "kvm", "-cpu", "host"]
     } else {
-        ["-accel", "tcg,thread=multi", "-cpu", "max"]
+        // Single-threaded TCG: multi-threaded TCG once ran a stale breakpoint of the kernel's
+        // live text patching (tracepoint static keys flip at every attach) and 6.12 oopsed
+        // ("Oops: int3" in ttwu_do_activate).
+        ["-accel", "tcg,thread=single", "-cpu", "max"]
     };
 
     let mut runs = Vec::new();
