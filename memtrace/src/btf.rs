@@ -274,6 +274,12 @@ impl Btf {
                 ptr.size_or_type
             }
         };
+        let params = self.proto_params(proto_id)?;
+        Some(params.into_iter().skip(1).collect())
+    }
+
+    /// The parameters of the function prototype `proto_id`, or `None` if it is not one.
+    fn proto_params(&self, proto_id: u32) -> Option<Vec<Param>> {
         let proto = self.types.get(proto_id as usize)?;
         if proto.kind != KIND_FUNC_PROTO {
             return None;
@@ -282,7 +288,6 @@ impl Btf {
             proto
                 .items
                 .iter()
-                .skip(1)
                 .map(|&(name, ty, _)| Param {
                     name: self.str_at(name).to_string(),
                     size: self.size_of(ty),
@@ -295,22 +300,7 @@ impl Btf {
     /// this kernel's BTF has no such function.
     pub fn function_params(&self, name: &str) -> Option<Vec<Param>> {
         let func = self.find(name, KIND_FUNC)?;
-        let proto = self
-            .types
-            .get(self.types[func as usize].size_or_type as usize)?;
-        if proto.kind != KIND_FUNC_PROTO {
-            return None;
-        }
-        Some(
-            proto
-                .items
-                .iter()
-                .map(|&(name, ty, _)| Param {
-                    name: self.str_at(name).to_string(),
-                    size: self.size_of(ty),
-                })
-                .collect(),
-        )
+        self.proto_params(self.types[func as usize].size_or_type)
     }
 
     /// The size of `struct name`.

@@ -1017,6 +1017,28 @@ pub(crate) fn attach_btf_best(
     (None, refused)
 }
 
+/// The program `name` of the object as the program type `T`.
+fn program_as<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, String>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| format!("program {name} missing from the object"))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| one_line(&e))
+}
+
+/// The one-line reason a program's load failed; the verifier's log, which is long, goes to
+/// the debug log (without kernel addresses) for whoever debugs a refused program.
+fn load_refused(program: &str, e: &aya::programs::ProgramError) -> String {
+    tracing::debug!(
+        program,
+        "load refused: {}",
+        redact_addresses(&format!("{e:?}"))
+    );
+    one_line(e)
+}
+
 pub(crate) fn attach_btf(
     ebpf: &mut Ebpf,
     spec: &ProbeSpec,
@@ -1024,20 +1046,9 @@ pub(crate) fn attach_btf(
     btf: &aya::Btf,
     attach: bool,
 ) -> Result<(), String> {
-    let prog: &mut BtfTracePoint = ebpf
-        .program_mut(program)
-        .ok_or_else(|| format!("program {program} missing from the object"))?
-        .try_into()
-        .map_err(|e: aya::programs::ProgramError| one_line(&e))?;
-    prog.load(spec.event, btf).map_err(|e| {
-        // The verifier's log is long: it is for whoever debugs a refused program.
-        tracing::debug!(
-            program,
-            "load refused: {}",
-            redact_addresses(&format!("{e:?}"))
-        );
-        one_line(&e)
-    })?;
+    let prog: &mut BtfTracePoint = program_as(ebpf, program)?;
+    prog.load(spec.event, btf)
+        .map_err(|e| load_refused(program, &e))?;
     if attach {
         prog.attach().map_err(|e| one_line(&e))?;
     }
@@ -1050,19 +1061,8 @@ pub(crate) fn attach_raw(
     program: &str,
     attach: bool,
 ) -> Result<(), String> {
-    let prog: &mut RawTracePoint = ebpf
-        .program_mut(program)
-        .ok_or_else(|| format!("program {program} missing from the object"))?
-        .try_into()
-        .map_err(|e: aya::programs::ProgramError| one_line(&e))?;
-    prog.load().map_err(|e| {
-        tracing::debug!(
-            program,
-            "load refused: {}",
-            redact_addresses(&format!("{e:?}"))
-        );
-        one_line(&e)
-    })?;
+    let prog: &mut RawTracePoint = program_as(ebpf, program)?;
+    prog.load().map_err(|e| load_refused(program, &e))?;
     if attach {
         prog.attach(spec.event).map_err(|e| one_line(&e))?;
     }
@@ -1076,19 +1076,9 @@ pub(crate) fn attach_fexit(
     btf: &aya::Btf,
     attach: bool,
 ) -> Result<(), String> {
-    let prog: &mut FExit = ebpf
-        .program_mut(program)
-        .ok_or_else(|| format!("program {program} missing from the object"))?
-        .try_into()
-        .map_err(|e: aya::programs::ProgramError| one_line(&e))?;
-    prog.load(function, btf).map_err(|e| {
-        tracing::debug!(
-            program,
-            "load refused: {}",
-            redact_addresses(&format!("{e:?}"))
-        );
-        one_line(&e)
-    })?;
+    let prog: &mut FExit = program_as(ebpf, program)?;
+    prog.load(function, btf)
+        .map_err(|e| load_refused(program, &e))?;
     if attach {
         prog.attach().map_err(|e| one_line(&e))?;
     }
@@ -1096,11 +1086,7 @@ pub(crate) fn attach_fexit(
 }
 
 pub(crate) fn attach_tp(ebpf: &mut Ebpf, spec: &ProbeSpec, attach: bool) -> Result<(), String> {
-    let prog: &mut TracePoint = ebpf
-        .program_mut(spec.tp_program)
-        .ok_or_else(|| format!("program {} missing from the object", spec.tp_program))?
-        .try_into()
-        .map_err(|e: aya::programs::ProgramError| one_line(&e))?;
+    let prog: &mut TracePoint = program_as(ebpf, spec.tp_program)?;
     prog.load().map_err(|e| one_line(&e))?;
     if attach {
         prog.attach(spec.category, spec.event)
@@ -1115,11 +1101,7 @@ pub fn probe_fentry(btf: &aya::Btf) -> Result<(), String> {
     let mut ebpf = EbpfLoader::new()
         .load(EBPF_OBJECT)
         .map_err(|e| one_line(&e))?;
-    let prog: &mut FEntry = ebpf
-        .program_mut("fentry_probe")
-        .ok_or("program fentry_probe missing from the object")?
-        .try_into()
-        .map_err(|e: aya::programs::ProgramError| one_line(&e))?;
+    let prog: &mut FEntry = program_as(&mut ebpf, "fentry_probe")?;
     prog.load("kfree", btf).map_err(|e| one_line(&e))
 }
 

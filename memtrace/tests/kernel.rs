@@ -800,10 +800,6 @@ fn real_allocation_failures_match_ftrace() {
             continue;
         }
         let events = kernel_events(&events);
-        let events: Vec<(&str, &str)> = events
-            .iter()
-            .map(|(c, e)| (c.as_str(), e.as_str()))
-            .collect();
         let ftrace = Ftrace::start(&events, worker.tid);
         force_failures(&worker, &memcg, &file, 5);
         let events = ftrace.stop();
@@ -1282,10 +1278,6 @@ fn memory_cgroups_match_ftrace_in_both_attach_modes() {
                     break;
                 }
                 let events = kernel_events(&events);
-                let events: Vec<(&str, &str)> = events
-                    .iter()
-                    .map(|(c, e)| (c.as_str(), e.as_str()))
-                    .collect();
                 let ftrace = Ftrace::start(&events, worker.tid);
                 let f = file.clone();
                 worker.run(move || {

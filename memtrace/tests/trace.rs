@@ -54,10 +54,6 @@ fn a_real_failure_is_one_trace_event_with_its_stack() {
     let worker = Worker::spawn();
     let tid = worker.tid;
     let events = support::kernel_events(&[("kmem", "kmalloc"), ("kmem", "mm_page_alloc")]);
-    let events: Vec<(&str, &str)> = events
-        .iter()
-        .map(|(c, e)| (c.as_str(), e.as_str()))
-        .collect();
     let ftrace = Ftrace::start(&events, tid);
     force_failures(&worker, &memcg, &file, 3);
     let events = ftrace.stop();

@@ -103,7 +103,7 @@ pub struct Ftrace {
 }
 
 impl Ftrace {
-    pub fn start(events: &[(&str, &str)], tid: u32) -> Ftrace {
+    pub fn start(events: &[(impl AsRef<str>, impl AsRef<str>)], tid: u32) -> Ftrace {
         let (tracefs, _) = memtrace::tracefs::ensure_mounted().expect("tracefs");
         let dir = tracefs
             .join("instances")
@@ -114,7 +114,7 @@ impl Ftrace {
             dir,
             events: events
                 .iter()
-                .map(|(c, e)| (c.to_string(), e.to_string()))
+                .map(|(c, e)| (c.as_ref().to_string(), e.as_ref().to_string()))
                 .collect(),
         };
         f.write("buffer_size_kb", "8192");
