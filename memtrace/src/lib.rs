@@ -1,24 +1,21 @@
 //! memtrace: watch the Linux kernel's memory allocators live.
 //!
 //! The binary is a thin CLI over this library; the integration tests drive the same code.
+//! The modules follow the data:
+//!
+//! - [`kernel`]: the running kernel (release, capabilities, page size, BTF, tracefs);
+//! - [`bpf`]: the eBPF object, its layouts, the attach plan, the maps read into a
+//!   [`bpf::Snapshot`], and the ring buffer's notable events;
+//! - [`label`]: kernel values to bounded, address-free label values (GFP names, symbols,
+//!   cgroup paths, top-N plus `other`);
+//! - [`export`]: metric families (the one place metrics are named), the notable-event
+//!   record, and reading an exposition back;
+//! - [`limits`]: what can be allocated now (procfs/sysfs) and what a daemon has observed;
+//! - [`cmd`]: the subcommands (`check`, `daemon`, `trace`, `limits`, `top`).
 
-pub mod btf;
-pub mod cardinality;
-pub mod cgroup;
-pub mod check;
-pub mod config;
-pub mod daemon;
-pub mod events;
-pub mod gfp;
+pub mod bpf;
+pub mod cmd;
+pub mod export;
 pub mod kernel;
-pub mod layout;
+pub mod label;
 pub mod limits;
-pub mod metrics;
-pub mod model;
-pub mod observed;
-pub mod probes;
-pub mod scrape;
-pub mod symbolize;
-pub mod top;
-pub mod trace;
-pub mod tracefs;

@@ -36,29 +36,21 @@ enum Command {
         json: bool,
     },
     /// Attach the probes and serve Prometheus metrics until SIGINT or SIGTERM.
-    Daemon(memtrace::daemon::DaemonArgs),
+    Daemon(memtrace::cmd::daemon::DaemonArgs),
     /// A live terminal view of kernel allocation: rates per allocator, call sites, slab
     /// caches, processes, page orders and vmalloc, with the latest failures.
-    Top(memtrace::top::TopArgs),
+    Top(memtrace::cmd::top::TopArgs),
     /// Stream notable allocation events: failures, large kmalloc/vmalloc, high-order pages.
-    Trace(memtrace::trace::TraceArgs),
+    Trace(memtrace::cmd::trace::TraceArgs),
     /// How large an allocation can succeed right now: page allocator orders, free
     /// contiguous blocks per zone, kmalloc and vmalloc bounds, CMA and huge pages, and what a
     /// running daemon has observed.
-    Limits {
-        /// Print one JSON object.
-        #[arg(long)]
-        json: bool,
-        /// The daemon's metrics URL for the observed figures; without this flag the default
-        /// address is tried and skipped if no daemon answers.
-        #[arg(long, value_name = "URL")]
-        from: Option<String>,
-    },
+    Limits(memtrace::cmd::limits::LimitsArgs),
 }
 
 /// Applies `memtrace daemon --config FILE` (or MEMTRACE_CONFIG) before clap parses, so that
 /// file values are validated like flags and flags and environment variables win.
-fn apply_config_file() -> Result<(), memtrace::config::ConfigError> {
+fn apply_config_file() -> Result<(), memtrace::cmd::config::ConfigError> {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) != Some("daemon") {
         return Ok(());
@@ -78,17 +70,17 @@ fn apply_config_file() -> Result<(), memtrace::config::ConfigError> {
     let daemon = cmd
         .find_subcommand("daemon")
         .expect("the daemon subcommand exists");
-    let known: Vec<memtrace::config::Known> = daemon
+    let known: Vec<memtrace::cmd::config::Known> = daemon
         .get_arguments()
         .filter(|a| a.get_id() != "config")
         .filter_map(|a| {
-            Some(memtrace::config::Known {
+            Some(memtrace::cmd::config::Known {
                 key: a.get_long()?.to_string(),
                 env: a.get_env()?.to_string_lossy().into_owned(),
             })
         })
         .collect();
-    memtrace::config::apply(&path, &known)
+    memtrace::cmd::config::apply(&path, &known)
 }
 
 fn main() -> ExitCode {
@@ -120,7 +112,7 @@ fn main() -> ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(memtrace::top::log_writer);
+        .with_writer(memtrace::cmd::top::log_writer);
     match cli.log_format {
         LogFormat::Json => logs.json().init(),
         LogFormat::Text => logs
@@ -130,26 +122,23 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("memtrace: {}", memtrace::probes::one_line(e.as_ref()));
+            eprintln!("memtrace: {}", memtrace::bpf::one_line(e.as_ref()));
             ExitCode::FAILURE
         }
     }
 }
 
-/// Where `memtrace limits` looks for a daemon when no --from is given.
-const DEFAULT_METRICS_URL: &str = "http://127.0.0.1:9701/metrics";
-
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Check { json } => {
-            let report = memtrace::check::run();
+            let report = memtrace::cmd::check::run();
             let mut out = std::io::stdout().lock();
             if json {
                 serde_json::to_writer_pretty(&mut out, &report)?;
                 use std::io::Write;
                 writeln!(out)?;
             } else {
-                memtrace::check::print_human(&report, &mut out)?;
+                memtrace::cmd::check::print_human(&report, &mut out)?;
             }
             Ok(if report.can_run {
                 ExitCode::SUCCESS
@@ -157,51 +146,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
-        Command::Limits { json, from } => {
-            let limits = memtrace::limits::collect(&memtrace::limits::Sources::live())?;
-            let url = from
-                .clone()
-                .unwrap_or_else(|| DEFAULT_METRICS_URL.to_string());
-            let observed = match memtrace::scrape::get(&url, std::time::Duration::from_secs(3)) {
-                Ok(text) => Ok(memtrace::observed::Observed::from_samples(
-                    &memtrace::scrape::parse_exposition(&text),
-                    &url,
-                )),
-                // An explicit --from must work; the default address is only a guess.
-                Err(e) if from.is_some() => return Err(e.into()),
-                Err(e) => Err(e.to_string()),
-            };
-            let mut out = std::io::stdout().lock();
-            use std::io::Write;
-            if json {
-                let v = serde_json::json!({
-                    "limits": limits,
-                    "observed": observed.as_ref().ok(),
-                });
-                serde_json::to_writer_pretty(&mut out, &v)?;
-                writeln!(out)?;
-            } else {
-                memtrace::limits::print_human(&limits, &mut out)?;
-                writeln!(out)?;
-                match &observed {
-                    Ok(o) => o.print_human(&mut out)?,
-                    Err(e) => writeln!(
-                        out,
-                        "Observed since the daemon started: no daemon answered ({e}); start `memtrace daemon` or pass --from URL"
-                    )?,
-                }
-            }
+        Command::Limits(args) => {
+            memtrace::cmd::limits::run(&args, &mut std::io::stdout().lock())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Top(args) => {
-            memtrace::top::run(args)?;
+            memtrace::cmd::top::run(args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Trace(args) => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(memtrace::trace::run(args))?;
+            rt.block_on(memtrace::cmd::trace::run(args))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Daemon(args) => {
@@ -209,7 +166,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
-            rt.block_on(memtrace::daemon::run(args))?;
+            rt.block_on(memtrace::cmd::daemon::run(args))?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -591,10 +591,11 @@ fn every_panel_query_returns_data_from_prometheus_scraping_a_loaded_daemon() {
     let range = format!("{}s", started.elapsed().as_secs() + 10);
 
     // Scraped names: every metric a panel names must be in a real scrape too.
-    let scraped: BTreeSet<String> = memtrace::scrape::parse_exposition(&daemon.scrape_text())
-        .into_iter()
-        .map(|s| s.name)
-        .collect();
+    let scraped: BTreeSet<String> =
+        memtrace::export::scrape::parse_exposition(&daemon.scrape_text())
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
     let mut vars: BTreeMap<String, String> = BTreeMap::new();
     vars.insert("job".into(), "memtrace".into());
     vars.insert("instance".into(), instance.clone());

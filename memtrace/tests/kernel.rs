@@ -12,8 +12,8 @@ mod support;
 use std::collections::BTreeMap;
 
 use memtrace::{
-    gfp::GfpTable,
-    probes::{AttachMode, AttachPreference, ProbeStatus, Snapshot, Tracer, TracerOptions},
+    bpf::{AttachMode, AttachPreference, ProbeStatus, Snapshot, Tracer, TracerOptions},
+    label::gfp::GfpTable,
 };
 use memtrace_common::{
     Allocator, Counter, EVENT_FAILED, EVENT_LARGE, NotableEvent, SizeStats, size_bucket,
@@ -70,7 +70,7 @@ const WAYS: [Way; 4] = [
 
 /// The running kernel's (major, minor) version.
 fn release() -> (u32, u32) {
-    let r = memtrace::check::kernel_release();
+    let r = memtrace::kernel::release();
     let mut parts = r.split(|c: char| !c.is_ascii_digit());
     let mut next = || parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
     (next(), next())
@@ -312,10 +312,10 @@ fn observe_once(
     );
     let mut ring = tracer.take_events().expect("events ring buffer");
     let mut notable = Vec::new();
-    memtrace::events::drain(&mut ring, |e| notable.push(e));
+    memtrace::bpf::events::drain(&mut ring, |e| notable.push(e));
     for e in &notable {
         assert_eq!(e.tid, worker.tid, "notable events are the worker's");
-        assert_eq!(memtrace::events::comm(e), "memtrace-work");
+        assert_eq!(memtrace::bpf::events::comm(e), "memtrace-work");
     }
     Some(Window {
         snap,
@@ -837,12 +837,12 @@ fn real_allocation_failures_match_ftrace() {
         // Each failure is also one notable event, with the failing GFP flags.
         let mut ring = tracer.take_events().expect("events ring buffer");
         let mut notable: BTreeMap<(Allocator, String), u64> = BTreeMap::new();
-        memtrace::events::drain(&mut ring, |e| {
+        memtrace::bpf::events::drain(&mut ring, |e| {
             assert!(
                 e.flags & EVENT_FAILED != 0,
                 "only failures are notable here: {e:?}"
             );
-            let a = memtrace::events::allocator(&e).expect("allocator");
+            let a = memtrace::bpf::events::allocator(&e).expect("allocator");
             *notable.entry((a, label(e.gfp))).or_default() += 1;
         });
         notable.retain(|(a, _), _| matches!(a, Allocator::Kmalloc | Allocator::Page));
@@ -867,7 +867,7 @@ fn call_sites_and_task_names_match_ftrace_in_both_attach_modes() {
         return;
     };
     let _ran = WaysRan::start();
-    let symbols = memtrace::symbolize::Symbolizer::load().expect("kallsyms");
+    let symbols = memtrace::label::symbolize::Symbolizer::load().expect("kallsyms");
     for way in WAYS {
         let dir = tempdir("attribution");
         let file = dir.join("xattr-target");
@@ -1179,17 +1179,17 @@ fn thread_filter_excludes_other_threads() {
 fn cgroup_series(
     snap: &Snapshot,
     allocator: Allocator,
-    resolver: Option<memtrace::cgroup::Resolver>,
+    resolver: Option<memtrace::label::cgroup::Resolver>,
 ) -> BTreeMap<String, (u64, u64)> {
     use prometheus::Encoder as _;
-    let limits = memtrace::metrics::LabelLimits {
+    let limits = memtrace::export::LabelLimits {
         caches: 50,
         callsites: 50,
         processes: 50,
         cgroups: 50,
     };
     let mut e =
-        memtrace::metrics::Exporter::new(None, BTreeMap::new(), None, "test".into(), limits, None);
+        memtrace::export::Exporter::new(None, BTreeMap::new(), None, "test".into(), limits, None);
     if let Some(r) = resolver {
         e = e.with_cgroup_paths(r);
     }
@@ -1200,7 +1200,7 @@ fn cgroup_series(
     let text = String::from_utf8(buf).unwrap();
     support::assert_no_addresses(&text);
     let mut out: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-    for s in memtrace::scrape::parse_exposition(&text) {
+    for s in memtrace::export::scrape::parse_exposition(&text) {
         if s.labels.get("allocator").map(String::as_str) != Some(allocator.name()) {
             continue;
         }
@@ -1238,8 +1238,8 @@ fn memory_cgroups_match_ftrace_in_both_attach_modes() {
             for attempt in 1..=ATTEMPTS {
                 // A generous limit: nothing may fail.
                 let memcg = Memcg::new(1 << 30);
-                let (resolver, _version) =
-                    memtrace::cgroup::Resolver::from_system().expect("a memory cgroup hierarchy");
+                let (resolver, _version) = memtrace::label::cgroup::Resolver::from_system()
+                    .expect("a memory cgroup hierarchy");
                 let path = format!(
                     "/{}",
                     memcg
@@ -1318,14 +1318,14 @@ fn memory_cgroups_match_ftrace_in_both_attach_modes() {
                     let bytes: u64 = ok
                         .iter()
                         .map(|e| match allocator {
-                            Allocator::Page => memtrace::probes::page_size() << e.u64("order"),
+                            Allocator::Page => memtrace::kernel::page_size() << e.u64("order"),
                             _ => e.u64("bytes_alloc"),
                         })
                         .sum();
                     let got = cgroup_series(
                         &snap,
                         allocator,
-                        memtrace::cgroup::Resolver::from_system()
+                        memtrace::label::cgroup::Resolver::from_system()
                             .ok()
                             .map(|(r, _)| r),
                     );

@@ -57,7 +57,7 @@ fn prometheus_stores_every_series_and_promtool_accepts_them() {
 
     // Wait for Prometheus to scrape the daemon at least twice after our own scrape.
     server.wait_up(1);
-    let ours: BTreeSet<String> = memtrace::scrape::parse_exposition(&daemon.scrape_text())
+    let ours: BTreeSet<String> = memtrace::export::scrape::parse_exposition(&daemon.scrape_text())
         .iter()
         .filter(|s| s.name.starts_with("memtrace_"))
         .map(|s| {

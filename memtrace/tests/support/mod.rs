@@ -22,10 +22,10 @@ pub fn require_kernel() -> Option<MutexGuard<'static, ()>> {
     if unsafe { libc::geteuid() } != 0 {
         why.push("not running as root".to_string());
     }
-    if !std::path::Path::new(memtrace::btf::VMLINUX).exists() {
+    if !std::path::Path::new(memtrace::kernel::btf::VMLINUX).exists() {
         why.push(format!(
             "{} is missing (no kernel BTF)",
-            memtrace::btf::VMLINUX
+            memtrace::kernel::btf::VMLINUX
         ));
     }
     if why.is_empty() {
@@ -104,7 +104,7 @@ pub struct Ftrace {
 
 impl Ftrace {
     pub fn start(events: &[(impl AsRef<str>, impl AsRef<str>)], tid: u32) -> Ftrace {
-        let (tracefs, _) = memtrace::tracefs::ensure_mounted().expect("tracefs");
+        let (tracefs, _) = memtrace::kernel::tracefs::ensure_mounted().expect("tracefs");
         let dir = tracefs
             .join("instances")
             .join(format!("memtrace-test-{}-{tid}", std::process::id()));
@@ -283,8 +283,8 @@ pub fn setxattr_kmalloc(path: &std::path::Path, size: usize) {
 
 /// Whether this kernel's `category:event` tracepoint has the field `field`.
 pub fn event_has_field(category: &str, event: &str, field: &str) -> bool {
-    let (tracefs, _) = memtrace::tracefs::ensure_mounted().expect("tracefs");
-    memtrace::tracefs::Format::read(&tracefs, category, event)
+    let (tracefs, _) = memtrace::kernel::tracefs::ensure_mounted().expect("tracefs");
+    memtrace::kernel::tracefs::Format::read(&tracefs, category, event)
         .is_ok_and(|f| f.field(field).is_some())
 }
 
@@ -296,7 +296,7 @@ pub fn per_thread_kmem_charges() -> bool {
 
 /// Whether the running kernel is older than `major.minor`.
 pub fn kernel_before(major: u32, minor: u32) -> bool {
-    let r = memtrace::check::kernel_release();
+    let r = memtrace::kernel::release();
     let mut parts = r.split(|c: char| !c.is_ascii_digit());
     let mut next = || {
         parts
@@ -309,8 +309,8 @@ pub fn kernel_before(major: u32, minor: u32) -> bool {
 
 /// Whether tracefs has `category:event` on this kernel.
 pub fn has_event(category: &str, event: &str) -> bool {
-    let (tracefs, _) = memtrace::tracefs::ensure_mounted().expect("tracefs");
-    memtrace::tracefs::event_exists(&tracefs, category, event)
+    let (tracefs, _) = memtrace::kernel::tracefs::ensure_mounted().expect("tracefs");
+    memtrace::kernel::tracefs::event_exists(&tracefs, category, event)
 }
 
 /// The ftrace events a test observes on this kernel: `events`, each hot allocation event
@@ -349,7 +349,7 @@ pub const VMAP_KPROBES: [&str; 2] = ["alloc_vmap_area", "alloc_vmap_area_ret"];
 /// Defines [`VMAP_KPROBES`] (once): the reference for vmalloc on kernels without the
 /// vmalloc tracepoints, the function memtrace's fexit program watches.
 pub fn define_vmap_kprobes() {
-    let (tracefs, _) = memtrace::tracefs::ensure_mounted().expect("tracefs");
+    let (tracefs, _) = memtrace::kernel::tracefs::ensure_mounted().expect("tracefs");
     if tracefs
         .join("events")
         .join(KPROBE_GROUP)
@@ -526,9 +526,9 @@ impl Memcg {
     /// ([`Memcg::tasks_paths`]) moves the whole process.
     pub fn with_oom_killer(limit_bytes: u64) -> Memcg {
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-        let (root, version) = memtrace::cgroup::memory_hierarchy(&mountinfo)
+        let (root, version) = memtrace::label::cgroup::memory_hierarchy(&mountinfo)
             .expect("the memory cgroup tests need a mounted hierarchy with the memory controller");
-        let v2 = version == memtrace::cgroup::Version::V2;
+        let v2 = version == memtrace::label::cgroup::Version::V2;
         let own = std::fs::read_to_string("/proc/self/cgroup").expect("/proc/self/cgroup");
         let parent = own
             .lines()
@@ -766,8 +766,8 @@ pub fn free_port() -> u16 {
 }
 
 /// GET `http://127.0.0.1:{port}{path}`: status code and body (memtrace's own HTTP reader).
-pub fn get(port: u16, path: &str) -> Result<(u16, String), memtrace::scrape::ScrapeError> {
-    memtrace::scrape::get_response(
+pub fn get(port: u16, path: &str) -> Result<(u16, String), memtrace::export::scrape::ScrapeError> {
+    memtrace::export::scrape::get_response(
         &format!("http://127.0.0.1:{port}{path}"),
         Duration::from_secs(10),
     )

@@ -20,11 +20,15 @@ use axum::{
 use prometheus::{Encoder as _, Registry, TextEncoder};
 
 use crate::{
-    check::kernel_release,
-    events::{self, Kind},
-    metrics,
-    metrics::{Exporter, LabelLimits},
-    probes::{AttachPreference, Tracer, TracerOptions},
+    bpf::{
+        AttachPreference, Tracer, TracerOptions,
+        events::{self, Kind},
+    },
+    export::{
+        self, Exporter, LabelLimits,
+        record::{Clock, EventRecord, SeqRecord},
+    },
+    kernel,
 };
 
 /// Flags of `memtrace daemon`; each has an environment-variable equivalent and a key in the
@@ -170,7 +174,7 @@ struct AppState {
     registry: Registry,
     kernel: String,
     telemetry_path: String,
-    clock: crate::trace::Clock,
+    clock: Clock,
 }
 
 /// Runs the daemon until SIGINT or SIGTERM; returns once programs are detached.
@@ -187,7 +191,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
 
     // Per-cgroup counting needs the memory hierarchy to name cgroups: without one it is off.
     let cgroup_paths = if args.attribution_cgroups {
-        match crate::cgroup::Resolver::from_system() {
+        match crate::label::cgroup::Resolver::from_system() {
             Ok((r, version)) => {
                 tracing::info!(root = %r.root().display(), ?version, "memory cgroups named from");
                 Some(r)
@@ -253,7 +257,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     registry.register(Box::new(
         prometheus::process_collector::ProcessCollector::for_self(),
     ))?;
-    let kernel = kernel_release();
+    let kernel = kernel::release();
     let exporter = Exporter::for_running_kernel(
         tracer.migratetypes().clone(),
         LabelLimits {
@@ -273,13 +277,13 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         registry,
         kernel,
         telemetry_path: args.telemetry_path.clone(),
-        clock: crate::trace::Clock::now(),
+        clock: Clock::now(),
     });
     let app = Router::new()
         .route("/", get(landing))
         .route("/healthz", get(|| async { "ok\n" }))
         .route(&args.telemetry_path, get(serve_metrics))
-        .route(FAILURES_PATH, get(serve_failures))
+        .route(export::record::FAILURES_PATH, get(serve_failures))
         .with_state(state.clone());
 
     tracing::info!(
@@ -297,10 +301,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Where the latest allocation failures are served, as JSON (`memtrace top --from` reads it).
-pub const FAILURES_PATH: &str = "/api/failures";
-
-/// Failures kept for [`FAILURES_PATH`].
+/// Failures kept for [`FAILURES_PATH`](crate::export::record::FAILURES_PATH).
 const RECENT_FAILURES: usize = 256;
 
 /// Notable events read from the ring buffer, by allocator and kind, and the latest failures
@@ -309,16 +310,6 @@ const RECENT_FAILURES: usize = 256;
 struct NotableCounts {
     counts: Mutex<BTreeMap<(Allocator, Kind), u64>>,
     recent: Mutex<(u64, VecDeque<(u64, NotableEvent)>)>,
-}
-
-/// One entry of [`FAILURES_PATH`]: a `memtrace trace --json` record with a sequence number
-/// that grows by one per failure the daemon has seen (a reader that polls keeps the highest
-/// it has read and skips what it already has).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct SeqRecord {
-    pub seq: u64,
-    #[serde(flatten)]
-    pub record: crate::trace::Record,
 }
 
 impl NotableCounts {
@@ -331,7 +322,7 @@ impl NotableCounts {
                 all.push(((a.name(), k.name()), n));
             }
         }
-        metrics::notable_family(&all)
+        export::notable_family(&all)
     }
 }
 
@@ -417,7 +408,7 @@ async fn serve_failures(State(state): State<Arc<AppState>>) -> Response {
         raw.iter()
             .map(|(seq, e)| SeqRecord {
                 seq: *seq,
-                record: crate::trace::record(e, gfp, symbols, None, &state.clock),
+                record: EventRecord::new(e, gfp, symbols, None, &state.clock),
             })
             .collect()
     };
@@ -435,7 +426,7 @@ async fn serve_metrics(State(state): State<Arc<AppState>>) -> Response {
     let families = {
         let mut inner = state.inner.lock().unwrap_or_else(|p| p.into_inner());
         let (tracer, exporter) = &mut *inner;
-        metrics::kernel_families(tracer, exporter).map(|mut f| {
+        export::kernel_families(tracer, exporter).map(|mut f| {
             f.push(state.notable.family());
             f
         })

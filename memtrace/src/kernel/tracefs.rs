@@ -186,7 +186,7 @@ pub fn event_exists(tracefs: &Path, category: &str, event: &str) -> bool {
 #[cfg(test)]
 pub(crate) mod tests_support {
     /// The kmem:kmalloc format file of Linux 6.18, as captured.
-    pub const KMALLOC_FORMAT: &str = include_str!("../testdata/linux-6.18/kmem_kmalloc.format");
+    pub const KMALLOC_FORMAT: &str = include_str!("../../testdata/linux-6.18/kmem_kmalloc.format");
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use ratatui::{
 };
 
 use super::app::{App, Detail, HELP, Header, fmt_bytes, fmt_bytes_rate, fmt_count, fmt_rate};
-use crate::trace::Record;
+use crate::export::record::EventRecord;
 
 /// Below this the screen only says it is too small.
 const MIN_WIDTH: u16 = 40;
@@ -239,7 +239,7 @@ fn draw_detail(f: &mut Frame, d: &Detail, area: Rect) {
     );
 }
 
-fn failure_line(r: &Record) -> String {
+fn failure_line(r: &EventRecord) -> String {
     let time = r.time.get(11..19).unwrap_or(&r.time);
     let size = match r.order {
         Some(o) => format!("order {o}"),
@@ -404,12 +404,12 @@ pub fn batch_text(app: &App, when: &str, rows: usize) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::{
+    use super::super::{
+        app::{SortKey, View},
         model::Model,
-        scrape::parse_exposition,
-        top::app::{SortKey, View},
     };
+    use super::*;
+    use crate::export::scrape::parse_exposition;
     use ratatui::{Terminal, backend::TestBackend};
 
     fn app() -> App {

@@ -81,8 +81,8 @@ impl GfpTable {
     /// The running kernel's table, from the `kmem:kmalloc` format file (tracefs is mounted if
     /// it is absent).
     pub fn from_kernel() -> anyhow::Result<GfpTable> {
-        let (dir, _) = crate::tracefs::ensure_mounted()?;
-        let fmt = crate::tracefs::Format::read(&dir, "kmem", "kmalloc")?;
+        let (dir, _) = crate::kernel::tracefs::ensure_mounted()?;
+        let fmt = crate::kernel::tracefs::Format::read(&dir, "kmem", "kmalloc")?;
         Ok(GfpTable::from_print_fmt(&fmt.print_fmt)?)
     }
 
@@ -394,9 +394,10 @@ impl Parser<'_> {
 mod tests {
     use super::*;
 
-    const KMALLOC: &str = include_str!("../testdata/linux-6.18/kmem_kmalloc.format");
-    const PAGE: &str = include_str!("../testdata/linux-6.18/kmem_mm_page_alloc.format");
-    const PERCPU: &str = include_str!("../testdata/linux-6.18/percpu_percpu_alloc_percpu.format");
+    const KMALLOC: &str = include_str!("../../testdata/linux-6.18/kmem_kmalloc.format");
+    const PAGE: &str = include_str!("../../testdata/linux-6.18/kmem_mm_page_alloc.format");
+    const PERCPU: &str =
+        include_str!("../../testdata/linux-6.18/percpu_percpu_alloc_percpu.format");
 
     fn table() -> GfpTable {
         GfpTable::from_print_fmt(KMALLOC).unwrap()

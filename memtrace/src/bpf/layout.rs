@@ -12,7 +12,7 @@ use memtrace_common::{
     VmapAreaLayout,
 };
 
-use crate::{btf::Btf, tracefs::Format};
+use crate::kernel::{btf::Btf, tracefs::Format};
 
 /// Layouts plus, per event and attach mode, what is missing (if anything).
 #[derive(Debug, Clone, Default)]
@@ -87,7 +87,7 @@ impl Source for Record<'_> {
 }
 
 /// A BTF tracepoint's argument array: argument `i` is the `u64` at `8 * i`.
-struct Args(Vec<crate::btf::Param>);
+struct Args(Vec<crate::kernel::btf::Param>);
 
 impl Source for Args {
     fn loc(&self, name: &str) -> Option<FieldLoc> {
@@ -299,7 +299,7 @@ fn kmem_cache_offsets(btf: &Btf, out: &mut KmemCacheOffsets) -> Option<String> {
 /// The offsets of the chain from `task_struct` to its memory cgroup's kernfs id (see
 /// [`MemcgOffsets`]), or what this kernel's BTF lacks for it.
 pub fn memcg_offsets(btf: &Btf) -> Result<MemcgOffsets, String> {
-    let member = |st: &str, name: &str| -> Result<crate::btf::Member, String> {
+    let member = |st: &str, name: &str| -> Result<crate::kernel::btf::Member, String> {
         btf.struct_members(st)
             .ok_or_else(|| format!("no struct {st} in the kernel's BTF"))?
             .into_iter()
@@ -486,7 +486,7 @@ fn vmap_fexit_layout(btf: &Btf, function: &str) -> Result<VmapAreaLayout, String
     vmap_layout_of(&params).map_err(|why| format!("{function} {why}"))
 }
 
-fn vmap_layout_of(params: &[crate::btf::Param]) -> Result<VmapAreaLayout, String> {
+fn vmap_layout_of(params: &[crate::kernel::btf::Param]) -> Result<VmapAreaLayout, String> {
     let size = params
         .iter()
         .position(|p| p.name == "size" && p.size == 8)
@@ -526,7 +526,7 @@ pub fn slab_offsets(btf: &Btf, lookup: &SymbolLookup) -> Result<SlabOffsets, Str
         return Err("struct page's compound_head or slab_cache is not 8 bytes".into());
     }
     let addrs = lookup(&["page_offset_base", "vmemmap_base"])?;
-    let page = crate::probes::page_size();
+    let page = crate::kernel::page_size();
     Ok(SlabOffsets {
         page_offset_base: addrs[0],
         vmemmap_base: addrs[1],
@@ -540,11 +540,11 @@ pub fn slab_offsets(btf: &Btf, lookup: &SymbolLookup) -> Result<SlabOffsets, Str
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::btf::Param;
+    use crate::kernel::btf::Param;
 
     #[test]
     fn classic_layout_from_format() {
-        let fmt = Format::parse(crate::tracefs::tests_support::KMALLOC_FORMAT).unwrap();
+        let fmt = Format::parse(crate::kernel::tracefs::tests_support::KMALLOC_FORMAT).unwrap();
         let mut l = EventLayouts::default();
         assert!(fill_event("kmalloc", &Record(&fmt), Mode::Tp, Some("unknown"), &mut l).is_empty());
         assert_eq!(l.kmalloc.ptr, FieldLoc::new(16, 8));
@@ -568,7 +568,7 @@ mod tests {
             let missing = fill_event(spec.event, &Record(&fmt), Mode::Tp, Some("unknown"), &mut l);
             assert!(missing.is_empty(), "{}: {missing:?}", spec.event);
         }
-        let text = include_str!("../testdata/linux-6.18/kmem_kmem_cache_alloc.format");
+        let text = include_str!("../../testdata/linux-6.18/kmem_kmem_cache_alloc.format");
         let mut l = EventLayouts::default();
         fill_event(
             "kmem_cache_alloc",
@@ -578,7 +578,7 @@ mod tests {
             &mut l,
         );
         assert_eq!(l.kmem_cache_alloc.name, FieldLoc::new(24, 4));
-        let text = include_str!("../testdata/linux-6.18/kmem_mm_page_alloc.format");
+        let text = include_str!("../../testdata/linux-6.18/kmem_mm_page_alloc.format");
         fill_event(
             "mm_page_alloc",
             &Record(&Format::parse(text).unwrap()),
@@ -595,7 +595,7 @@ mod tests {
     /// only the size: usable, with what it lacks reported.
     #[test]
     fn linux_5_10_formats() {
-        let text = include_str!("../testdata/linux-5.10/kmem_kmem_cache_alloc.format");
+        let text = include_str!("../../testdata/linux-5.10/kmem_kmem_cache_alloc.format");
         let fmt = Format::parse(text).unwrap();
         let mut l = EventLayouts::default();
         let missing = fill_event(
@@ -611,7 +611,7 @@ mod tests {
         assert!(fill_event("kmem_cache_alloc", &Record(&fmt), Mode::Tp, None, &mut l).is_empty());
         assert_eq!(l.kmem_cache_alloc.bytes_alloc, FieldLoc::new(32, 8));
         assert!(!l.kmem_cache_alloc.name.is_present());
-        let text = include_str!("../testdata/linux-5.10/percpu_percpu_alloc_percpu.format");
+        let text = include_str!("../../testdata/linux-5.10/percpu_percpu_alloc_percpu.format");
         let fmt = Format::parse(text).unwrap();
         let src = Record(&fmt);
         assert!(

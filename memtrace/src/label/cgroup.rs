@@ -19,8 +19,7 @@ use std::{
 
 use memtrace_common::{CGROUP_OVERFLOW, CGROUP_UNREADABLE};
 
-/// The label of a cgroup that cannot be resolved (deleted since, or unreadable).
-pub const UNKNOWN: &str = "unknown";
+use super::UNKNOWN;
 
 /// Most directories one walk visits: a bound on the time and memory a walk may take.
 const WALK_MAX_DIRS: usize = 100_000;
@@ -145,7 +144,7 @@ impl Resolver {
         ids.into_iter()
             .map(|id| {
                 let label = match id {
-                    CGROUP_OVERFLOW => crate::cardinality::OTHER.to_string(),
+                    CGROUP_OVERFLOW => crate::label::OTHER.to_string(),
                     _ => self
                         .known
                         .get(&id)

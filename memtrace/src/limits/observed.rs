@@ -2,11 +2,11 @@
 //! `memtrace limits` that needs history (largest allocations seen, failures per order,
 //! fallbacks, compaction stalls, OOM kills).
 
-use std::{collections::BTreeMap, io::Write};
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::scrape::Sample;
+use crate::export::scrape::Sample;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Observed {
@@ -59,88 +59,12 @@ impl Observed {
         }
         o
     }
-
-    pub fn print_human(&self, out: &mut dyn Write) -> std::io::Result<()> {
-        writeln!(out, "Observed since the daemon started [{}]", self.source)?;
-        writeln!(
-            out,
-            "  largest kmalloc          {}",
-            human_bytes(self.kmalloc_largest_bytes)
-        )?;
-        writeln!(
-            out,
-            "  largest vmalloc area     {}",
-            human_bytes(self.vmalloc_largest_bytes)
-        )?;
-        writeln!(
-            out,
-            "  highest page order       {}",
-            self.page_largest_order
-                .map_or("none seen".to_string(), |o| o.to_string())
-        )?;
-        let fails: Vec<String> = self
-            .allocation_failures
-            .iter()
-            .map(|(a, n)| format!("{a} {n}"))
-            .collect();
-        writeln!(
-            out,
-            "  allocation failures      {}",
-            if fails.is_empty() {
-                "none".to_string()
-            } else {
-                fails.join(", ")
-            }
-        )?;
-        let per_order: Vec<String> = self
-            .page_failures_by_order
-            .iter()
-            .map(|(o, n)| format!("order {o}: {n}"))
-            .collect();
-        writeln!(
-            out,
-            "  page failures by order   {}",
-            if per_order.is_empty() {
-                "none".to_string()
-            } else {
-                per_order.join(", ")
-            }
-        )?;
-        writeln!(
-            out,
-            "  extfrag fallbacks        {} ({} fragmenting)",
-            self.fallbacks_total, self.fallbacks_fragmenting
-        )?;
-        writeln!(out, "  compaction stalls        {}", self.compaction_stalls)?;
-        writeln!(out, "  OOM kills                {}", self.oom_kills)
-    }
-}
-
-/// `v` bytes in the largest binary unit that keeps it at 1 or more: (value, unit).
-pub fn scaled_bytes(v: f64) -> (f64, &'static str) {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = if v.is_finite() { v.max(0.0) } else { 0.0 };
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    (v, UNITS[u])
-}
-
-/// `4 MiB (4194304 B)`-style sizes.
-pub fn human_bytes(b: u64) -> String {
-    match scaled_bytes(b as f64) {
-        (_, "B") => format!("{b} B"),
-        (v, unit) if v.fract() == 0.0 => format!("{v:.0} {unit} ({b} B)"),
-        (v, unit) => format!("{v:.1} {unit} ({b} B)"),
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scrape::parse_exposition;
+    use crate::export::scrape::parse_exposition;
 
     #[test]
     fn reads_a_daemon_scrape() {
@@ -153,16 +77,9 @@ mod tests {
         assert_eq!((o.fallbacks_total, o.fallbacks_fragmenting), (6, 5));
         assert_eq!((o.compaction_stalls, o.oom_kills), (7, 1));
         let mut out = Vec::new();
-        o.print_human(&mut out).unwrap();
+        crate::cmd::limits::print_observed(&o, &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("64 KiB (65536 B)"), "{text}");
         assert!(text.contains("order 4: 2, order 5: 1"));
-    }
-
-    #[test]
-    fn human_sizes() {
-        assert_eq!(human_bytes(10), "10 B");
-        assert_eq!(human_bytes(4 << 20), "4 MiB (4194304 B)");
-        assert_eq!(human_bytes(1536), "1.5 KiB (1536 B)");
     }
 }

@@ -4,12 +4,19 @@
 //! compiled in, and carries the source it came from: the buddy allocator's order count and
 //! free lists (/proc/buddyinfo), zone watermarks (/proc/zoneinfo), the largest kmalloc
 //! cache (/sys/kernel/slab or /proc/slabinfo), vmalloc space, RAM, CMA and huge pages
-//! (/proc/meminfo, /sys/kernel/mm/transparent_hugepage).
+//! (/proc/meminfo, /sys/kernel/mm/transparent_hugepage). [`observed`] adds what a running
+//! daemon has seen; `memtrace limits` (in `cmd`) prints both.
+
+pub mod observed;
+mod parse;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
+
+use parse::{bracketed, is_plain_kmalloc, malformed, parse_num, shl};
+pub use parse::{parse_buddyinfo, parse_meminfo, parse_zoneinfo};
 
 /// Where to read from; tests point these at fixture trees.
 #[derive(Debug, Clone)]
@@ -143,170 +150,6 @@ pub enum LimitsError {
     },
 }
 
-fn malformed(path: &str, line: usize, what: impl Into<String>) -> LimitsError {
-    LimitsError::Malformed {
-        path: path.to_string(),
-        line,
-        what: what.into(),
-    }
-}
-
-fn parse_num(tok: &str, path: &str, line: usize, what: &str) -> Result<u64, LimitsError> {
-    tok.parse()
-        .map_err(|_| malformed(path, line, format!("{what} {tok:?} is not a number")))
-}
-
-/// `v << order`, saturating instead of overflowing on absurd input.
-fn shl(v: u64, order: u32) -> u64 {
-    1u64.checked_shl(order)
-        .and_then(|m| v.checked_mul(m))
-        .unwrap_or(u64::MAX)
-}
-
-/// Splits `Node 0, zone   Normal <rest>` into `(0, "Normal", rest)`.
-fn parse_zone_header(line: &str) -> Option<(u32, &str, &str)> {
-    let (node, rest) = line.trim_start().strip_prefix("Node")?.split_once(',')?;
-    let node = node.trim().parse().ok()?;
-    let rest = rest.trim_start().strip_prefix("zone")?.trim_start();
-    let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
-    let (zone, rest) = rest.split_at(end);
-    (!zone.is_empty()).then_some((node, zone, rest))
-}
-
-/// Parses /proc/buddyinfo into `(node, zone, free blocks per order)` rows. Every row must
-/// have the same number of order columns (at least 1, at most 64).
-pub fn parse_buddyinfo(
-    text: &str,
-    path: &str,
-) -> Result<Vec<(u32, String, Vec<u64>)>, LimitsError> {
-    let mut rows: Vec<(u32, String, Vec<u64>)> = Vec::new();
-    for (i, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let n = i + 1;
-        let (node, zone, rest) = parse_zone_header(line)
-            .ok_or_else(|| malformed(path, n, "expected `Node N, zone NAME counts...`"))?;
-        let counts = rest
-            .split_whitespace()
-            .map(|t| parse_num(t, path, n, "free-block count"))
-            .collect::<Result<Vec<u64>, _>>()?;
-        if counts.is_empty() || counts.len() > 64 {
-            return Err(malformed(
-                path,
-                n,
-                format!("{} order columns, expected 1 to 64", counts.len()),
-            ));
-        }
-        if let Some(first) = rows
-            .first()
-            .map(|r| r.2.len())
-            .filter(|&f| f != counts.len())
-        {
-            let what = format!(
-                "{} order columns, but the first row has {first}",
-                counts.len()
-            );
-            return Err(malformed(path, n, what));
-        }
-        rows.push((node, zone.to_string(), counts));
-    }
-    if rows.is_empty() {
-        return Err(malformed(path, 0, "no zone rows"));
-    }
-    Ok(rows)
-}
-
-/// Parses /proc/meminfo `Key: value [kB]` lines into key -> value as written (the caller
-/// converts kB).
-pub fn parse_meminfo(text: &str, path: &str) -> Result<BTreeMap<String, u64>, LimitsError> {
-    let mut out = BTreeMap::new();
-    for (i, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let n = i + 1;
-        let (key, value) = line
-            .split_once(':')
-            .ok_or_else(|| malformed(path, n, "expected `Key: value`"))?;
-        let num = value
-            .split_whitespace()
-            .next()
-            .ok_or_else(|| malformed(path, n, "no value"))?;
-        out.insert(key.trim().to_string(), parse_num(num, path, n, "value")?);
-    }
-    Ok(out)
-}
-
-/// Parses /proc/zoneinfo into `(node, zone, watermarks)`. Only the first `min`, `low`,
-/// `high` and `managed` lines after each zone header count (the per-cpu `high:` lines do
-/// not match); a zone missing any of the four is left out.
-pub fn parse_zoneinfo(
-    text: &str,
-    path: &str,
-) -> Result<Vec<(u32, String, ZoneWatermarks)>, LimitsError> {
-    type Partial = (u32, String, [Option<u64>; 4]);
-    fn flush(cur: Option<Partial>, out: &mut Vec<(u32, String, ZoneWatermarks)>) {
-        if let Some((node, zone, [Some(min), Some(low), Some(high), Some(managed)])) = cur {
-            out.push((
-                node,
-                zone,
-                ZoneWatermarks {
-                    min,
-                    low,
-                    high,
-                    managed,
-                },
-            ));
-        }
-    }
-    let mut out = Vec::new();
-    let mut cur: Option<Partial> = None;
-    for (i, line) in text.lines().enumerate() {
-        let n = i + 1;
-        if line.starts_with("Node") {
-            flush(cur.take(), &mut out);
-            let (node, zone, _) = parse_zone_header(line)
-                .ok_or_else(|| malformed(path, n, "expected `Node N, zone NAME`"))?;
-            cur = Some((node, zone.to_string(), [None; 4]));
-            continue;
-        }
-        let Some((_, _, slots)) = cur.as_mut() else {
-            continue;
-        };
-        let mut toks = line.split_whitespace();
-        let (Some(key), Some(val), None) = (toks.next(), toks.next(), toks.next()) else {
-            continue;
-        };
-        let idx = match key {
-            "min" => 0,
-            "low" => 1,
-            "high" => 2,
-            "managed" => 3,
-            _ => continue,
-        };
-        if slots[idx].is_none() {
-            slots[idx] = Some(parse_num(val, path, n, key)?);
-        }
-    }
-    flush(cur, &mut out);
-    Ok(out)
-}
-
-/// True for the plain kmalloc caches `kmalloc-<digits>[k|M]` (kmalloc-8, kmalloc-1k), not
-/// for dma-kmalloc-*, kmalloc-cg-*, kmalloc-rcl-*, kmalloc-rnd-* or kmalloc_buckets.
-fn is_plain_kmalloc(name: &str) -> bool {
-    let Some(size) = name.strip_prefix("kmalloc-") else {
-        return false;
-    };
-    let digits = size.trim_end_matches(['k', 'M']);
-    !digits.is_empty()
-        && digits.bytes().all(|b| b.is_ascii_digit())
-        && size.len() - digits.len() <= 1
-}
-
 /// Largest plain kmalloc cache object size: <sys>/kernel/slab/*/object_size, else the
 /// objsize column of <proc>/slabinfo, else None.
 fn kmalloc_max_cache(src: &Sources) -> Result<Option<Figure<u64>>, LimitsError> {
@@ -353,13 +196,6 @@ fn kmalloc_max_cache(src: &Sources) -> Result<Option<Figure<u64>>, LimitsError> 
         }
     }
     Ok(best.map(|(size, name)| Figure::new(size, format!("{path}: objsize of {name}"))))
-}
-
-/// The bracketed word of a sysfs choice file such as `always [madvise] never`.
-fn bracketed(text: &str) -> Option<&str> {
-    let start = text.find('[')? + 1;
-    let len = text[start..].find(']')?;
-    Some(&text[start..start + len])
 }
 
 /// Reads every figure from `src`. /proc/buddyinfo and /proc/meminfo (with MemTotal,
@@ -480,189 +316,14 @@ pub fn collect(src: &Sources) -> Result<Limits, LimitsError> {
     })
 }
 
-/// `4194304` -> "4 MiB (4194304 B)"; inexact sizes get one (truncated) decimal.
-fn human_bytes(b: u64) -> String {
-    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-    if b < 1024 {
-        return format!("{b} B");
-    }
-    let (mut unit, mut div) = (0, 1024u64);
-    while unit + 1 < UNITS.len() && b / div >= 1024 {
-        div *= 1024;
-        unit += 1;
-    }
-    let whole = if b.is_multiple_of(div) {
-        (b / div).to_string()
-    } else {
-        let tenths = u128::from(b) * 10 / u128::from(div);
-        format!("{}.{}", tenths / 10, tenths % 10)
-    };
-    format!("{whole} {} ({b} B)", UNITS[unit])
-}
-
-/// The file part of a source such as "/proc/meminfo: MemTotal (kB)".
-fn file_of(source: &str) -> &str {
-    source.rsplit_once(": ").map_or(source, |(file, _)| file)
-}
-
-/// Writes `label: value  [source]` rows under section headings.
-struct Report<'a> {
-    out: &'a mut dyn std::io::Write,
-    meminfo: &'a str,
-}
-
-impl Report<'_> {
-    fn head(&mut self, heading: &str) -> std::io::Result<()> {
-        writeln!(self.out, "\n{heading}")
-    }
-    fn row(
-        &mut self,
-        label: &str,
-        value: impl std::fmt::Display,
-        source: &str,
-    ) -> std::io::Result<()> {
-        writeln!(self.out, "  {:<24}{value}  [{source}]", format!("{label}:"))
-    }
-    fn size(&mut self, label: &str, f: &Figure<u64>) -> std::io::Result<()> {
-        self.row(label, human_bytes(f.value), &f.source)
-    }
-    /// An optional /proc/meminfo figure, `bytes` or a count; absent says which line is missing.
-    fn meminfo(
-        &mut self,
-        label: &str,
-        f: &Option<Figure<u64>>,
-        key: &str,
-        bytes: bool,
-    ) -> std::io::Result<()> {
-        match f {
-            Some(f) if bytes => self.size(label, f),
-            Some(f) => self.row(label, f.value, &f.source),
-            None => self.row(label, "none", &format!("{}: no {key} line", self.meminfo)),
-        }
-    }
-}
-
-/// A readable report: one section per topic, every figure followed by its source in brackets, sizes in human units (e.g. "4 MiB (4194304 B)").
-pub fn print_human(l: &Limits, out: &mut dyn std::io::Write) -> std::io::Result<()> {
-    let buddy = file_of(&l.max_order.source);
-    let zoneinfo = Path::new(buddy)
-        .with_file_name("zoneinfo")
-        .display()
-        .to_string();
-    let meminfo = file_of(&l.ram_total_bytes.source);
-    let mut r = Report { out, meminfo };
-
-    writeln!(r.out, "Page allocator")?;
-    r.size("page size", &l.page_size)?;
-    r.row("max order", l.max_order.value, &l.max_order.source)?;
-    let largest = human_bytes(l.largest_free_block_bytes);
-    r.row(
-        "largest free block",
-        largest,
-        &format!("{buddy}: max over zones"),
-    )?;
-    match l.orders_satisfiable_now.iter().rposition(|&s| s) {
-        Some(top) => r.row(
-            "satisfiable now",
-            format!("orders 0-{top} (free lists only)"),
-            buddy,
-        )?,
-        None => r.row("satisfiable now", "none (no free block in any zone)", buddy)?,
-    }
-    writeln!(
-        r.out,
-        "  (watermarks ignored; reclaim or compaction may make larger blocks)"
-    )?;
-
-    r.head("Zones")?;
-    for z in &l.zones {
-        let largest = match z.largest_free_order {
-            Some(o) => format!("order {o} = {}", human_bytes(z.largest_free_block_bytes)),
-            None => "none".into(),
-        };
-        let free = format!("{} free pages, largest free block {largest}", z.free_pages);
-        r.row(&format!("node {} {}", z.node, z.zone), free, buddy)?;
-        if let (Some(min), Some(low), Some(high), Some(managed)) = (
-            z.watermark_min,
-            z.watermark_low,
-            z.watermark_high,
-            z.managed_pages,
-        ) {
-            let marks = format!("min {min} / low {low} / high {high} of {managed} managed pages");
-            r.row("  watermarks", marks, &zoneinfo)?;
-        }
-    }
-
-    r.head("kmalloc")?;
-    r.size("largest kmalloc", &l.kmalloc_max_bytes)?;
-    match &l.kmalloc_max_cache_bytes {
-        Some(f) => r.size("largest kmalloc cache", f)?,
-        None => r.row(
-            "largest kmalloc cache",
-            "unknown",
-            "no readable kernel/slab or slabinfo",
-        )?,
-    }
-    writeln!(
-        r.out,
-        "  (above the largest cache, kmalloc goes straight to the page allocator)"
-    )?;
-
-    r.head("vmalloc")?;
-    r.size("address space", &l.vmalloc_total_bytes)?;
-    r.size("used", &l.vmalloc_used_bytes)?;
-    let ram = l.ram_available_bytes.as_ref().unwrap_or(&l.ram_total_bytes);
-    let space = l
-        .vmalloc_total_bytes
-        .value
-        .saturating_sub(l.vmalloc_used_bytes.value);
-    let bound = format!("min(VmallocTotal - VmallocUsed, {})", ram.source);
-    r.row("upper bound now", human_bytes(space.min(ram.value)), &bound)?;
-
-    r.head("RAM")?;
-    r.size("total", &l.ram_total_bytes)?;
-    r.meminfo("available", &l.ram_available_bytes, "MemAvailable", true)?;
-
-    r.head("CMA")?;
-    r.meminfo("total", &l.cma_total_bytes, "CmaTotal", true)?;
-    r.meminfo("free", &l.cma_free_bytes, "CmaFree", true)?;
-
-    r.head("Huge pages")?;
-    match &l.thp_enabled {
-        Some(f) => r.row("transparent huge pages", &f.value, &f.source)?,
-        None => r.row(
-            "transparent huge pages",
-            "unknown",
-            "transparent_hugepage/enabled unreadable",
-        )?,
-    }
-    r.meminfo(
-        "hugetlb page size",
-        &l.hugepage_size_bytes,
-        "Hugepagesize",
-        true,
-    )?;
-    r.meminfo(
-        "hugetlb pages total",
-        &l.hugepages_total,
-        "HugePages_Total",
-        false,
-    )?;
-    r.meminfo(
-        "hugetlb pages free",
-        &l.hugepages_free,
-        "HugePages_Free",
-        false,
-    )
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    use super::parse::*;
     use super::*;
 
     const KIB4: u64 = 4096;
 
-    fn fixture(case: &str) -> Sources {
+    pub(crate) fn fixture(case: &str) -> Sources {
         let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/limits")).join(case);
         Sources {
             proc_root: root.join("proc"),
@@ -671,9 +332,9 @@ mod tests {
         }
     }
 
-    fn report(l: &Limits) -> String {
+    pub(crate) fn report(l: &Limits) -> String {
         let mut buf = Vec::new();
-        print_human(l, &mut buf).expect("write to a Vec");
+        crate::cmd::limits::print_human(l, &mut buf).expect("write to a Vec");
         String::from_utf8(buf).expect("utf-8 report")
     }
 
@@ -927,42 +588,6 @@ mod tests {
             assert_eq!(is_plain_kmalloc(name), plain, "{name}");
         }
         assert_eq!(bracketed("always [madvise] never\n"), Some("madvise"));
-    }
-
-    #[test]
-    fn human_units() {
-        assert_eq!(human_bytes(512), "512 B");
-        assert_eq!(human_bytes(4 << 20), "4 MiB (4194304 B)");
-        assert_eq!(human_bytes(1536), "1.5 KiB (1536 B)");
-        assert_eq!(human_bytes((1 << 20) - 1), "1023.9 KiB (1048575 B)");
-        assert_eq!(
-            human_bytes(34359738367 * 1024),
-            "31.9 TiB (35184372087808 B)"
-        );
-    }
-
-    #[test]
-    fn human_report() {
-        for case in ["single-node", "multi-node"] {
-            let text = report(&collect(&fixture(case)).expect("collect"));
-            for heading in [
-                "Page allocator",
-                "\nZones\n",
-                "\nkmalloc\n",
-                "\nvmalloc\n",
-                "\nRAM\n",
-                "\nCMA\n",
-                "\nHuge pages\n",
-            ] {
-                assert!(text.contains(heading), "{case}: no {heading:?} in\n{text}");
-            }
-            assert!(!text.contains("0xffff"), "{text}");
-            assert!(
-                text.contains("4 MiB (4194304 B)  [page size << max order"),
-                "{text}"
-            );
-            assert!(text.contains("/proc/zoneinfo]"), "{text}");
-        }
     }
 
     #[test]

@@ -8,8 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-/// The label value of everything that did not get a series of its own.
-pub const OTHER: &str = "other";
+use super::OTHER;
 
 #[derive(Debug, Clone)]
 pub struct Limiter {

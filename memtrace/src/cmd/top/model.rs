@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::scrape::Sample;
+use crate::export::scrape::Sample;
 
 /// The allocators, in the order they are shown.
 pub const ALLOCATORS: [&str; 5] = ["kmalloc", "kmem_cache", "page", "vmalloc", "percpu"];
@@ -295,7 +295,7 @@ fn le(s: &str) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scrape::parse_exposition;
+    use crate::export::scrape::parse_exposition;
 
     const TEXT: &str = r#"
 memtrace_kmalloc_size_bytes_bucket{gfp="GFP_KERNEL",le="8"} 1

@@ -2,6 +2,9 @@
 //! read at scrape time and emitted as constant metric families (the ebpf_exporter model);
 //! process metrics come from the prometheus crate's process collector.
 
+pub mod record;
+pub mod scrape;
+
 use std::collections::BTreeMap;
 
 use memtrace_common::{
@@ -10,9 +13,8 @@ use memtrace_common::{
 use prometheus::proto::{self, LabelPair, MetricFamily, MetricType};
 
 use crate::{
-    cardinality::Limiter,
-    gfp::GfpTable,
-    probes::{ProbeStatus, Snapshot},
+    bpf::{ProbeStatus, Snapshot},
+    label::{cardinality::Limiter, gfp::GfpTable},
 };
 
 fn labels(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
@@ -78,7 +80,7 @@ fn histogram(pairs: &[(&str, &str)], s: &SizeStats) -> proto::Metric {
 /// Every kernel-derived family of one scrape: the maps, read now, and the limits collector
 /// (which, failing, says so in `memtrace_collector_up` instead of failing the scrape).
 pub fn kernel_families(
-    tracer: &crate::probes::Tracer,
+    tracer: &crate::bpf::Tracer,
     exporter: &mut Exporter,
 ) -> anyhow::Result<Vec<MetricFamily>> {
     let snap = tracer.snapshot()?;
@@ -220,14 +222,14 @@ pub struct Exporter {
     caches: Limiter,
     /// Call sites become function names through this; `None` when kallsyms is unreadable
     /// (then every call site reads `function="unknown"`).
-    pub symbols: Option<crate::symbolize::Cached>,
+    pub symbols: Option<crate::label::symbolize::Cached>,
     callsites: BTreeMap<Allocator, Limiter>,
     processes: BTreeMap<Allocator, Limiter>,
     cgroups: BTreeMap<Allocator, Limiter>,
     limits: LabelLimits,
     /// Memory cgroup ids become paths through this; `None` when no memory hierarchy is
     /// mounted (then every cgroup reads `cgroup="unknown"`).
-    cgroup_paths: Option<crate::cgroup::Resolver>,
+    cgroup_paths: Option<crate::label::cgroup::Resolver>,
 }
 
 /// Bounds of the attribution labels.
@@ -283,7 +285,7 @@ impl Exporter {
         pageblock_order: Option<u32>,
         kernel: String,
         limits: LabelLimits,
-        symbols: Option<crate::symbolize::Cached>,
+        symbols: Option<crate::label::symbolize::Cached>,
     ) -> Self {
         Exporter {
             gfp,
@@ -311,7 +313,8 @@ impl Exporter {
                 None
             }
         };
-        let symbols = match crate::symbolize::Cached::new(std::time::Duration::from_secs(10)) {
+        let symbols = match crate::label::symbolize::Cached::new(std::time::Duration::from_secs(10))
+        {
             Ok(s) => Some(s),
             Err(e) => {
                 tracing::warn!(
@@ -324,14 +327,14 @@ impl Exporter {
             gfp,
             migratetypes,
             crate::kernel::pageblock_order(),
-            crate::check::kernel_release(),
+            crate::kernel::release(),
             limits,
             symbols,
         )
     }
 
     /// Names memory cgroups (the `cgroup` label) with `resolver`.
-    pub fn with_cgroup_paths(mut self, resolver: crate::cgroup::Resolver) -> Self {
+    pub fn with_cgroup_paths(mut self, resolver: crate::label::cgroup::Resolver) -> Self {
         self.cgroup_paths = Some(resolver);
         self
     }
@@ -339,7 +342,7 @@ impl Exporter {
     /// The function a call site belongs to (never its address).
     fn function(&mut self, addr: u64) -> String {
         if addr == 0 {
-            return crate::cardinality::OTHER.to_string();
+            return crate::label::OTHER.to_string();
         }
         match &mut self.symbols {
             Some(s) => s.get().function(addr),
@@ -358,7 +361,7 @@ impl Exporter {
         let mut by_comm = UsageByLabel::new();
         for ((a, comm), u) in &snap.comms {
             let c = if comm.is_empty() {
-                crate::cardinality::OTHER.to_string()
+                crate::label::OTHER.to_string()
             } else {
                 comm.clone()
             };
@@ -374,7 +377,7 @@ impl Exporter {
                 let path = paths
                     .get(id)
                     .cloned()
-                    .unwrap_or_else(|| crate::cgroup::UNKNOWN.to_string());
+                    .unwrap_or_else(|| crate::label::UNKNOWN.to_string());
                 add_usage(&mut by_cgroup, *a, path, u);
             }
         }
@@ -729,8 +732,10 @@ mod tests {
     use super::*;
 
     fn table() -> GfpTable {
-        GfpTable::from_print_fmt(include_str!("../testdata/linux-6.18/kmem_kmalloc.format"))
-            .unwrap()
+        GfpTable::from_print_fmt(include_str!(
+            "../../testdata/linux-6.18/kmem_kmalloc.format"
+        ))
+        .unwrap()
     }
 
     fn render(f: &[MetricFamily]) -> String {
@@ -875,7 +880,7 @@ mod tests {
             cgroups: 2,
         };
         let mut e = Exporter::new(None, BTreeMap::new(), None, "6.18".into(), limits, None)
-            .with_cgroup_paths(crate::cgroup::Resolver::new(root.clone()));
+            .with_cgroup_paths(crate::label::cgroup::Resolver::new(root.clone()));
         let text = render(&e.families(&snap, &[]));
         let _ = std::fs::remove_dir_all(&root);
         for line in [

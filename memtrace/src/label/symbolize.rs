@@ -28,8 +28,7 @@ pub const MODULES_PATH: &str = "/proc/modules";
 /// would otherwise swallow every address above it. No kernel function comes close to this size.
 pub const MAX_OFFSET: u64 = 1 << 20;
 
-/// What [`Symbolizer::function`] returns for an address it cannot resolve.
-pub const UNKNOWN: &str = "unknown";
+use super::UNKNOWN;
 
 /// The module index of a symbol of the core kernel.
 const NO_MODULE: u16 = u16::MAX;
@@ -511,7 +510,7 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    const BASIC: &str = include_str!("../testdata/kallsyms/basic.txt");
+    const BASIC: &str = include_str!("../../testdata/kallsyms/basic.txt");
     const TEXT: u64 = 0xffff_ffff_8100_0000;
     const FOO: u64 = 0xffff_ffff_c0a0_1000;
     const BAR: u64 = 0xffff_ffff_c0b0_0000;

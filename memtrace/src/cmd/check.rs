@@ -7,26 +7,14 @@ use memtrace_common::PROBES;
 use serde::Serialize;
 
 use crate::{
-    btf::{self, Btf},
-    layout,
-    probes::{self, AttachMode},
-    tracefs,
+    bpf::{self, AttachMode, attach, layout},
+    kernel::{
+        self,
+        btf::{self, Btf},
+        caps::{self, Caps},
+        tracefs,
+    },
 };
-
-pub const CAP_SYS_ADMIN: u32 = 21;
-pub const CAP_PERFMON: u32 = 38;
-pub const CAP_BPF: u32 = 39;
-
-/// The effective capability set of this process, from /proc/self/status.
-pub fn effective_caps() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    parse_cap_eff(&status)
-}
-
-fn parse_cap_eff(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("CapEff:"))?;
-    u64::from_str_radix(line.trim_start_matches("CapEff:").trim(), 16).ok()
-}
 
 /// One line of the report.
 #[derive(Debug, Clone, Serialize)]
@@ -77,32 +65,19 @@ pub struct Report {
     pub reason: Option<String>,
 }
 
-pub fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
-}
-
 pub fn run() -> Report {
-    let caps = effective_caps().unwrap_or(0);
-    let has = |b: u32| caps & (1 << b) != 0;
-    let privileged = has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON));
+    let caps = Caps::current();
+    let privileged = caps.can_trace();
     let privileges = Item {
         ok: privileged,
         detail: if privileged {
-            let mut v = vec![];
-            for (b, n) in [
-                (CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
-                (CAP_BPF, "CAP_BPF"),
-                (CAP_PERFMON, "CAP_PERFMON"),
-            ] {
-                if has(b) {
-                    v.push(n);
-                }
-            }
-            format!("euid {} with {}", unsafe_euid(), v.join(", "))
+            format!(
+                "euid {} with {}",
+                caps::euid(),
+                caps.tracing_names().join(", ")
+            )
         } else {
-            "needs root, or CAP_BPF and CAP_PERFMON: run with sudo".into()
+            caps::NEEDS_PRIVILEGES.into()
         },
     };
 
@@ -144,7 +119,7 @@ pub fn run() -> Report {
             ok: false,
             detail: "needs kernel BTF".into(),
         },
-        (Some(b), true) => match probes::probe_fentry(b) {
+        (Some(b), true) => match attach::probe_fentry(b) {
             Ok(()) => Item {
                 ok: true,
                 detail: "allowed".into(),
@@ -158,98 +133,64 @@ pub fn run() -> Report {
 
     let resolved = layout::resolve(btf.as_ref(), tracefs_dir.as_deref());
     let mut ebpf = if privileged {
-        Some(probes::load_object(
+        Some(bpf::load_object(
             &resolved.layouts,
-            &probes::TracerOptions::default(),
+            &bpf::TracerOptions::default(),
         ))
     } else {
         None
     };
+    let kernel = attach::Kernel {
+        btf: aya_btf.as_ref(),
+        layouts: &resolved,
+        tracefs: match &tracefs_dir {
+            Some(d) => attach::Tracefs::Mounted(d),
+            None => attach::Tracefs::WouldMount,
+        },
+    };
     let mut checks = Vec::new();
-    let untested = || Some("not tested without privileges".to_string());
     for spec in PROBES {
         let present = match &tracefs_dir {
             Some(d) => tracefs::event_exists(d, spec.category, spec.event),
             None => btf.as_ref().is_some_and(|b| b.has_tracepoint(spec.event)),
         } || resolved.exists(spec.event);
-        let mut btf_choice = probes::btf_program(spec, &resolved.layouts, false);
-        let (tp_btf, raw_tp, tracepoint, fexit) = match &mut ebpf {
-            None => (
-                untested(),
-                untested(),
-                untested(),
-                spec.fexit.and_then(|_| untested()),
-            ),
-            Some(Err(e)) => (
-                Some(e.to_string()),
-                Some(e.to_string()),
-                Some(e.to_string()),
-                spec.fexit.map(|_| e.to_string()),
-            ),
-            Some(Ok(ebpf)) => {
-                let b = match (&aya_btf, resolved.btf_missing(spec.event)) {
-                    (None, _) => Some("kernel BTF unavailable".to_string()),
-                    (_, Some(m)) => Some(m.to_string()),
-                    (Some(aya_btf), None) => {
-                        // The same choice, and the same fallback, as the daemon's.
-                        let (program, refused) = probes::attach_btf_best(
-                            ebpf,
-                            spec,
-                            &resolved.layouts,
-                            false,
-                            aya_btf,
-                            false,
-                        );
-                        match program {
-                            Some(p) => {
-                                btf_choice = p;
-                                None
-                            }
-                            None => Some(refused.join("; ")),
-                        }
-                    }
-                };
-                let raw = match (spec.raw_program, resolved.btf_missing(spec.event)) {
-                    (None, _) => Some("memtrace has no raw_tp program for it".to_string()),
-                    (_, Some(m)) => Some(m.to_string()),
-                    (Some(program), None) => probes::attach_raw(ebpf, spec, program, false).err(),
-                };
-                let t = match (tracefs_dir.is_some(), resolved.tp_missing(spec.event)) {
-                    (true, Some(m)) => Some(m.to_string()),
-                    _ => probes::attach_tp(ebpf, spec, false).err().map(|e| {
-                        if tracefs_dir.is_none() {
-                            format!("{e} (and tracefs must be mounted to attach)")
-                        } else {
-                            e
-                        }
-                    }),
-                };
-                let f = match (spec.fexit, &aya_btf, resolved.fexit_missing(spec.event)) {
-                    (None, _, _) => None,
-                    (_, None, _) => Some("kernel BTF unavailable".to_string()),
-                    (_, _, Some(m)) => Some(m.to_string()),
-                    (Some((program, function)), Some(aya_btf), None) => {
-                        probes::attach_fexit(ebpf, program, function, aya_btf, false)
-                            .err()
-                            .map(|e| format!("fexit on {function}: {e}"))
-                    }
-                };
-                (b, raw, t, f)
-            }
+        // The daemon's plan, every way of it loaded (nothing attached).
+        let steps = attach::plan(spec, &kernel, false);
+        let step = |mode| steps.iter().find(|s| s.mode == mode);
+        let mut loaded: Vec<(AttachMode, Option<&'static str>, Option<String>)> = Vec::new();
+        for st in &steps {
+            let result = match &mut ebpf {
+                None => Err("not tested without privileges".to_string()),
+                Some(Err(e)) => Err(e.to_string()),
+                Some(Ok(ebpf)) => st
+                    .load(ebpf, spec, aya_btf.as_ref(), false)
+                    .map_err(|refused| refused.join("; ")),
+            };
+            let result = result.map_err(|e| match (st.mode, &st.programs) {
+                (AttachMode::Tracepoint, Ok(_)) if tracefs_dir.is_none() => {
+                    format!("{e} (and tracefs must be mounted to attach)")
+                }
+                _ => e,
+            });
+            loaded.push((st.mode, result.as_ref().ok().copied(), result.err()));
+        }
+        let why = |mode| {
+            loaded
+                .iter()
+                .find(|(m, _, _)| *m == mode)
+                .and_then(|(_, _, why)| why.clone())
         };
-        let will_use = if !present {
-            (spec.fexit.is_some() && fexit.is_none()).then_some(AttachMode::Fexit)
-        } else if tp_btf.is_none() {
-            Some(AttachMode::Btf)
-        } else if raw_tp.is_none() {
-            Some(AttachMode::Raw)
-        } else if tracepoint.is_none() {
-            Some(AttachMode::Tracepoint)
-        } else if spec.fexit.is_some() && fexit.is_none() {
-            Some(AttachMode::Fexit)
-        } else {
-            None
-        };
+        let (tp_btf, raw_tp, tracepoint) = (
+            why(AttachMode::Btf),
+            why(AttachMode::Raw),
+            why(AttachMode::Tracepoint),
+        );
+        let fexit = why(AttachMode::Fexit);
+        // What the daemon would use: the first wanted way that loaded.
+        let chosen = loaded
+            .iter()
+            .find(|(m, program, _)| program.is_some() && step(*m).is_some_and(|s| s.wanted));
+        let will_use = chosen.map(|(m, _, _)| *m);
         checks.push(ProbeCheck {
             probe: format!("{}:{}", spec.category, spec.event),
             tracepoint_present: present,
@@ -263,13 +204,7 @@ pub fn run() -> Report {
                 .and_then(|_| resolved.degraded(spec.event))
                 .map(String::from),
             will_use,
-            program: match will_use {
-                Some(AttachMode::Btf) => Some(btf_choice),
-                Some(AttachMode::Raw) => spec.raw_program,
-                Some(AttachMode::Tracepoint) => Some(spec.tp_program),
-                Some(AttachMode::Fexit) => spec.fexit.map(|(p, _)| p),
-                None => None,
-            },
+            program: chosen.and_then(|(_, program, _)| *program),
         });
     }
     let missing = checks.iter().filter_map(missing_sentence).collect();
@@ -284,7 +219,7 @@ pub fn run() -> Report {
         None
     };
     Report {
-        kernel: kernel_release(),
+        kernel: kernel::release(),
         privileges,
         btf: btf_item,
         tracefs: tracefs_item,
@@ -339,11 +274,6 @@ fn missing_sentence(p: &ProbeCheck) -> Option<String> {
         .join("; "),
     };
     Some(format!("{}: no {what} ({why})", p.probe))
-}
-
-fn unsafe_euid() -> u32 {
-    // SAFETY: geteuid cannot fail.
-    unsafe { libc::geteuid() }
 }
 
 pub fn print_human(r: &Report, out: &mut dyn Write) -> std::io::Result<()> {
@@ -483,14 +413,5 @@ mod tests {
         degraded.degraded = Some("the event lacks gfp_flags".into());
         let why = missing_sentence(&degraded).expect("degraded");
         assert!(why.contains("lacks gfp_flags"), "{why}");
-    }
-
-    #[test]
-    fn parses_capeff() {
-        let s = "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\n";
-        let caps = parse_cap_eff(s).unwrap();
-        assert!(caps & (1 << CAP_BPF) != 0);
-        assert_eq!(parse_cap_eff("CapEff:\t0000000000000000\n"), Some(0));
-        assert_eq!(parse_cap_eff("nothing"), None);
     }
 }

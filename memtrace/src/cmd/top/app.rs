@@ -6,10 +6,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
-use crate::{
-    model::{self, ALLOCATORS, Histogram, Model, increase},
-    trace::Record,
-};
+use super::model::{self, ALLOCATORS, Histogram, Model, increase};
+use crate::export::record::EventRecord;
 
 /// The tables `top` can show (`Tab` cycles through them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -182,7 +180,7 @@ pub struct App {
     /// Seconds between `prev` and `cur`.
     elapsed: f64,
     refreshes: u64,
-    recent: VecDeque<Record>,
+    recent: VecDeque<EventRecord>,
     /// Failures seen since `top` started, by (allocator, function) and (allocator, comm).
     failed_sites: BTreeMap<(String, String), f64>,
     failed_comms: BTreeMap<(String, String), f64>,
@@ -212,7 +210,7 @@ impl App {
 
     /// Takes a new model, `elapsed` seconds after the previous one, and the failures seen
     /// since.
-    pub fn update(&mut self, model: Model, elapsed: f64, failures: Vec<Record>) {
+    pub fn update(&mut self, model: Model, elapsed: f64, failures: Vec<EventRecord>) {
         let prev = std::mem::replace(&mut self.cur, model);
         if self.refreshes > 0 {
             self.prev = Some(prev);
@@ -683,7 +681,7 @@ impl App {
     }
 
     /// The latest failures, newest first.
-    pub fn failures(&self) -> impl Iterator<Item = &Record> {
+    pub fn failures(&self) -> impl Iterator<Item = &EventRecord> {
         self.recent.iter().rev()
     }
 
@@ -825,7 +823,7 @@ pub fn fmt_rate(v: f64) -> String {
 
 /// `512 B`, `1.5 KiB`, `3.0 GiB`.
 pub fn fmt_bytes(v: f64) -> String {
-    match crate::observed::scaled_bytes(v) {
+    match scaled_bytes(v) {
         (v, "B") => format!("{v:.0} B"),
         (v, unit) => format!("{v:.1} {unit}"),
     }
@@ -835,10 +833,22 @@ pub fn fmt_bytes_rate(v: f64) -> String {
     format!("{}/s", fmt_bytes(v))
 }
 
+/// `v` bytes in the largest binary unit that keeps it at 1 or more: (value, unit).
+pub fn scaled_bytes(v: f64) -> (f64, &'static str) {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = if v.is_finite() { v.max(0.0) } else { 0.0 };
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    (v, UNITS[u])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scrape::parse_exposition;
+    use crate::export::scrape::parse_exposition;
 
     fn model(text: &str) -> Model {
         Model::from_samples(&parse_exposition(text))
@@ -1048,7 +1058,7 @@ mod tests {
             ("kmalloc", "vmemdup_user", 3, 3),
             ("kmalloc", "other_fn", 9, 9),
         ]);
-        let rec = Record {
+        let rec = EventRecord {
             time: "2026-11-22T01:00:00.000000Z".into(),
             monotonic_ns: 1,
             cpu: 0,

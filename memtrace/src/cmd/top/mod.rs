@@ -2,6 +2,7 @@
 //! programs or from a running daemon, plus a batch mode for scripts.
 
 pub mod app;
+pub mod model;
 pub mod ui;
 
 use std::{
@@ -18,15 +19,15 @@ use aya::maps::{MapData, RingBuf};
 use ratatui::crossterm::event::{self, Event};
 
 use crate::{
-    daemon::{FAILURES_PATH, SeqRecord},
-    events,
-    metrics::{Exporter, LabelLimits},
-    model::Model,
-    probes::{AttachPreference, Tracer, TracerOptions},
-    scrape::{self, parse_exposition},
-    trace::{Clock, Record},
+    bpf::{AttachPreference, Tracer, TracerOptions, events},
+    export::{
+        Exporter, LabelLimits,
+        record::{Clock, EventRecord, FAILURES_PATH, SeqRecord},
+        scrape::{self, parse_exposition},
+    },
 };
 use app::{Action, App, SortKey, View};
+use model::Model;
 
 /// Flags of `memtrace top`.
 #[derive(Debug, Clone, clap::Args)]
@@ -141,7 +142,7 @@ impl Source {
     }
 
     /// The model now, and the failures since the last call.
-    fn poll(&mut self) -> anyhow::Result<(Model, Vec<Record>)> {
+    fn poll(&mut self) -> anyhow::Result<(Model, Vec<EventRecord>)> {
         match self {
             Source::Local {
                 tracer,
@@ -151,7 +152,7 @@ impl Source {
             } => {
                 let mut raw = Vec::new();
                 events::drain(ring, |e| raw.push(e));
-                let families = crate::metrics::kernel_families(tracer, exporter)?;
+                let families = crate::export::kernel_families(tracer, exporter)?;
                 let text = prometheus::TextEncoder::new().encode_to_string(&families)?;
                 let model = Model::from_samples(&parse_exposition(&text));
                 let gfp = exporter.gfp.as_ref();
@@ -159,7 +160,7 @@ impl Source {
                 let failures = raw
                     .iter()
                     .filter(|e| events::Kind::of(e) == events::Kind::Failure)
-                    .map(|e| crate::trace::record(e, gfp, symbols, None, clock))
+                    .map(|e| EventRecord::new(e, gfp, symbols, None, clock))
                     .collect();
                 Ok((model, failures))
             }
@@ -322,7 +323,7 @@ fn refresh(source: &mut Source, app: &mut App, last: &mut Instant) {
             app.update(model, now.duration_since(*last).as_secs_f64(), failures);
             *last = now;
         }
-        Err(e) => app.error = Some(crate::probes::one_line(e.as_ref())),
+        Err(e) => app.error = Some(crate::bpf::one_line(e.as_ref())),
     }
     app.clamp_selection();
 }

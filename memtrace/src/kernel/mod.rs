@@ -1,12 +1,31 @@
-//! Facts about the running kernel that label or interpret the kernel's numbers, each read
-//! from the kernel itself: page-block order, migrate-type names.
+//! The running kernel: its release, page size and page-block order, migrate-type names and
+//! symbol addresses, each read from the kernel itself; its BTF ([`btf`]), tracefs
+//! ([`tracefs`]) and the privileges tracing it needs ([`caps`]).
+
+pub mod btf;
+pub mod caps;
+pub mod tracefs;
 
 use std::{
     collections::BTreeMap,
     io::{BufRead as _, BufReader},
 };
 
-use crate::btf::Btf;
+use btf::Btf;
+
+/// The running kernel's release (`uname -r`), `unknown` if unreadable.
+pub fn release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// The page size, from sysconf (the kernel's own).
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if v > 0 { v as u64 } else { 4096 }
+}
 
 /// `Page block order: N` from /proc/pagetypeinfo: an extfrag fallback to a smaller block
 /// than this fragments memory.
@@ -39,7 +58,7 @@ pub fn migratetype_names(btf: &Btf) -> BTreeMap<u32, String> {
 /// The addresses of the kernel symbols `names` (in that order), from `/proc/kallsyms`.
 /// They are handed to the eBPF programs only, never shown. An error names what is missing.
 pub fn kallsyms_addresses(names: &[&str]) -> Result<Vec<u64>, String> {
-    let path = crate::symbolize::KALLSYMS_PATH;
+    let path = crate::label::symbolize::KALLSYMS_PATH;
     let file = std::fs::File::open(path).map_err(|e| format!("cannot read {path}: {e}"))?;
     let mut found =
         parse_kallsyms_addresses(BufReader::new(file).lines().map_while(Result::ok), names);

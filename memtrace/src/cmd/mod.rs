@@ -1,0 +1,9 @@
+//! The subcommands: each reads the layers below it (kernel, bpf, label, export, limits) and
+//! none reads another subcommand.
+
+pub mod check;
+pub mod config;
+pub mod daemon;
+pub mod limits;
+pub mod top;
+pub mod trace;
