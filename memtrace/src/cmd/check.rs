@@ -242,21 +242,45 @@ fn missing_sentence(p: &ProbeCheck) -> Option<String> {
     if p.will_use.is_some() {
         return None;
     }
+    use crate::export::names as n;
     let what = match p.probe.split_once(':').map_or("", |(_, e)| e) {
-        "kmalloc" => "kmalloc sizes, failures and call sites",
-        "kfree" => "kmalloc frees (memtrace_frees_total{allocator=\"kmalloc\"})",
-        "kmem_cache_alloc" => "slab-cache series (memtrace_kmem_cache_*, kmem_cache sizes)",
-        "kmem_cache_free" => "slab frees (memtrace_frees_total{allocator=\"kmem_cache\"})",
-        "mm_page_alloc" => "page allocation series",
-        "mm_page_free" | "mm_page_free_batched" => "page frees",
-        "mm_page_alloc_extfrag" => "fragmenting fallbacks (memtrace_page_fallbacks_total)",
-        "alloc_vmap_area" => "vmalloc series (memtrace_vmalloc_*)",
-        "purge_vmap_area_lazy" => "vmalloc purges (memtrace_vmalloc_purges_total)",
-        "percpu_alloc_percpu" => "percpu allocation series",
-        "percpu_alloc_percpu_fail" => "percpu failures",
-        "mm_compaction_try_to_compact_pages" => "compaction stalls",
-        "mark_victim" => "OOM kills",
-        _ => "its series",
+        "kmalloc" => "kmalloc sizes, failures and call sites".to_string(),
+        "kfree" => format!(
+            "kmalloc frees ({}{{allocator=\"kmalloc\"}})",
+            n::FREES_TOTAL
+        ),
+        "kmem_cache_alloc" => format!(
+            "slab-cache series ({}, {}, {}, kmem_cache sizes)",
+            n::KMEM_CACHE_ALLOCATIONS_TOTAL,
+            n::KMEM_CACHE_ALLOCATED_BYTES_TOTAL,
+            n::KMEM_CACHE_REQUESTED_BYTES_TOTAL
+        ),
+        "kmem_cache_free" => {
+            format!(
+                "slab frees ({}{{allocator=\"kmem_cache\"}})",
+                n::FREES_TOTAL
+            )
+        }
+        "mm_page_alloc" => "page allocation series".to_string(),
+        "mm_page_free" | "mm_page_free_batched" => "page frees".to_string(),
+        "mm_page_alloc_extfrag" => format!("fragmenting fallbacks ({})", n::PAGE_FALLBACKS_TOTAL),
+        "alloc_vmap_area" => format!(
+            "vmalloc series ({}, {})",
+            n::VMALLOC_SIZE_BYTES,
+            n::VMALLOC_LARGEST_SEEN_BYTES
+        ),
+        "purge_vmap_area_lazy" => format!(
+            "vmalloc purges ({}, {})",
+            n::VMALLOC_PURGES_TOTAL,
+            n::VMALLOC_PURGED_AREAS_TOTAL
+        ),
+        "percpu_alloc_percpu" => "percpu allocation series".to_string(),
+        "percpu_alloc_percpu_fail" => "percpu failures".to_string(),
+        "mm_compaction_try_to_compact_pages" => {
+            format!("compaction stalls ({})", n::COMPACTION_STALLS_TOTAL)
+        }
+        "mark_victim" => format!("OOM kills ({})", n::OOM_KILLS_TOTAL),
+        _ => "its series".to_string(),
     };
     let why = match (&p.fexit, p.tracepoint_present) {
         (Some(fexit), false) if p.has_fexit => {

@@ -26,7 +26,7 @@ use crate::{
     },
     export::{
         self, Exporter, LabelLimits,
-        record::{Clock, EventRecord, SeqRecord},
+        record::{Clock, SeqRecord},
     },
     kernel,
 };
@@ -403,12 +403,10 @@ async fn serve_failures(State(state): State<Arc<AppState>>) -> Response {
     let records: Vec<SeqRecord> = {
         let mut inner = state.inner.lock().unwrap_or_else(|p| p.into_inner());
         let exporter = &mut inner.1;
-        let gfp = exporter.gfp.as_ref();
-        let symbols = exporter.symbols.as_mut().map(|s| s.get());
         raw.iter()
             .map(|(seq, e)| SeqRecord {
                 seq: *seq,
-                record: EventRecord::new(e, gfp, symbols, None, &state.clock),
+                record: exporter.record(e, &state.clock),
             })
             .collect()
     };

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::export::scrape::Sample;
+use crate::export::{names, scrape::Sample};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Observed {
@@ -33,27 +33,27 @@ impl Observed {
         for s in samples {
             let v = s.value.max(0.0) as u64;
             match s.name.as_str() {
-                "memtrace_kmalloc_largest_seen_bytes" => o.kmalloc_largest_bytes = v,
-                "memtrace_vmalloc_largest_seen_bytes" => o.vmalloc_largest_bytes = v,
-                "memtrace_page_largest_seen_order" => o.page_largest_order = Some(v as u32),
-                "memtrace_page_allocation_failures_total" => {
+                names::KMALLOC_LARGEST_SEEN_BYTES => o.kmalloc_largest_bytes = v,
+                names::VMALLOC_LARGEST_SEEN_BYTES => o.vmalloc_largest_bytes = v,
+                names::PAGE_LARGEST_SEEN_ORDER => o.page_largest_order = Some(v as u32),
+                names::PAGE_ALLOCATION_FAILURES_TOTAL => {
                     if let Some(order) = s.labels.get("order").and_then(|x| x.parse().ok()) {
                         *o.page_failures_by_order.entry(order).or_default() += v;
                     }
                 }
-                "memtrace_allocation_failures_total" => {
+                names::ALLOCATION_FAILURES_TOTAL => {
                     if let Some(a) = s.labels.get("allocator") {
                         *o.allocation_failures.entry(a.clone()).or_default() += v;
                     }
                 }
-                "memtrace_page_fallbacks_total" => {
+                names::PAGE_FALLBACKS_TOTAL => {
                     o.fallbacks_total += v;
                     if s.labels.get("fragmenting").map(String::as_str) == Some("true") {
                         o.fallbacks_fragmenting += v;
                     }
                 }
-                "memtrace_compaction_stalls_total" => o.compaction_stalls += v,
-                "memtrace_oom_kills_total" => o.oom_kills += v,
+                names::COMPACTION_STALLS_TOTAL => o.compaction_stalls += v,
+                names::OOM_KILLS_TOTAL => o.oom_kills += v,
                 _ => {}
             }
         }

@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
-use super::model::{self, ALLOCATORS, Histogram, Model, increase};
+use memtrace_common::Allocator;
+
+use super::model::{self, Histogram, Model, allocator_named, increase};
 use crate::export::record::EventRecord;
 
 /// The tables `top` can show (`Tab` cycles through them).
@@ -146,7 +148,7 @@ struct Row {
 
 #[derive(Debug, Clone, PartialEq)]
 enum RowKey {
-    Allocator(String),
+    Allocator(Allocator),
     Cache(String),
     Order(u32),
 }
@@ -182,8 +184,8 @@ pub struct App {
     refreshes: u64,
     recent: VecDeque<EventRecord>,
     /// Failures seen since `top` started, by (allocator, function) and (allocator, comm).
-    failed_sites: BTreeMap<(String, String), f64>,
-    failed_comms: BTreeMap<(String, String), f64>,
+    failed_sites: BTreeMap<(Allocator, String), f64>,
+    failed_comms: BTreeMap<(Allocator, String), f64>,
 }
 
 impl App {
@@ -219,17 +221,13 @@ impl App {
         self.refreshes += 1;
         self.error = None;
         for r in failures.into_iter().filter(|r| r.kind == "failure") {
-            if let Some(site) = &r.call_site {
-                let f = site.split('+').next().unwrap_or(site).to_string();
-                *self
-                    .failed_sites
-                    .entry((r.allocator.clone(), f))
-                    .or_default() += 1.0;
+            if let Some(a) = allocator_named(&r.allocator) {
+                if let Some(site) = &r.call_site {
+                    let f = site.split('+').next().unwrap_or(site).to_string();
+                    *self.failed_sites.entry((a, f)).or_default() += 1.0;
+                }
+                *self.failed_comms.entry((a, r.comm.clone())).or_default() += 1.0;
             }
-            *self
-                .failed_comms
-                .entry((r.allocator.clone(), r.comm.clone()))
-                .or_default() += 1.0;
             if self.recent.len() == RECENT_FAILURES {
                 self.recent.pop_front();
             }
@@ -253,11 +251,11 @@ impl App {
     pub fn header(&self) -> Header {
         let mut allocators = Vec::new();
         let mut failures = 0.0;
-        for a in ALLOCATORS {
+        for a in Allocator::ALL {
             let t = self.cur.totals(a);
             failures += t.failures;
             allocators.push(AllocatorLine {
-                allocator: a,
+                allocator: a.name(),
                 rate: self.rate(t.allocations, |p| p.totals(a).allocations),
                 bytes_rate: self.rate(t.allocated_bytes, |p| p.totals(a).allocated_bytes),
                 failures: t.failures,
@@ -266,7 +264,7 @@ impl App {
         }
         // Waste over the last interval, or since start before rates are known.
         let (mut alloc, mut req) = (0.0, 0.0);
-        for a in ["kmalloc", "kmem_cache"] {
+        for a in [Allocator::Kmalloc, Allocator::KmemCache] {
             let t = self.cur.totals(a);
             let Some(r) = t.requested_bytes else { continue };
             match &self.prev {
@@ -295,13 +293,13 @@ impl App {
 
     fn usage_rows(
         &self,
-        now: &BTreeMap<(String, String), model::Usage>,
-        before: impl Fn(&Model) -> &BTreeMap<(String, String), model::Usage>,
-        failed: &BTreeMap<(String, String), f64>,
-        only: Option<&str>,
+        now: &BTreeMap<(Allocator, String), model::Usage>,
+        before: impl Fn(&Model) -> &BTreeMap<(Allocator, String), model::Usage>,
+        failed: &BTreeMap<(Allocator, String), f64>,
+        only: Option<Allocator>,
     ) -> Vec<Row> {
         now.iter()
-            .filter(|((a, _), _)| only.is_none_or(|o| o == a))
+            .filter(|((a, _), _)| only.is_none_or(|o| o == *a))
             .map(|(k, u)| {
                 let prev = |p: &Model| before(p).get(k).copied().unwrap_or_default();
                 let rate = self.rate(u.allocations, |p| prev(p).allocations);
@@ -314,7 +312,7 @@ impl App {
                 };
                 let mut cells = Vec::new();
                 if only.is_none() {
-                    cells.push(k.0.clone());
+                    cells.push(k.0.name().to_string());
                 }
                 cells.extend([
                     k.1.clone(),
@@ -331,7 +329,7 @@ impl App {
                     bytes_rate,
                     total: u.allocations,
                     failures: fails,
-                    key: RowKey::Allocator(k.0.clone()),
+                    key: RowKey::Allocator(k.0),
                 }
             })
             .collect()
@@ -382,7 +380,7 @@ impl App {
                     &self.cur.processes,
                     |p| &p.processes,
                     &self.failed_comms,
-                    Some("vmalloc"),
+                    Some(Allocator::Vmalloc),
                 );
                 (c, n, rows)
             }
@@ -572,17 +570,18 @@ impl App {
         let per = if self.has_rates() { "/s" } else { "" };
         match &row.key {
             RowKey::Allocator(a) => {
+                let a = *a;
                 let Some(h) = self.cur.sizes(a) else {
                     return Detail {
-                        title: format!("{a} sizes"),
+                        title: format!("{} sizes", a.name()),
                         bars: vec![],
                         highlight: None,
-                        note: Some(match a.as_str() {
-                            "kmem_cache" => {
+                        note: Some(match a {
+                            Allocator::KmemCache => {
                                 "slab objects have their cache's fixed size: see the caches view"
                                     .into()
                             }
-                            "page" => "page blocks by order: see the pages view".into(),
+                            Allocator::Page => "page blocks by order: see the pages view".into(),
                             _ => "memtrace keeps no size histogram for this allocator".into(),
                         }),
                     };
@@ -598,7 +597,7 @@ impl App {
                 let last = h.buckets.iter().rposition(|b| b.1 > 0.0).unwrap_or(0);
                 let shown = h.buckets.get(first..=last).unwrap_or(&h.buckets[..]);
                 Detail {
-                    title: format!("{a} sizes{per} ({scope})"),
+                    title: format!("{} sizes{per} ({scope})", a.name()),
                     bars: shown
                         .iter()
                         .map(|(le, n)| {

@@ -155,12 +155,10 @@ impl Source {
                 let families = crate::export::kernel_families(tracer, exporter)?;
                 let text = prometheus::TextEncoder::new().encode_to_string(&families)?;
                 let model = Model::from_samples(&parse_exposition(&text));
-                let gfp = exporter.gfp.as_ref();
-                let symbols = exporter.symbols.as_mut().map(|s| s.get());
                 let failures = raw
                     .iter()
                     .filter(|e| events::Kind::of(e) == events::Kind::Failure)
-                    .map(|e| EventRecord::new(e, gfp, symbols, None, clock))
+                    .map(|e| exporter.record(e, clock))
                     .collect();
                 Ok((model, failures))
             }

@@ -4,10 +4,14 @@
 
 use std::collections::BTreeMap;
 
-use crate::export::scrape::Sample;
+use memtrace_common::Allocator;
 
-/// The allocators, in the order they are shown.
-pub const ALLOCATORS: [&str; 5] = ["kmalloc", "kmem_cache", "page", "vmalloc", "percpu"];
+use crate::export::{names, scrape::Sample};
+
+/// The allocator an `allocator` label value names.
+pub fn allocator_named(name: &str) -> Option<Allocator> {
+    Allocator::ALL.into_iter().find(|a| a.name() == name)
+}
 
 /// Cumulative counts of one allocator since memtrace started.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -86,15 +90,15 @@ pub fn increase(before: f64, now: f64) -> f64 {
 /// Everything `top` reads from one set of samples.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Model {
-    pub allocators: BTreeMap<&'static str, Totals>,
+    pub allocators: BTreeMap<Allocator, Totals>,
     pub kmalloc_sizes: Histogram,
     pub vmalloc_sizes: Histogram,
     pub percpu_sizes: Histogram,
     pub caches: BTreeMap<String, Cache>,
     /// (allocator, function) → usage.
-    pub callsites: BTreeMap<(String, String), Usage>,
+    pub callsites: BTreeMap<(Allocator, String), Usage>,
     /// (allocator, comm) → usage.
-    pub processes: BTreeMap<(String, String), Usage>,
+    pub processes: BTreeMap<(Allocator, String), Usage>,
     /// (order, migratetype) → successful page allocations.
     pub pages: BTreeMap<(u32, String), f64>,
     pub page_failures: BTreeMap<u32, f64>,
@@ -113,7 +117,7 @@ pub struct Model {
 impl Model {
     pub fn from_samples(samples: &[Sample]) -> Model {
         let mut m = Model {
-            allocators: ALLOCATORS.iter().map(|a| (*a, Totals::default())).collect(),
+            allocators: Allocator::ALL.map(|a| (a, Totals::default())).into(),
             page_size: 4096.0,
             ..Default::default()
         };
@@ -123,128 +127,161 @@ impl Model {
         let (mut kmalloc_max, mut max_order) = (None, None);
         for s in samples {
             let l = |k: &str| s.labels.get(k).map(String::as_str).unwrap_or("");
+            let allocator = || allocator_named(l("allocator"));
             let v = s.value;
-            match s.name.as_str() {
-                "memtrace_kmalloc_size_bytes_bucket" => {
+            match histogram_part(&s.name) {
+                (names::KMALLOC_SIZE_BYTES, "_bucket") => {
                     *kmalloc_buckets.entry(l("le").to_string()).or_default() += v;
                 }
-                "memtrace_kmalloc_size_bytes_count" => {
-                    m.allocators.get_mut("kmalloc").unwrap().allocations += v;
+                (names::KMALLOC_SIZE_BYTES, "_count") => {
+                    m.allocators
+                        .get_mut(&Allocator::Kmalloc)
+                        .unwrap()
+                        .allocations += v;
                 }
-                "memtrace_kmalloc_size_bytes_sum" => {
-                    m.allocators.get_mut("kmalloc").unwrap().allocated_bytes += v;
+                (names::KMALLOC_SIZE_BYTES, "_sum") => {
+                    m.allocators
+                        .get_mut(&Allocator::Kmalloc)
+                        .unwrap()
+                        .allocated_bytes += v;
                 }
-                "memtrace_kmalloc_requested_bytes_total" => {
+                (names::KMALLOC_REQUESTED_BYTES_TOTAL, "") => {
                     *m.allocators
-                        .get_mut("kmalloc")
+                        .get_mut(&Allocator::Kmalloc)
                         .unwrap()
                         .requested_bytes
                         .get_or_insert(0.0) += v;
                 }
-                "memtrace_kmem_cache_allocations_total" => {
+                (names::KMEM_CACHE_ALLOCATIONS_TOTAL, "") => {
                     m.caches
                         .entry(l("cache").to_string())
                         .or_default()
                         .allocations += v;
-                    m.allocators.get_mut("kmem_cache").unwrap().allocations += v;
+                    m.allocators
+                        .get_mut(&Allocator::KmemCache)
+                        .unwrap()
+                        .allocations += v;
                 }
-                "memtrace_kmem_cache_allocated_bytes_total" => {
+                (names::KMEM_CACHE_ALLOCATED_BYTES_TOTAL, "") => {
                     m.caches
                         .entry(l("cache").to_string())
                         .or_default()
                         .allocated_bytes += v;
-                    m.allocators.get_mut("kmem_cache").unwrap().allocated_bytes += v;
+                    m.allocators
+                        .get_mut(&Allocator::KmemCache)
+                        .unwrap()
+                        .allocated_bytes += v;
                 }
-                "memtrace_kmem_cache_requested_bytes_total" => {
+                (names::KMEM_CACHE_REQUESTED_BYTES_TOTAL, "") => {
                     m.caches
                         .entry(l("cache").to_string())
                         .or_default()
                         .requested_bytes += v;
                     *m.allocators
-                        .get_mut("kmem_cache")
+                        .get_mut(&Allocator::KmemCache)
                         .unwrap()
                         .requested_bytes
                         .get_or_insert(0.0) += v;
                 }
-                "memtrace_page_allocations_total" => {
+                (names::PAGE_ALLOCATIONS_TOTAL, "") => {
                     if let Ok(order) = l("order").parse::<u32>() {
                         *m.pages
                             .entry((order, l("migratetype").to_string()))
                             .or_default() += v;
                     }
-                    m.allocators.get_mut("page").unwrap().allocations += v;
+                    m.allocators.get_mut(&Allocator::Page).unwrap().allocations += v;
                 }
-                "memtrace_vmalloc_size_bytes_bucket" => vmalloc_buckets.push((le(l("le")), v)),
-                "memtrace_vmalloc_size_bytes_count" => {
-                    m.allocators.get_mut("vmalloc").unwrap().allocations += v;
+                (names::VMALLOC_SIZE_BYTES, "_bucket") => vmalloc_buckets.push((le(l("le")), v)),
+                (names::VMALLOC_SIZE_BYTES, "_count") => {
+                    m.allocators
+                        .get_mut(&Allocator::Vmalloc)
+                        .unwrap()
+                        .allocations += v;
                 }
-                "memtrace_vmalloc_size_bytes_sum" => {
-                    m.allocators.get_mut("vmalloc").unwrap().allocated_bytes += v;
+                (names::VMALLOC_SIZE_BYTES, "_sum") => {
+                    m.allocators
+                        .get_mut(&Allocator::Vmalloc)
+                        .unwrap()
+                        .allocated_bytes += v;
                 }
-                "memtrace_percpu_size_bytes_bucket" => percpu_buckets.push((le(l("le")), v)),
-                "memtrace_percpu_size_bytes_count" => {
-                    m.allocators.get_mut("percpu").unwrap().allocations += v;
+                (names::PERCPU_SIZE_BYTES, "_bucket") => percpu_buckets.push((le(l("le")), v)),
+                (names::PERCPU_SIZE_BYTES, "_count") => {
+                    m.allocators
+                        .get_mut(&Allocator::Percpu)
+                        .unwrap()
+                        .allocations += v;
                 }
-                "memtrace_percpu_size_bytes_sum" => {
-                    m.allocators.get_mut("percpu").unwrap().allocated_bytes += v;
+                (names::PERCPU_SIZE_BYTES, "_sum") => {
+                    m.allocators
+                        .get_mut(&Allocator::Percpu)
+                        .unwrap()
+                        .allocated_bytes += v;
                 }
-                "memtrace_allocation_failures_total" => {
-                    if let Some(t) = m.allocators.get_mut(l("allocator")) {
+                (names::ALLOCATION_FAILURES_TOTAL, "") => {
+                    if let Some(t) = allocator().and_then(|a| m.allocators.get_mut(&a)) {
                         t.failures += v;
                     }
                 }
-                "memtrace_frees_total" => {
-                    if let Some(t) = m.allocators.get_mut(l("allocator")) {
+                (names::FREES_TOTAL, "") => {
+                    if let Some(t) = allocator().and_then(|a| m.allocators.get_mut(&a)) {
                         *t.frees.get_or_insert(0.0) += v;
                     }
                 }
-                "memtrace_page_allocation_failures_total" => {
+                (names::PAGE_ALLOCATION_FAILURES_TOTAL, "") => {
                     if let Ok(order) = l("order").parse::<u32>() {
                         *m.page_failures.entry(order).or_default() += v;
                     }
                 }
-                "memtrace_page_frees_total" => {
+                (names::PAGE_FREES_TOTAL, "") => {
                     if let Ok(order) = l("order").parse::<u32>() {
                         *m.page_frees.entry(order).or_default() += v;
                     }
                 }
-                "memtrace_callsite_allocations_total" => {
-                    m.callsites
-                        .entry((l("allocator").to_string(), l("function").to_string()))
-                        .or_default()
-                        .allocations += v;
+                (names::CALLSITE_ALLOCATIONS_TOTAL, "") => {
+                    if let Some(a) = allocator() {
+                        m.callsites
+                            .entry((a, l("function").to_string()))
+                            .or_default()
+                            .allocations += v;
+                    }
                 }
-                "memtrace_callsite_allocated_bytes_total" => {
-                    m.callsites
-                        .entry((l("allocator").to_string(), l("function").to_string()))
-                        .or_default()
-                        .bytes += v;
+                (names::CALLSITE_ALLOCATED_BYTES_TOTAL, "") => {
+                    if let Some(a) = allocator() {
+                        m.callsites
+                            .entry((a, l("function").to_string()))
+                            .or_default()
+                            .bytes += v;
+                    }
                 }
-                "memtrace_process_allocations_total" => {
-                    m.processes
-                        .entry((l("allocator").to_string(), l("comm").to_string()))
-                        .or_default()
-                        .allocations += v;
+                (names::PROCESS_ALLOCATIONS_TOTAL, "") => {
+                    if let Some(a) = allocator() {
+                        m.processes
+                            .entry((a, l("comm").to_string()))
+                            .or_default()
+                            .allocations += v;
+                    }
                 }
-                "memtrace_process_allocated_bytes_total" => {
-                    m.processes
-                        .entry((l("allocator").to_string(), l("comm").to_string()))
-                        .or_default()
-                        .bytes += v;
+                (names::PROCESS_ALLOCATED_BYTES_TOTAL, "") => {
+                    if let Some(a) = allocator() {
+                        m.processes
+                            .entry((a, l("comm").to_string()))
+                            .or_default()
+                            .bytes += v;
+                    }
                 }
-                "memtrace_events_lost_total" => {
+                (names::EVENTS_LOST_TOTAL, "") => {
                     *m.lost.entry(l("reason").to_string()).or_default() += v;
                 }
-                "memtrace_probe_attached" => {
+                (names::PROBE_ATTACHED, "") => {
                     m.probes_total += 1;
                     if v >= 1.0 {
                         m.probes_attached += 1;
                     }
                 }
-                "memtrace_vmalloc_used_bytes" => m.vmalloc_used_bytes = Some(v),
-                "memtrace_vmalloc_total_bytes" => m.vmalloc_total_bytes = Some(v),
-                "memtrace_kmalloc_max_bytes" => kmalloc_max = Some(v),
-                "memtrace_page_max_order" => max_order = Some(v),
+                (names::VMALLOC_USED_BYTES, "") => m.vmalloc_used_bytes = Some(v),
+                (names::VMALLOC_TOTAL_BYTES, "") => m.vmalloc_total_bytes = Some(v),
+                (names::KMALLOC_MAX_BYTES, "") => kmalloc_max = Some(v),
+                (names::PAGE_MAX_ORDER, "") => max_order = Some(v),
                 _ => {}
             }
         }
@@ -254,7 +291,7 @@ impl Model {
                 m.page_size = bytes / f64::from(1u32 << order as u32);
             }
         }
-        let page = m.allocators.get_mut("page").unwrap();
+        let page = m.allocators.get_mut(&Allocator::Page).unwrap();
         page.allocated_bytes = m
             .pages
             .iter()
@@ -269,19 +306,38 @@ impl Model {
     }
 
     /// The total of one allocator (zero if unknown).
-    pub fn totals(&self, allocator: &str) -> Totals {
-        self.allocators.get(allocator).cloned().unwrap_or_default()
+    pub fn totals(&self, allocator: Allocator) -> Totals {
+        self.allocators.get(&allocator).cloned().unwrap_or_default()
     }
 
     /// The size histogram memtrace keeps for an allocator, if any.
-    pub fn sizes(&self, allocator: &str) -> Option<&Histogram> {
+    pub fn sizes(&self, allocator: Allocator) -> Option<&Histogram> {
         match allocator {
-            "kmalloc" => Some(&self.kmalloc_sizes),
-            "vmalloc" => Some(&self.vmalloc_sizes),
-            "percpu" => Some(&self.percpu_sizes),
-            _ => None,
+            Allocator::Kmalloc => Some(&self.kmalloc_sizes),
+            Allocator::Vmalloc => Some(&self.vmalloc_sizes),
+            Allocator::Percpu => Some(&self.percpu_sizes),
+            Allocator::KmemCache | Allocator::Page => None,
         }
     }
+}
+
+/// A sample's family and, for a histogram's series, its suffix (`_bucket`, `_count`,
+/// `_sum`; otherwise empty).
+fn histogram_part(name: &str) -> (&str, &str) {
+    for suffix in ["_bucket", "_count", "_sum"] {
+        if let Some(family) = name.strip_suffix(suffix) {
+            if [
+                names::KMALLOC_SIZE_BYTES,
+                names::VMALLOC_SIZE_BYTES,
+                names::PERCPU_SIZE_BYTES,
+            ]
+            .contains(&family)
+            {
+                return (family, suffix);
+            }
+        }
+    }
+    (name, "")
 }
 
 fn le(s: &str) -> f64 {
@@ -330,7 +386,7 @@ memtrace_page_max_order 10
     #[test]
     fn reads_every_family() {
         let m = Model::from_samples(&parse_exposition(TEXT));
-        let k = m.totals("kmalloc");
+        let k = m.totals(Allocator::Kmalloc);
         assert_eq!((k.allocations, k.allocated_bytes), (6.0, 132.0));
         assert_eq!(k.requested_bytes, Some(90.0));
         assert_eq!(k.failures, 2.0);
@@ -340,14 +396,14 @@ memtrace_page_max_order 10
             "GFP labels summed, cumulative buckets made per bucket"
         );
         assert_eq!(m.page_size, 4096.0);
-        let p = m.totals("page");
+        let p = m.totals(Allocator::Page);
         assert_eq!(p.allocations, 6.0);
         assert_eq!(p.allocated_bytes, 5.0 * 4096.0 + 4.0 * 4096.0);
         assert_eq!(p.failures, 3.0);
         assert_eq!(m.caches["dentry"].requested_bytes, 1900.0);
-        assert_eq!(m.totals("kmem_cache").allocations, 10.0);
+        assert_eq!(m.totals(Allocator::KmemCache).allocations, 10.0);
         assert_eq!(
-            m.callsites[&("kmalloc".to_string(), "vmemdup_user".to_string())],
+            m.callsites[&(Allocator::Kmalloc, "vmemdup_user".to_string())],
             Usage {
                 allocations: 4.0,
                 bytes: 100.0
@@ -365,7 +421,7 @@ memtrace_page_max_order 10
              memtrace_page_allocations_total{order=\"4000000000\",migratetype=\"x\",gfp=\"y\"} 1\n",
         ));
         assert_eq!(m.page_size, 4096.0, "the default page size stays");
-        assert!(m.totals("page").allocated_bytes.is_finite());
+        assert!(m.totals(Allocator::Page).allocated_bytes.is_finite());
     }
 
     #[test]

@@ -1,0 +1,44 @@
+//! Every metric family memtrace exports, by name: the exporter builds them, and `top`'s
+//! model and `limits`' observed figures read them back by the same constants.
+
+pub const ALLOCATION_FAILURES_TOTAL: &str = "memtrace_allocation_failures_total";
+pub const BUILD_INFO: &str = "memtrace_build_info";
+pub const CALLSITE_ALLOCATED_BYTES_TOTAL: &str = "memtrace_callsite_allocated_bytes_total";
+pub const CALLSITE_ALLOCATIONS_TOTAL: &str = "memtrace_callsite_allocations_total";
+pub const CGROUP_ALLOCATED_BYTES_TOTAL: &str = "memtrace_cgroup_allocated_bytes_total";
+pub const CGROUP_ALLOCATIONS_TOTAL: &str = "memtrace_cgroup_allocations_total";
+pub const CMA_TOTAL_BYTES: &str = "memtrace_cma_total_bytes";
+pub const COLLECTOR_UP: &str = "memtrace_collector_up";
+pub const COMPACTION_STALLS_TOTAL: &str = "memtrace_compaction_stalls_total";
+pub const EVENTS_LOST_TOTAL: &str = "memtrace_events_lost_total";
+pub const FREE_BLOCKS: &str = "memtrace_free_blocks";
+pub const FREES_TOTAL: &str = "memtrace_frees_total";
+pub const KMALLOC_ALLOCATED_BYTES_TOTAL: &str = "memtrace_kmalloc_allocated_bytes_total";
+pub const KMALLOC_LARGEST_SEEN_BYTES: &str = "memtrace_kmalloc_largest_seen_bytes";
+pub const KMALLOC_MAX_BYTES: &str = "memtrace_kmalloc_max_bytes";
+pub const KMALLOC_MAX_CACHE_BYTES: &str = "memtrace_kmalloc_max_cache_bytes";
+pub const KMALLOC_REQUESTED_BYTES_TOTAL: &str = "memtrace_kmalloc_requested_bytes_total";
+pub const KMALLOC_SIZE_BYTES: &str = "memtrace_kmalloc_size_bytes";
+pub const KMEM_CACHE_ALLOCATED_BYTES_TOTAL: &str = "memtrace_kmem_cache_allocated_bytes_total";
+pub const KMEM_CACHE_ALLOCATIONS_TOTAL: &str = "memtrace_kmem_cache_allocations_total";
+pub const KMEM_CACHE_REQUESTED_BYTES_TOTAL: &str = "memtrace_kmem_cache_requested_bytes_total";
+pub const LARGEST_FREE_BLOCK_BYTES: &str = "memtrace_largest_free_block_bytes";
+pub const NOTABLE_EVENTS_TOTAL: &str = "memtrace_notable_events_total";
+pub const OOM_KILLS_TOTAL: &str = "memtrace_oom_kills_total";
+pub const PAGE_ALLOCATION_FAILURES_TOTAL: &str = "memtrace_page_allocation_failures_total";
+pub const PAGE_ALLOCATIONS_TOTAL: &str = "memtrace_page_allocations_total";
+pub const PAGE_FALLBACKS_TOTAL: &str = "memtrace_page_fallbacks_total";
+pub const PAGE_FREES_TOTAL: &str = "memtrace_page_frees_total";
+pub const PAGE_LARGEST_SEEN_ORDER: &str = "memtrace_page_largest_seen_order";
+pub const PAGE_MAX_ORDER: &str = "memtrace_page_max_order";
+pub const PERCPU_SIZE_BYTES: &str = "memtrace_percpu_size_bytes";
+pub const PROBE_ATTACHED: &str = "memtrace_probe_attached";
+pub const PROCESS_ALLOCATED_BYTES_TOTAL: &str = "memtrace_process_allocated_bytes_total";
+pub const PROCESS_ALLOCATIONS_TOTAL: &str = "memtrace_process_allocations_total";
+pub const RAM_TOTAL_BYTES: &str = "memtrace_ram_total_bytes";
+pub const VMALLOC_LARGEST_SEEN_BYTES: &str = "memtrace_vmalloc_largest_seen_bytes";
+pub const VMALLOC_PURGED_AREAS_TOTAL: &str = "memtrace_vmalloc_purged_areas_total";
+pub const VMALLOC_PURGES_TOTAL: &str = "memtrace_vmalloc_purges_total";
+pub const VMALLOC_SIZE_BYTES: &str = "memtrace_vmalloc_size_bytes";
+pub const VMALLOC_TOTAL_BYTES: &str = "memtrace_vmalloc_total_bytes";
+pub const VMALLOC_USED_BYTES: &str = "memtrace_vmalloc_used_bytes";

@@ -1,0 +1,83 @@
+//! memtrace's own state: events it lost, probes attached, its build, each collector's
+//! health, and the notable events read from the kernel.
+
+use memtrace_common::Counter;
+use prometheus::proto::{MetricFamily, MetricType};
+
+use super::{
+    Exporter, names,
+    proto::{counter, family, gauge},
+};
+use crate::bpf::{ProbeStatus, Snapshot};
+
+impl Exporter {
+    /// Lost events, probes attached, build information.
+    pub(super) fn status_families(
+        &self,
+        snap: &Snapshot,
+        probes: &[ProbeStatus],
+        out: &mut Vec<MetricFamily>,
+    ) {
+        // memtrace itself.
+        out.push(family(
+            names::EVENTS_LOST_TOTAL,
+            "Events memtrace could not record as usual: map_full (counted under an \"other\" label instead), ringbuf_full (notable event dropped), recursion (not counted: an interrupt on a CPU where the same program was running).",
+            MetricType::COUNTER,
+            vec![
+                counter(&[("reason", "map_full")], snap.counter(Counter::MapFull) as f64),
+                counter(
+                    &[("reason", "ringbuf_full")],
+                    snap.counter(Counter::RingbufFull) as f64,
+                ),
+                counter(&[("reason", "recursion")], snap.recursion_misses as f64),
+            ],
+        ));
+        out.push(family(
+            names::PROBE_ATTACHED,
+            "1 if the probe is attached, 0 if this kernel does not offer it.",
+            MetricType::GAUGE,
+            probes
+                .iter()
+                .map(|p| gauge(&[("probe", &p.probe)], if p.attached() { 1.0 } else { 0.0 }))
+                .collect(),
+        ));
+        out.push(family(
+            names::BUILD_INFO,
+            "Always 1; labels say which memtrace runs on which kernel.",
+            MetricType::GAUGE,
+            vec![gauge(
+                &[
+                    ("version", env!("CARGO_PKG_VERSION")),
+                    ("kernel", &self.kernel),
+                ],
+                1.0,
+            )],
+        ));
+    }
+}
+
+/// `memtrace_notable_events_total` from ((allocator, kind), count) pairs.
+pub fn notable_family(counts: &[((&str, &str), u64)]) -> MetricFamily {
+    family(
+        names::NOTABLE_EVENTS_TOTAL,
+        "Notable events read from the kernel: kind=\"failure\" for every failed allocation, kind=\"large\" for allocations at or above --events.min-bytes / --events.min-order.",
+        MetricType::COUNTER,
+        counts
+            .iter()
+            .map(|((a, k), n)| counter(&[("allocator", a), ("kind", k)], *n as f64))
+            .collect(),
+    )
+}
+
+/// `memtrace_collector_up{collector}`: whether a collector read its source on this scrape.
+pub fn collector_up(collector: &str, up: bool) -> MetricFamily {
+    family(
+        names::COLLECTOR_UP,
+        "1 if the collector read its source on this scrape, 0 if it failed (see the daemon's log).",
+        MetricType::GAUGE,
+        vec![gauge(
+            &[("collector", collector)],
+            if up { 1.0 } else { 0.0 },
+        )],
+    )
+}
