@@ -356,12 +356,15 @@ fn attach_tp(ebpf: &mut Ebpf, spec: &ProbeSpec, attach: bool) -> Result<(), Stri
     Ok(())
 }
 
+/// The tiny program [`probe_fentry`] loads.
+pub const FENTRY_PROBE: &str = "fentry_probe";
+
 /// Whether this kernel lets fentry programs load (optional probes may use them).
 /// Loads a tiny fentry program from a fresh copy of the object; nothing is attached.
 pub fn probe_fentry(btf: &aya::Btf) -> Result<(), String> {
     let mut ebpf = EbpfLoader::new()
         .load(EBPF_OBJECT)
         .map_err(|e| one_line(&e))?;
-    let prog: &mut FEntry = program_as(&mut ebpf, "fentry_probe")?;
+    let prog: &mut FEntry = program_as(&mut ebpf, FENTRY_PROBE)?;
     prog.load("kfree", btf).map_err(|e| one_line(&e))
 }

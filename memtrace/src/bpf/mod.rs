@@ -13,8 +13,11 @@ use anyhow::anyhow;
 use aya::{Ebpf, EbpfLoader};
 use memtrace_common::{
     ATTR_CGROUPS, Allocator, GLOBAL_ATTRIBUTION, GLOBAL_FILTER_TGID, GLOBAL_FILTER_TID,
-    GLOBAL_LAYOUTS, GLOBAL_NOTABLE_MIN_BYTES, GLOBAL_NOTABLE_MIN_ORDER, GLOBAL_PAGE_SIZE, Layouts,
-    MAP_CALLSITES, MAP_CGROUPS, MAP_COMMS,
+    GLOBAL_FILTERED, GLOBAL_HOOKS_ONLY, GLOBAL_LAYOUTS, GLOBAL_NOTABLE_MIN_BYTES,
+    GLOBAL_NOTABLE_MIN_ORDER, GLOBAL_PAGE_SIZE, GLOBAL_TABLE_MASK, Layouts, MAP_CACHE_NAMES,
+    MAP_CACHE_STATS, MAP_CACHE_TABLE, MAP_CALLSITES, MAP_CGROUPS, MAP_COMMS, MAP_COUNTERS,
+    MAP_EVENTS, MAP_FAILURES, MAP_PAGE_ALLOCS, MAP_PAGE_TABLE, MAP_SIZE_STATS, MAP_STACKS,
+    MAP_TABLES, PROBES,
 };
 
 pub use attach::{AttachMode, AttachPreference, ProbeStatus};
@@ -23,6 +26,56 @@ pub use tracer::{Tracer, TracerOptions};
 
 /// The eBPF object, built by build.rs and embedded in the binary.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/memtrace"));
+
+/// Every map memtrace opens by name (to size it, pre-insert its overflow keys or read it).
+pub const MAPS: &[&str] = &[
+    MAP_TABLES,
+    MAP_CACHE_TABLE,
+    MAP_PAGE_TABLE,
+    MAP_CALLSITES,
+    MAP_COMMS,
+    MAP_CGROUPS,
+    MAP_STACKS,
+    MAP_EVENTS,
+    MAP_SIZE_STATS,
+    MAP_FAILURES,
+    MAP_COUNTERS,
+    MAP_PAGE_ALLOCS,
+    MAP_CACHE_STATS,
+    MAP_CACHE_NAMES,
+];
+
+/// Every load-time global [`load_object`] sets.
+pub const GLOBALS: &[&str] = &[
+    GLOBAL_LAYOUTS,
+    GLOBAL_FILTER_TGID,
+    GLOBAL_FILTER_TID,
+    GLOBAL_FILTERED,
+    GLOBAL_NOTABLE_MIN_BYTES,
+    GLOBAL_NOTABLE_MIN_ORDER,
+    GLOBAL_ATTRIBUTION,
+    GLOBAL_PAGE_SIZE,
+    GLOBAL_TABLE_MASK,
+    GLOBAL_HOOKS_ONLY,
+];
+
+/// Every program memtrace may load: each probe's classic, BTF (generic and fixed-layout),
+/// raw and fexit programs, and the fentry feature probe.
+pub fn programs() -> impl Iterator<Item = &'static str> {
+    PROBES
+        .iter()
+        .flat_map(|p| {
+            [
+                Some(p.tp_program),
+                Some(p.btf_program),
+                p.fixed_program,
+                p.raw_program,
+                p.fexit.map(|(program, _)| program),
+            ]
+        })
+        .flatten()
+        .chain([attach::FENTRY_PROBE])
+}
 
 /// `text` with every number that could be a kernel address replaced by `<address>`: hex
 /// literals of 12 or more digits, decimal numbers of 15 or more digits, and negative decimals
@@ -86,7 +139,7 @@ pub(crate) fn load_object(layouts: &Layouts, opts: &TracerOptions) -> anyhow::Re
         .override_global(GLOBAL_FILTER_TGID, &opts.filter_tgid, true)
         .override_global(GLOBAL_FILTER_TID, &opts.filter_tid, true)
         .override_global(
-            memtrace_common::GLOBAL_FILTERED,
+            GLOBAL_FILTERED,
             &u32::from(opts.filter_tgid != 0 || opts.filter_tid != 0),
             true,
         )
@@ -95,18 +148,14 @@ pub(crate) fn load_object(layouts: &Layouts, opts: &TracerOptions) -> anyhow::Re
         .override_global(GLOBAL_ATTRIBUTION, &opts.attribution, true)
         .override_global(GLOBAL_PAGE_SIZE, &crate::kernel::page_size(), true)
         .override_global(
-            memtrace_common::GLOBAL_TABLE_MASK,
+            GLOBAL_TABLE_MASK,
             &match opts.table_slots {
                 0 => u32::MAX,
                 n => n.next_power_of_two() - 1,
             },
             true,
         )
-        .override_global(
-            memtrace_common::GLOBAL_HOOKS_ONLY,
-            &u32::from(opts.hooks_only),
-            true,
-        )
+        .override_global(GLOBAL_HOOKS_ONLY, &u32::from(opts.hooks_only), true)
         .map_max_entries(MAP_CALLSITES, opts.callsites_max)
         .map_max_entries(MAP_COMMS, opts.comms_max)
         // Off, the map holds only its overflow slots: no per-CPU memory for nothing.
@@ -145,7 +194,44 @@ fn bump_memlock_rlimit() {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
+    use object::{Object as _, ObjectSymbol as _};
+
     use super::*;
+
+    /// The loader finds programs, maps and globals by name: each name it uses is in the
+    /// embedded object, and each program and map of the object is one memtrace uses (a
+    /// renamed or forgotten one fails here, not at load time on some kernel).
+    #[test]
+    fn object_has_every_name_the_loader_uses() {
+        let obj = aya_obj::Object::parse(EBPF_OBJECT).expect("the embedded object parses");
+        let in_object: BTreeSet<&str> = obj.programs.keys().map(String::as_str).collect();
+        let used: BTreeSet<&str> = programs().collect();
+        assert_eq!(
+            used.difference(&in_object).collect::<Vec<_>>(),
+            Vec::<&&str>::new(),
+            "programs the loader uses but the object lacks"
+        );
+        assert_eq!(
+            in_object.difference(&used).collect::<Vec<_>>(),
+            Vec::<&&str>::new(),
+            "programs in the object that no probe uses"
+        );
+        let maps: BTreeSet<&str> = obj.maps.keys().map(String::as_str).collect();
+        // Besides memtrace's own maps the object holds the sections of its globals.
+        let own: BTreeSet<&str> = maps
+            .iter()
+            .copied()
+            .filter(|m| !m.starts_with('.'))
+            .collect();
+        assert_eq!(own, MAPS.iter().copied().collect(), "maps by name");
+        let elf = object::File::parse(EBPF_OBJECT).expect("the embedded object is ELF");
+        let symbols: BTreeSet<&str> = elf.symbols().filter_map(|s| s.name().ok()).collect();
+        for g in GLOBALS {
+            assert!(symbols.contains(g), "global {g} missing from the object");
+        }
+    }
 
     #[test]
     fn redaction_hides_kernel_addresses_only() {

@@ -350,4 +350,156 @@ mod tests {
         let text = render(&e.families(&Snapshot::default(), &[]));
         assert!(!text.contains("memtrace_cgroup_"), "{text}");
     }
+
+    /// The exposition the exporter writes is what `top`'s model and `limits`' observed
+    /// figures read: one set of metric names, and each number arrives where it belongs.
+    #[test]
+    fn exposition_reads_back_through_top_and_limits() {
+        use crate::{
+            bpf::AttachMode,
+            cmd::top::model::Model,
+            limits::{collect, observed::Observed},
+        };
+        use memtrace_common::{
+            COMPACTION_STALLS_BASE, COUNTERS_LEN, CacheStats, Counter, EXTFRAG_BASE,
+            PAGE_FREES_BASE, Usage,
+        };
+        let mut snap = Snapshot::default();
+        let sizes = |n: u64, bucket: usize, req: u64, alloc: u64| {
+            let mut s = SizeStats::ZERO;
+            s.buckets[bucket] = n;
+            s.requested_bytes = req;
+            s.allocated_bytes = alloc;
+            s
+        };
+        snap.sizes
+            .insert((Allocator::Kmalloc, 0xcc0), sizes(3, 7, 3000, 3072)); // 1 KiB
+        snap.sizes
+            .insert((Allocator::Vmalloc, 0xcc0), sizes(2, 14, 0, 2 << 17));
+        snap.sizes
+            .insert((Allocator::Percpu, 0xcc0), sizes(5, 2, 0, 5 * 32));
+        snap.caches.insert(
+            "filp".into(),
+            CacheStats {
+                allocations: 11,
+                requested_bytes: 11 * 232,
+                allocated_bytes: 11 * 256,
+            },
+        );
+        snap.pages.insert((0, 1, 0x100cca), 6);
+        snap.pages.insert((2, 1, 0x100cca), 1);
+        snap.failures.insert((Allocator::Kmalloc, 0, 0xcc0), 4);
+        snap.failures.insert((Allocator::Page, 3, 0xcc0), 2);
+        snap.counters = vec![0; COUNTERS_LEN as usize];
+        snap.counters[Counter::KmallocFrees as usize] = 3;
+        snap.counters[Counter::KmemCacheFrees as usize] = 10;
+        snap.counters[PAGE_FREES_BASE as usize] = 5;
+        snap.counters[EXTFRAG_BASE as usize + 1] = 2; // below the page block: fragmenting
+        snap.counters[EXTFRAG_BASE as usize + 9] = 1;
+        snap.counters[COMPACTION_STALLS_BASE as usize + 3] = 7;
+        snap.counters[Counter::OomKills as usize] = 1;
+        snap.counters[Counter::MapFull as usize] = 9;
+        snap.maxima = vec![65536, 266240, 3, 0];
+        snap.comms.insert(
+            (Allocator::Kmalloc, "sh".into()),
+            Usage {
+                allocations: 3,
+                bytes: 3072,
+            },
+        );
+        snap.callsites.insert(
+            (Allocator::Kmalloc, 0),
+            Usage {
+                allocations: 3,
+                bytes: 3072,
+            },
+        );
+        let probes = [
+            ProbeStatus {
+                probe: "kmem:kmalloc".into(),
+                mode: Some(AttachMode::Btf),
+                note: None,
+                program: Some("kmalloc_btf"),
+            },
+            ProbeStatus {
+                probe: "vmalloc:alloc_vmap_area".into(),
+                mode: None,
+                note: Some("absent".into()),
+                program: None,
+            },
+        ];
+        let limits_src = crate::limits::tests::fixture("single-node");
+        let limits = collect(&limits_src).expect("fixture limits");
+        let mut e = Exporter::new(
+            Some(table()),
+            BTreeMap::from([(1, "movable".to_string())]),
+            Some(9),
+            "6.18".into(),
+            LabelLimits {
+                caches: 10,
+                callsites: 10,
+                processes: 10,
+                cgroups: 10,
+            },
+            None,
+        );
+        let mut families = e.families(&snap, &probes);
+        families.extend(limits_families(&limits));
+        let text = render(&families);
+        let samples = scrape::parse_exposition(&text);
+
+        let m = Model::from_samples(&samples);
+        let k = m.totals(Allocator::Kmalloc);
+        assert_eq!(
+            (k.allocations, k.allocated_bytes, k.requested_bytes),
+            (3.0, 3072.0, Some(3000.0))
+        );
+        assert_eq!((k.failures, k.frees), (4.0, Some(3.0)));
+        let c = m.totals(Allocator::KmemCache);
+        assert_eq!((c.allocations, c.frees), (11.0, Some(10.0)));
+        assert_eq!(m.caches["filp"].requested_bytes, 11.0 * 232.0);
+        let v = m.totals(Allocator::Vmalloc);
+        assert_eq!(
+            (v.allocations, v.allocated_bytes),
+            (2.0, f64::from(2 << 17))
+        );
+        assert_eq!(m.totals(Allocator::Percpu).allocations, 5.0);
+        let buckets =
+            |h: &crate::cmd::top::model::Histogram| h.buckets.iter().map(|b| b.1).sum::<f64>();
+        assert_eq!(buckets(&m.kmalloc_sizes), 3.0);
+        assert_eq!(buckets(&m.vmalloc_sizes), 2.0);
+        let p = m.totals(Allocator::Page);
+        assert_eq!((p.allocations, p.frees), (7.0, Some(5.0)));
+        assert_eq!(m.pages[&(2, "movable".to_string())], 1.0);
+        assert_eq!(m.page_failures[&3], 2.0);
+        assert_eq!(m.page_frees[&0], 5.0);
+        assert_eq!(m.page_size, limits.page_size.value as f64);
+        assert_eq!(p.allocated_bytes, (6.0 + 4.0) * m.page_size);
+        assert_eq!(
+            m.processes[&(Allocator::Kmalloc, "sh".to_string())].bytes,
+            3072.0
+        );
+        assert_eq!(
+            m.callsites[&(Allocator::Kmalloc, "other".to_string())].allocations,
+            3.0
+        );
+        assert_eq!(m.lost["map_full"], 9.0);
+        assert_eq!((m.probes_attached, m.probes_total), (1, 2));
+        assert_eq!(
+            m.vmalloc_total_bytes,
+            Some(limits.vmalloc_total_bytes.value as f64)
+        );
+
+        let o = Observed::from_samples(&samples, "test");
+        assert_eq!(
+            (o.kmalloc_largest_bytes, o.vmalloc_largest_bytes),
+            (65536, 266240)
+        );
+        assert_eq!(o.page_largest_order, Some(2));
+        assert_eq!(o.page_failures_by_order, BTreeMap::from([(3, 2)]));
+        assert_eq!(o.allocation_failures["kmalloc"], 4);
+        assert_eq!(o.allocation_failures["page"], 2);
+        assert_eq!((o.fallbacks_total, o.fallbacks_fragmenting), (3, 2));
+        assert_eq!((o.compaction_stalls, o.oom_kills), (7, 1));
+    }
 }
