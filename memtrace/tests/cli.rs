@@ -1,8 +1,12 @@
 //! Smoke tests of the binary: help, version, a bad flag, and `check`'s exit code.
 
-mod support;
+// The shared helpers in tests/support/. Dead code is linted per test binary, so each binary
+// declares only the support modules it uses.
+mod support {
+    pub mod cli;
+}
 
-use support::memtrace;
+use support::cli::memtrace;
 
 #[test]
 fn help_lists_subcommands() {

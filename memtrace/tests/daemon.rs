@@ -2,13 +2,30 @@
 //! page, its kmalloc numbers move with a known workload, an occupied port is one clear error,
 //! and SIGTERM stops it cleanly.
 
-mod support;
+// The shared helpers in tests/support/. Dead code is linted per test binary, so each binary
+// declares only the support modules it uses.
+mod support {
+    pub mod assert;
+    pub mod cli;
+    pub mod compaction;
+    pub mod daemon;
+    pub mod http;
+    pub mod kernel;
+    pub mod tracefs;
+    pub mod workload;
+    pub mod xattr;
+}
 
 use std::{collections::HashMap, process::Command, time::Duration};
 
 use support::{
-    BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_PERCPU_ARRAY, Daemon, bpf_map_create_close, free_port, get,
-    open_close, pipe_pages, require_kernel, setxattr_kmalloc,
+    daemon::Daemon,
+    http::{free_port, get},
+    kernel::require_kernel,
+    workload::{
+        BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_PERCPU_ARRAY, bpf_map_create_close, open_close, pipe_pages,
+    },
+    xattr::setxattr_kmalloc,
 };
 
 fn metric(m: &HashMap<String, f64>, key: &str) -> f64 {
@@ -45,7 +62,7 @@ fn daemon_serves_metrics_that_move_with_load_and_stops_on_sigterm() {
         setxattr_kmalloc(&file, 3000);
     }
     // And every other allocator: slab objects, order-0 and order-4 pages, vmalloc, percpu.
-    support::compact_memory();
+    support::compaction::compact_memory();
     open_close(&file, 100);
     pipe_pages(64);
     for _ in 0..10 {
@@ -126,7 +143,7 @@ fn daemon_serves_metrics_that_move_with_load_and_stops_on_sigterm() {
     for spec in memtrace_common::PROBES {
         let probe = format!("{}:{}", spec.category, spec.event);
         let key = format!("memtrace_probe_attached{{probe=\"{probe}\"}}");
-        let has = support::has_event(spec.category, spec.event);
+        let has = support::tracefs::has_event(spec.category, spec.event);
         match (has, spec.only_on, spec.fexit) {
             (false, Some(_), _) => assert!(!after.contains_key(&key), "{probe}"),
             (false, None, None) => assert_eq!(metric(&after, &key), 0.0, "{probe}"),
@@ -146,7 +163,7 @@ fn daemon_serves_metrics_that_move_with_load_and_stops_on_sigterm() {
     }
 
     // A second daemon on the same port: one clear line, non-zero exit, nothing loaded.
-    let out = support::memtrace(&[
+    let out = support::cli::memtrace(&[
         "daemon",
         "--web.listen-address",
         &format!("127.0.0.1:{port}"),
@@ -187,7 +204,7 @@ fn daemon_rejects_bad_flags_in_one_line() {
         &["daemon", "--events.min-order", "65"],
         &["daemon", "--log-format", "yaml"],
     ] {
-        let out = support::memtrace(args);
+        let out = support::cli::memtrace(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(err.trim().lines().count(), 1, "{err}");
@@ -199,7 +216,7 @@ fn daemon_rejects_bad_flags_in_one_line() {
 /// Flags beat environment variables, which beat the configuration file.
 #[test]
 fn config_file_sets_flags_and_flags_win() {
-    let Some(_guard) = support::require_kernel() else {
+    let Some(_guard) = support::kernel::require_kernel() else {
         return;
     };
     let port = free_port();
@@ -245,7 +262,7 @@ fn config_file_sets_flags_and_flags_win() {
 /// With --log-format json every log line is one JSON object (journald / log shippers).
 #[test]
 fn json_logs_are_one_object_per_line() {
-    let Some(_guard) = support::require_kernel() else {
+    let Some(_guard) = support::kernel::require_kernel() else {
         return;
     };
     use std::io::BufRead as _;

@@ -5,7 +5,21 @@
 //! Prometheus that has scraped a real `memtrace daemon` under load, is valid PromQL and
 //! returns data.
 
-mod support;
+// The shared helpers in tests/support/. Dead code is linted per test binary, so each binary
+// declares only the support modules it uses.
+mod support {
+    pub mod assert;
+    pub mod compaction;
+    pub mod daemon;
+    pub mod http;
+    pub mod kernel;
+    pub mod memcg;
+    pub mod prometheus;
+    pub mod tools;
+    pub mod worker;
+    pub mod workload;
+    pub mod xattr;
+}
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -19,9 +33,18 @@ use std::{
 
 use serde_json::Value;
 use support::{
-    BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_PERCPU_ARRAY, Daemon, Memcg, Prometheus, Worker,
-    bpf_map_create_close, compact_memory, force_failures, free_port, need, open_close, pipe_pages,
-    require_kernel, setxattr_kmalloc, urlencode,
+    compaction::compact_memory,
+    daemon::Daemon,
+    http::free_port,
+    kernel::require_kernel,
+    memcg::{Memcg, force_failures},
+    prometheus::{Prometheus, urlencode},
+    tools::need,
+    worker::Worker,
+    workload::{
+        BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_PERCPU_ARRAY, bpf_map_create_close, open_close, pipe_pages,
+    },
+    xattr::setxattr_kmalloc,
 };
 
 const DS: &str = "${datasource}";

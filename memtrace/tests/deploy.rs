@@ -5,7 +5,13 @@
 //! the container exactly the unit's capabilities; the Prometheus rules and configuration
 //! pass promtool's checks and unit tests.
 
-mod support;
+// The shared helpers in tests/support/. Dead code is linted per test binary, so each binary
+// declares only the support modules it uses.
+mod support {
+    pub mod http;
+    pub mod kernel;
+    pub mod tools;
+}
 
 use std::{
     path::{Path, PathBuf},
@@ -13,7 +19,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::{free_port, get, need, require_kernel};
+use support::{
+    http::{free_port, get},
+    kernel::require_kernel,
+    tools::need,
+};
 
 fn deploy(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -7,7 +7,20 @@
 //! Every allocator is checked in both attach modes (tp_btf and classic tracepoint).
 //! Run as root by `cargo xtask test` (single-threaded: kernel state is shared).
 
-mod support;
+// The shared helpers in tests/support/. Dead code is linted per test binary, so each binary
+// declares only the support modules it uses.
+mod support {
+    pub mod assert;
+    pub mod compaction;
+    pub mod compat;
+    pub mod ftrace;
+    pub mod kernel;
+    pub mod memcg;
+    pub mod tracefs;
+    pub mod worker;
+    pub mod workload;
+    pub mod xattr;
+}
 
 use std::collections::BTreeMap;
 
@@ -19,9 +32,15 @@ use memtrace_common::{
     Allocator, Counter, EVENT_FAILED, EVENT_LARGE, NotableEvent, SizeStats, size_bucket,
 };
 use support::{
-    BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_PERCPU_ARRAY, Ftrace, Memcg, TraceEvent, Worker,
-    bpf_map_create_close, force_failures, ftrace_gfp_label, has_event, kernel_events, open_close,
-    pipe_pages, require_kernel, setxattr_kmalloc,
+    ftrace::{Ftrace, TraceEvent, ftrace_gfp_label, kernel_events},
+    kernel::require_kernel,
+    memcg::{Memcg, force_failures},
+    tracefs::has_event,
+    worker::Worker,
+    workload::{
+        BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_PERCPU_ARRAY, bpf_map_create_close, open_close, pipe_pages,
+    },
+    xattr::setxattr_kmalloc,
 };
 
 /// One way of attaching the programs: the exact tests run each.
@@ -274,16 +293,16 @@ fn observe_once(
     let vmap_kprobes = events.contains(&("vmalloc", "alloc_vmap_area"))
         && !has_event("vmalloc", "alloc_vmap_area");
     if vmap_kprobes {
-        support::define_vmap_kprobes();
-        for e in support::VMAP_KPROBES {
-            all.push((support::KPROBE_GROUP.to_string(), e.to_string()));
+        support::compat::define_vmap_kprobes();
+        for e in support::compat::VMAP_KPROBES {
+            all.push((support::compat::KPROBE_GROUP.to_string(), e.to_string()));
         }
     }
     let refs: Vec<(&str, &str)> = all.iter().map(|(c, e)| (c.as_str(), e.as_str())).collect();
     let probes: Vec<(&str, &str)> = refs
         .iter()
         .copied()
-        .filter(|(c, _)| *c != support::KPROBE_GROUP)
+        .filter(|(c, _)| *c != support::compat::KPROBE_GROUP)
         .chain(vmap_kprobes.then_some(("vmalloc", "alloc_vmap_area")))
         .collect();
     if let Err(why) = check_way(&tracer, way, &probes) {
@@ -301,7 +320,7 @@ fn observe_once(
     worker.run(job);
     let mut events = ftrace.stop();
     if vmap_kprobes {
-        events = support::vmap_events_from_kprobes(events);
+        events = support::compat::vmap_events_from_kprobes(events);
     }
     let snap = tracer.snapshot().expect("snapshot");
     assert_eq!(snap.counter(Counter::MapFull), 0, "no map overflowed");
@@ -377,7 +396,7 @@ fn kmalloc_matches_ftrace(way: Way) {
             .of("kmalloc")
             .filter(|e| {
                 !e.is_null("ptr")
-                    && support::is_vmemdup_site(&ftrace_function(e.str("call_site")))
+                    && support::compat::is_vmemdup_site(&ftrace_function(e.str("call_site")))
                     && e.u64("bytes_req") == size as u64
             })
             .count();
@@ -505,7 +524,7 @@ fn slab_caches_by_name_match_ftrace_in_both_attach_modes() {
         if named {
             assert_eq!(got, want, "per-cache allocations differ from ftrace");
         } else {
-            support::assert_caches_without_names(&got, &want[""]);
+            support::compat::assert_caches_without_names(&got, &want[""]);
         }
         assert!(
             got.get("filp").is_some_and(|v| v.0 >= 100),
@@ -575,7 +594,7 @@ fn page_allocations_and_frees_match_ftrace_in_both_attach_modes() {
             ],
             move || {
                 // Order 0: pipe buffers. Order 4: a 64 KiB kvmalloc is a kmalloc_large.
-                support::compact_memory();
+                support::compaction::compact_memory();
                 pipe_pages(64);
                 for _ in 0..10 {
                     setxattr_kmalloc(&file, 65536);
@@ -770,7 +789,7 @@ fn percpu_matches(way: Way, w: &Window) {
 // real allocation failures
 
 /// A thread in a memory cgroup with a 64 KiB limit (OOM killer off) makes real allocation
-/// failures (see `support::force_failures`: pipe pages until the cgroup is full, a pipe ring
+/// failures (see `support::memcg::force_failures`: pipe pages until the cgroup is full, a pipe ring
 /// that cannot grow, 64 KiB tmpfs xattrs): the kernel reports failed page allocations and
 /// failed kmallocs; memtrace must count exactly the failures ftrace shows, by allocator and
 /// GFP flags.
@@ -931,7 +950,8 @@ fn call_sites_and_task_names_match_ftrace_in_both_attach_modes() {
             .callsites
             .iter()
             .filter(|((a, addr), _)| {
-                *a == Allocator::Kmalloc && support::is_vmemdup_site(&symbols.function(*addr))
+                *a == Allocator::Kmalloc
+                    && support::compat::is_vmemdup_site(&symbols.function(*addr))
             })
             .map(|(_, u)| u.allocations)
             .sum::<u64>();
@@ -1000,7 +1020,7 @@ fn full_tables_and_maps_keep_totals_exact() {
         let by_site = allocations_of(&snap.callsites, a);
         // Before 5.14 the percpu event has no call site: nothing to attribute.
         if a != Allocator::Percpu
-            || support::event_has_field("percpu", "percpu_alloc_percpu", "call_site")
+            || support::compat::event_has_field("percpu", "percpu_alloc_percpu", "call_site")
         {
             assert_eq!(by_site, total, "{a:?}: call-site totals stay exact");
         } else {
@@ -1198,7 +1218,7 @@ fn cgroup_series(
         .encode(&e.families(snap, &[]), &mut buf)
         .unwrap();
     let text = String::from_utf8(buf).unwrap();
-    support::assert_no_addresses(&text);
+    support::assert::assert_no_addresses(&text);
     let mut out: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     for s in memtrace::export::scrape::parse_exposition(&text) {
         if s.labels.get("allocator").map(String::as_str) != Some(allocator.name()) {
@@ -1250,7 +1270,7 @@ fn memory_cgroups_match_ftrace_in_both_attach_modes() {
                 );
                 let worker = Worker::spawn();
                 let (enter, leave) = memcg.tasks_paths();
-                worker.run(move || support::enter_tasks(&enter));
+                worker.run(move || support::memcg::enter_tasks(&enter));
                 let attribution = memtrace_common::ATTR_CALLSITES
                     | memtrace_common::ATTR_COMMS
                     | if on { memtrace_common::ATTR_CGROUPS } else { 0 };
@@ -1274,7 +1294,7 @@ fn memory_cgroups_match_ftrace_in_both_attach_modes() {
                 ];
                 if let Err(why) = check_way(&tracer, way, &events) {
                     eprintln!("{way}: skipped on this kernel: {why}");
-                    worker.run(move || support::enter_tasks(&leave));
+                    worker.run(move || support::memcg::enter_tasks(&leave));
                     break;
                 }
                 let events = kernel_events(&events);
@@ -1289,7 +1309,7 @@ fn memory_cgroups_match_ftrace_in_both_attach_modes() {
                 });
                 let trace = ftrace.stop();
                 let snap = tracer.snapshot().expect("snapshot");
-                worker.run(move || support::enter_tasks(&leave));
+                worker.run(move || support::memcg::enter_tasks(&leave));
                 assert_eq!(snap.counter(Counter::MapFull), 0, "no map overflowed");
                 if snap.recursion_misses > 0 {
                     assert!(

@@ -2,10 +2,20 @@
 //! /proc/buddyinfo read at the same moment, the subcommand prints them, and a daemon's
 //! observed figures move with a high-order allocation driven from userspace.
 
-mod support;
+// The shared helpers in tests/support/. Dead code is linted per test binary, so each binary
+// declares only the support modules it uses.
+mod support {
+    pub mod assert;
+    pub mod cli;
+    pub mod compaction;
+    pub mod daemon;
+    pub mod http;
+    pub mod kernel;
+    pub mod xattr;
+}
 
 use memtrace::limits::{Sources, collect};
-use support::{Daemon, free_port, require_kernel, setxattr_kmalloc};
+use support::{daemon::Daemon, http::free_port, kernel::require_kernel, xattr::setxattr_kmalloc};
 
 /// (node, zone, counts) straight from /proc/buddyinfo.
 fn buddyinfo() -> Vec<(u32, String, Vec<u64>)> {
@@ -60,7 +70,7 @@ fn largest_free_block_matches_buddyinfo_at_the_same_moment() {
 fn limits_subcommand_prints_every_figure_with_its_source() {
     let port = free_port(); // nothing listens: observed figures are skipped, not an error
     let url = format!("http://127.0.0.1:{port}/metrics");
-    let out = support::memtrace(&["limits", "--json", "--from", &url]);
+    let out = support::cli::memtrace(&["limits", "--json", "--from", &url]);
     assert_eq!(
         out.status.code(),
         Some(1),
@@ -72,7 +82,7 @@ fn limits_subcommand_prints_every_figure_with_its_source() {
         "{err}"
     );
 
-    let out = support::memtrace(&["limits", "--json"]);
+    let out = support::cli::memtrace(&["limits", "--json"]);
     assert!(
         out.status.success(),
         "{}",
@@ -96,7 +106,7 @@ fn limits_subcommand_prints_every_figure_with_its_source() {
     }
     assert!(l["zones"].as_array().is_some_and(|z| !z.is_empty()));
 
-    let out = support::memtrace(&["limits"]);
+    let out = support::cli::memtrace(&["limits"]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("Observed since the daemon started"), "{text}");
@@ -115,12 +125,12 @@ fn a_high_order_allocation_moves_the_observed_figures() {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("f");
     std::fs::write(&file, b"x").unwrap();
-    support::compact_memory();
+    support::compaction::compact_memory();
     for _ in 0..10 {
         setxattr_kmalloc(&file, 65536);
     }
     let _ = std::fs::remove_dir_all(&dir);
-    let out = support::memtrace(&["limits", "--json", "--from", &url]);
+    let out = support::cli::memtrace(&["limits", "--json", "--from", &url]);
     assert!(
         out.status.success(),
         "{}",

@@ -1,7 +1,16 @@
 //! A real Prometheus server scrapes a real `memtrace daemon` on loopback: every series the
 //! daemon exports must be stored, and `promtool check metrics` must accept the output.
 
-mod support;
+// The shared helpers in tests/support/. Dead code is linted per test binary, so each binary
+// declares only the support modules it uses.
+mod support {
+    pub mod assert;
+    pub mod daemon;
+    pub mod http;
+    pub mod kernel;
+    pub mod prometheus;
+    pub mod tools;
+}
 
 use std::{
     collections::BTreeSet,
@@ -10,7 +19,13 @@ use std::{
     time::Duration,
 };
 
-use support::{Daemon, Prometheus, free_port, get, need, require_kernel, urlencode};
+use support::{
+    daemon::Daemon,
+    http::{free_port, get},
+    kernel::require_kernel,
+    prometheus::{Prometheus, urlencode},
+    tools::need,
+};
 
 /// A series as `name{a="x",b="y"}` with sorted labels, whoever reported it.
 fn canonical<'a>(name: &str, labels: impl Iterator<Item = (&'a str, &'a str)>) -> String {

@@ -2,7 +2,19 @@
 //! every exit path restoring the terminal) and the batch mode, standalone and from a daemon,
 //! each finding a workload this test drives.
 
-mod support;
+// The shared helpers in tests/support/. Dead code is linted per test binary, so each binary
+// declares only the support modules it uses.
+mod support {
+    pub mod assert;
+    pub mod cli;
+    pub mod daemon;
+    pub mod http;
+    pub mod kernel;
+    pub mod memcg;
+    pub mod tools;
+    pub mod worker;
+    pub mod xattr;
+}
 
 use std::{
     io::{BufRead as _, BufReader, Read as _},
@@ -17,8 +29,14 @@ use std::{
 };
 
 use support::{
-    Daemon, Memcg, Worker, assert_no_addresses, force_failures, free_port, get, need,
-    require_kernel, setxattr_kmalloc,
+    assert::assert_no_addresses,
+    daemon::Daemon,
+    http::{free_port, get},
+    kernel::require_kernel,
+    memcg::{Memcg, force_failures},
+    tools::need,
+    worker::Worker,
+    xattr::setxattr_kmalloc,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_memtrace");
@@ -520,12 +538,12 @@ fn batch_mode_finds_a_known_workload_standalone_and_from_a_daemon() {
 
     // Errors: one line, non-zero exit.
     let nobody = format!("http://127.0.0.1:{}", free_port());
-    let out = support::memtrace(&["top", "--from", &nobody, "--once"]);
+    let out = support::cli::memtrace(&["top", "--from", &nobody, "--once"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("no memtrace daemon answered"), "{err}");
-    let out = support::memtrace(&["top"]);
+    let out = support::cli::memtrace(&["top"]);
     assert_eq!(out.status.code(), Some(1), "stdout is a pipe here");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("use --batch or --once"), "{err}");

@@ -2,7 +2,17 @@
 //! ftrace shows, each with its symbolized stack; Ctrl-C and --duration end it cleanly; no
 //! output holds a kernel address.
 
-mod support;
+// The shared helpers in tests/support/. Dead code is linted per test binary, so each binary
+// declares only the support modules it uses.
+mod support {
+    pub mod assert;
+    pub mod cli;
+    pub mod ftrace;
+    pub mod kernel;
+    pub mod memcg;
+    pub mod tracefs;
+    pub mod worker;
+}
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -12,7 +22,11 @@ use std::{
 };
 
 use support::{
-    Ftrace, Memcg, Worker, assert_no_addresses, force_failures, ftrace_gfp_label, require_kernel,
+    assert::assert_no_addresses,
+    ftrace::{Ftrace, ftrace_gfp_label},
+    kernel::require_kernel,
+    memcg::{Memcg, force_failures},
+    worker::Worker,
 };
 
 #[test]
@@ -53,7 +67,7 @@ fn a_real_failure_is_one_trace_event_with_its_stack() {
     let memcg = Memcg::new(64 << 10);
     let worker = Worker::spawn();
     let tid = worker.tid;
-    let events = support::kernel_events(&[("kmem", "kmalloc"), ("kmem", "mm_page_alloc")]);
+    let events = support::ftrace::kernel_events(&[("kmem", "kmalloc"), ("kmem", "mm_page_alloc")]);
     let ftrace = Ftrace::start(&events, tid);
     force_failures(&worker, &memcg, &file, 3);
     let events = ftrace.stop();
@@ -157,7 +171,7 @@ fn trace_stops_after_its_duration() {
         return;
     };
     let t = std::time::Instant::now();
-    let out = support::memtrace(&["trace", "--duration", "1"]);
+    let out = support::cli::memtrace(&["trace", "--duration", "1"]);
     assert!(
         out.status.success(),
         "{}",
@@ -178,7 +192,7 @@ fn trace_rejects_bad_flags_in_one_line() {
         &["trace", "--duration", "NaN"],
         &["trace", "--duration", "-1"],
     ] {
-        let out = support::memtrace(args);
+        let out = support::cli::memtrace(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         assert_eq!(
             String::from_utf8_lossy(&out.stderr).trim().lines().count(),

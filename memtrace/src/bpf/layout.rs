@@ -77,10 +77,10 @@ trait Source {
     fn loc(&self, name: &str) -> Option<FieldLoc>;
 }
 
-/// A classic tracepoint's record.
-struct Record<'a>(&'a Format);
+/// A classic tracepoint's record, laid out by its tracefs `format` file.
+struct Classic<'a>(&'a Format);
 
-impl Source for Record<'_> {
+impl Source for Classic<'_> {
     fn loc(&self, name: &str) -> Option<FieldLoc> {
         self.0.field(name).map(|f| FieldLoc::new(f.offset, f.size))
     }
@@ -398,7 +398,7 @@ pub fn resolve(btf: Option<&Btf>, tracefs: Option<&Path>) -> Resolved {
             }
             Some(Ok(fmt)) => {
                 r.present.insert(event);
-                let src = Record(&fmt);
+                let src = Classic(&fmt);
                 let missing = fill_event(event, &src, Mode::Tp, slab_missing, &mut r.layouts.tp);
                 if let Some(why) = describe(missing) {
                     r.tp_missing.insert(event, why);
@@ -546,7 +546,9 @@ mod tests {
     fn classic_layout_from_format() {
         let fmt = Format::parse(crate::kernel::tracefs::tests_support::KMALLOC_FORMAT).unwrap();
         let mut l = EventLayouts::default();
-        assert!(fill_event("kmalloc", &Record(&fmt), Mode::Tp, Some("unknown"), &mut l).is_empty());
+        assert!(
+            fill_event("kmalloc", &Classic(&fmt), Mode::Tp, Some("unknown"), &mut l).is_empty()
+        );
         assert_eq!(l.kmalloc.ptr, FieldLoc::new(16, 8));
         assert_eq!(l.kmalloc.gfp_flags, FieldLoc::new(40, 8));
     }
@@ -565,14 +567,20 @@ mod tests {
             let text = std::fs::read_to_string(&path).unwrap();
             let fmt = Format::parse(&text).unwrap();
             let mut l = EventLayouts::default();
-            let missing = fill_event(spec.event, &Record(&fmt), Mode::Tp, Some("unknown"), &mut l);
+            let missing = fill_event(
+                spec.event,
+                &Classic(&fmt),
+                Mode::Tp,
+                Some("unknown"),
+                &mut l,
+            );
             assert!(missing.is_empty(), "{}: {missing:?}", spec.event);
         }
         let text = include_str!("../../testdata/linux-6.18/kmem_kmem_cache_alloc.format");
         let mut l = EventLayouts::default();
         fill_event(
             "kmem_cache_alloc",
-            &Record(&Format::parse(text).unwrap()),
+            &Classic(&Format::parse(text).unwrap()),
             Mode::Tp,
             Some("unknown"),
             &mut l,
@@ -581,7 +589,7 @@ mod tests {
         let text = include_str!("../../testdata/linux-6.18/kmem_mm_page_alloc.format");
         fill_event(
             "mm_page_alloc",
-            &Record(&Format::parse(text).unwrap()),
+            &Classic(&Format::parse(text).unwrap()),
             Mode::Tp,
             Some("unknown"),
             &mut l,
@@ -600,7 +608,7 @@ mod tests {
         let mut l = EventLayouts::default();
         let missing = fill_event(
             "kmem_cache_alloc",
-            &Record(&fmt),
+            &Classic(&fmt),
             Mode::Tp,
             Some("unknown"),
             &mut l,
@@ -608,12 +616,12 @@ mod tests {
         assert_eq!(missing.len(), 1, "{missing:?}");
         assert!(missing[0].starts_with("name"), "{missing:?}");
         let mut l = EventLayouts::default();
-        assert!(fill_event("kmem_cache_alloc", &Record(&fmt), Mode::Tp, None, &mut l).is_empty());
+        assert!(fill_event("kmem_cache_alloc", &Classic(&fmt), Mode::Tp, None, &mut l).is_empty());
         assert_eq!(l.kmem_cache_alloc.bytes_alloc, FieldLoc::new(32, 8));
         assert!(!l.kmem_cache_alloc.name.is_present());
         let text = include_str!("../../testdata/linux-5.10/percpu_percpu_alloc_percpu.format");
         let fmt = Format::parse(text).unwrap();
-        let src = Record(&fmt);
+        let src = Classic(&fmt);
         assert!(
             fill_event(
                 "percpu_alloc_percpu",

@@ -356,9 +356,8 @@ mod tests {
     #[test]
     fn exposition_reads_back_through_top_and_limits() {
         use crate::{
-            bpf::AttachMode,
-            cmd::top::model::Model,
-            limits::{collect, observed::Observed},
+            bpf::AttachMode, cmd::limits::observed::Observed, cmd::top::model::Model,
+            limits::collect,
         };
         use memtrace_common::{
             COMPACTION_STALLS_BASE, COUNTERS_LEN, CacheStats, Counter, EXTFRAG_BASE,

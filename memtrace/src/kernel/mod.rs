@@ -13,6 +13,12 @@ use std::{
 
 use btf::Btf;
 
+/// Where the running kernel publishes its symbol table.
+pub const KALLSYMS_PATH: &str = "/proc/kallsyms";
+
+/// The list of loaded modules; its changes trigger a reload in [`Cached`].
+pub const MODULES_PATH: &str = "/proc/modules";
+
 /// The running kernel's release (`uname -r`), `unknown` if unreadable.
 pub fn release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
@@ -58,7 +64,7 @@ pub fn migratetype_names(btf: &Btf) -> BTreeMap<u32, String> {
 /// The addresses of the kernel symbols `names` (in that order), from `/proc/kallsyms`.
 /// They are handed to the eBPF programs only, never shown. An error names what is missing.
 pub fn kallsyms_addresses(names: &[&str]) -> Result<Vec<u64>, String> {
-    let path = crate::label::symbolize::KALLSYMS_PATH;
+    let path = KALLSYMS_PATH;
     let file = std::fs::File::open(path).map_err(|e| format!("cannot read {path}: {e}"))?;
     let mut found =
         parse_kallsyms_addresses(BufReader::new(file).lines().map_while(Result::ok), names);

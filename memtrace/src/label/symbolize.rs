@@ -16,11 +16,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// Where the running kernel publishes its symbol table.
-pub const KALLSYMS_PATH: &str = "/proc/kallsyms";
-
-/// The list of loaded modules; its changes trigger a reload in [`Cached`].
-pub const MODULES_PATH: &str = "/proc/modules";
+use crate::kernel::{KALLSYMS_PATH, MODULES_PATH};
 
 /// The largest distance from a symbol's start that still counts as inside it (1 MiB).
 ///

@@ -4,10 +4,9 @@
 //! compiled in, and carries the source it came from: the buddy allocator's order count and
 //! free lists (/proc/buddyinfo), zone watermarks (/proc/zoneinfo), the largest kmalloc
 //! cache (/sys/kernel/slab or /proc/slabinfo), vmalloc space, RAM, CMA and huge pages
-//! (/proc/meminfo, /sys/kernel/mm/transparent_hugepage). [`observed`] adds what a running
-//! daemon has seen; `memtrace limits` (in `cmd`) prints both.
+//! (/proc/meminfo, /sys/kernel/mm/transparent_hugepage). `memtrace limits` (in `cmd`) prints
+//! them beside what a running daemon has observed.
 
-pub mod observed;
 mod parse;
 
 use std::collections::BTreeMap;

@@ -5,8 +5,11 @@ use std::{io::Write, path::Path, time::Duration};
 
 use crate::{
     export::scrape,
-    limits::{Figure, Limits, Sources, collect, observed::Observed},
+    limits::{Figure, Limits, Sources, collect},
 };
+
+pub mod observed;
+use observed::Observed;
 
 /// Flags of `memtrace limits`.
 #[derive(Debug, Clone, clap::Args)]

@@ -77,7 +77,7 @@ mod tests {
         assert_eq!((o.fallbacks_total, o.fallbacks_fragmenting), (6, 5));
         assert_eq!((o.compaction_stalls, o.oom_kills), (7, 1));
         let mut out = Vec::new();
-        crate::cmd::limits::print_observed(&o, &mut out).unwrap();
+        super::super::print_observed(&o, &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("64 KiB (65536 B)"), "{text}");
         assert!(text.contains("order 4: 2, order 5: 1"));
