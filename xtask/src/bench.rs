@@ -40,6 +40,8 @@ tracepoint:percpu:percpu_alloc_percpu_fail { @pcfail = count(); }
 pub struct Options {
     pub reps: usize,
     pub seconds: f64,
+    /// An earlier run's bench.json (its path, its contents), to compare with.
+    pub previous: Option<(PathBuf, serde_json::Value)>,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -681,17 +683,21 @@ verifier removed what the load-time constants make dead, not the instructions of
             lost: of("memtrace").filter_map(|r| r.lost).sum(),
         }),
     );
-    std::fs::write(root.join("BENCHMARKS.md"), &md)?;
-    let out_dir = root.join("target/bench");
-    std::fs::create_dir_all(&out_dir)?;
     let json = serde_json::json!({
-        "machine": machine(), "date": date, "reps": opts.reps, "seconds": opts.seconds,
+        "machine": machine(), "date": date, "commit": commit(root), "reps": opts.reps, "seconds": opts.seconds,
         "events_per_op": events_per_op,
         "memtrace_added_vs_floor": vs_floor, "memtrace_added_vs_bpftrace": vs_bpftrace,
         "full_added_vs_floor": full_vs_floor,
         "configs": json_configs, "runs": runs,
         "programs": programs,
     });
+    let mut md = md;
+    if let Some((path, prev)) = &opts.previous {
+        md.push_str(&previous_section(prev, &json, &path.display().to_string()));
+    }
+    std::fs::write(root.join("BENCHMARKS.md"), &md)?;
+    let out_dir = root.join("target/bench");
+    std::fs::create_dir_all(&out_dir)?;
     std::fs::write(
         out_dir.join("bench.json"),
         serde_json::to_string_pretty(&json)?,
@@ -702,6 +708,112 @@ verifier removed what the load-time constants make dead, not the instructions of
         PathBuf::from("target/bench/bench.json").display()
     );
     Ok(())
+}
+
+/// The hot programs whose cost `--previous` compares (the 6.18 fixed-layout ones).
+const HOT_PROGRAMS: [&str; 6] = [
+    "kmem_cache_alloc_btf_fixed",
+    "kmem_cache_free_btf_fixed",
+    "kmalloc_btf_fixed",
+    "kfree_btf_fixed",
+    "mm_page_alloc_btf_fixed",
+    "mm_page_free_btf_fixed",
+];
+
+/// `BENCHMARKS.md`'s comparison with an earlier run's `bench.json` (`--previous`): the
+/// ratios each run measured against its own floor and peer, side by side (absolute times of
+/// two sessions are not comparable; ratios within each are), and per hot program the added
+/// time per run over the floor and the verified instructions.
+fn previous_section(prev: &serde_json::Value, now: &serde_json::Value, path: &str) -> String {
+    let num = |v: &serde_json::Value, k: &str| v.get(k).and_then(serde_json::Value::as_f64);
+    let text = |v: &serde_json::Value, k: &str| {
+        v.get(k)
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("not recorded")
+            .to_string()
+    };
+    let cell =
+        |x: Option<f64>, digits: usize| x.map_or("—".to_string(), |x| format!("{x:.digits$}"));
+    let change = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if a != 0.0 => format!("{:.2}×", b / a),
+        _ => "—".into(),
+    };
+    let mut rows = String::new();
+    for (label, key) in [
+        (
+            "memtrace's added cost per traced event, × the floor's",
+            "memtrace_added_vs_floor",
+        ),
+        ("the same, × bpftrace's", "memtrace_added_vs_bpftrace"),
+        ("memtrace-full's, × the floor's", "full_added_vs_floor"),
+    ] {
+        let (a, b) = (num(prev, key), num(now, key));
+        rows.push_str(&format!(
+            "| {label} | {} | {} | {} |\n",
+            cell(a, 2),
+            cell(b, 2),
+            change(a, b)
+        ));
+    }
+    let program = |v: &serde_json::Value, name: &str| -> Option<serde_json::Value> {
+        v.get("programs")?
+            .as_array()?
+            .iter()
+            .find(|p| p.get("program").and_then(serde_json::Value::as_str) == Some(name))
+            .cloned()
+    };
+    for name in HOT_PROGRAMS {
+        let (a, b) = (program(prev, name), program(now, name));
+        let added = |p: &Option<serde_json::Value>| {
+            let p = p.as_ref()?;
+            Some(num(p, "avg_ns")? - num(p, "floor_avg_ns")?)
+        };
+        let insns = |p: &Option<serde_json::Value>| num(p.as_ref()?, "verified_insns");
+        rows.push_str(&format!(
+            "| `{name}`: ns per run over the floor | {} | {} | — |\n",
+            cell(added(&a), 0),
+            cell(added(&b), 0),
+        ));
+        rows.push_str(&format!(
+            "| `{name}`: verified instructions | {} | {} | {} |\n",
+            cell(insns(&a), 0),
+            cell(insns(&b), 0),
+            change(insns(&a), insns(&b)),
+        ));
+    }
+    format!(
+        "\n## Against a previous run\n\n\
+The previous run is `{path}`: {pdate}, commit {pcommit}, {preps} repetitions of {psecs} s; \
+this one is commit {commit}. Absolute times of two sessions are not comparable, the ratios \
+each run measured against its own floor and peer are.\n\n\
+| measure | previous | now | now ÷ previous |\n\
+| --- | --- | --- | --- |\n{rows}",
+        pdate = text(prev, "date"),
+        pcommit = text(prev, "commit"),
+        preps = cell(num(prev, "reps"), 0),
+        psecs = cell(num(prev, "seconds"), 0),
+        commit = text(now, "commit"),
+    )
+}
+
+/// The commit measured: `git describe`-style short hash, `-dirty` with uncommitted changes.
+fn commit(root: &Path) -> String {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(root)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    match git(&["rev-parse", "--short", "HEAD"]) {
+        Some(hash) => match git(&["status", "--porcelain", "--untracked-files=no"]) {
+            Some(changes) if !changes.is_empty() => format!("{hash}-dirty"),
+            _ => hash,
+        },
+        None => "not recorded".into(),
+    }
 }
 
 #[cfg(test)]
@@ -742,5 +854,44 @@ mod tests {
     fn traced_totals_sum_event_counters() {
         let m = "# HELP x\nmemtrace_kmalloc_size_bytes_count{gfp=\"GFP_KERNEL\"} 10\nmemtrace_frees_total{allocator=\"kmalloc\"} 7\nmemtrace_kmalloc_size_bytes_sum{gfp=\"GFP_KERNEL\"} 999\nmemtrace_events_lost_total{reason=\"map_full\"} 2\nmemtrace_events_lost_total{reason=\"recursion\"} 5\n";
         assert_eq!(traced_totals(m), (17, 2, 5));
+    }
+
+    #[test]
+    fn previous_run_is_compared_by_ratios() {
+        let prev = serde_json::json!({
+            "date": "d0", "commit": "abc", "reps": 5, "seconds": 2.0,
+            "memtrace_added_vs_floor": 1.4, "memtrace_added_vs_bpftrace": 0.2,
+            "full_added_vs_floor": 11.0,
+            "programs": [{"program": "kmalloc_btf_fixed", "runs": 1, "avg_ns": 70.0,
+                          "floor_avg_ns": 40.0, "verified_insns": 1164}],
+        });
+        let now = serde_json::json!({
+            "commit": "def", "memtrace_added_vs_floor": 1.47, "memtrace_added_vs_bpftrace": 0.2,
+            "full_added_vs_floor": 11.0,
+            "programs": [{"program": "kmalloc_btf_fixed", "runs": 1, "avg_ns": 60.0,
+                          "floor_avg_ns": 40.0, "verified_insns": 1164}],
+        });
+        let text = previous_section(&prev, &now, "old.json");
+        assert!(
+            text.contains("commit abc") && text.contains("commit def"),
+            "{text}"
+        );
+        assert!(
+            text.contains("× the floor's | 1.40 | 1.47 | 1.05× |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("`kmalloc_btf_fixed`: ns per run over the floor | 30 | 20 |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("`kmalloc_btf_fixed`: verified instructions | 1164 | 1164 | 1.00× |"),
+            "{text}"
+        );
+        // A program the previous run lacks shows as unknown, not as zero.
+        assert!(
+            text.contains("`kfree_btf_fixed`: verified instructions | — | — | — |"),
+            "{text}"
+        );
     }
 }

@@ -65,6 +65,10 @@ enum Task {
         /// Seconds of workload per run.
         #[arg(long, default_value_t = 2.0)]
         seconds: f64,
+        /// An earlier run's `target/bench/bench.json` (copy it away first): BENCHMARKS.md then
+        /// also compares this run's ratios and hot programs with that run's.
+        #[arg(long, value_name = "FILE")]
+        previous: Option<PathBuf>,
     },
     /// Run the kernel integration tests (kernel, trace, daemon, limits) on Debian's 5.10, 6.1
     /// and 6.12 kernels, each booted in qemu; the serial console goes to stdout and to
@@ -98,7 +102,11 @@ fn main() {
             enable,
         } => install(root, prefix, binary, enable),
         Task::Lint => setup().and_then(|()| lint()),
-        Task::Bench { reps, seconds } => setup().and_then(|()| bench(reps, seconds)),
+        Task::Bench {
+            reps,
+            seconds,
+            previous,
+        } => setup().and_then(|()| bench(reps, seconds, previous)),
         Task::VmTest {
             kernels,
             timeout,
@@ -501,10 +509,21 @@ fn test() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn bench(reps: usize, seconds: f64) -> anyhow::Result<()> {
+fn bench(reps: usize, seconds: f64, previous: Option<PathBuf>) -> anyhow::Result<()> {
     if reps == 0 || !(seconds.is_finite() && seconds > 0.0) {
         bail!("--reps must be at least 1 and --seconds positive");
     }
+    // A bad --previous fails now, not after the whole measurement.
+    let previous = match previous {
+        Some(path) => {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("--previous {}: cannot read it", path.display()))?;
+            let json: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("--previous {}: not a bench.json", path.display()))?;
+            Some((path, json))
+        }
+        None => None,
+    };
     if !is_root() {
         bail!("the benchmark attaches eBPF programs: run it as root");
     }
@@ -522,7 +541,14 @@ fn bench(reps: usize, seconds: f64) -> anyhow::Result<()> {
         "xtask",
         "--bins",
     ])?;
-    bench::run(&workspace_root(), &bench::Options { reps, seconds })
+    bench::run(
+        &workspace_root(),
+        &bench::Options {
+            reps,
+            seconds,
+            previous,
+        },
+    )
 }
 
 fn lint() -> anyhow::Result<()> {
