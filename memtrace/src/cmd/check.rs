@@ -166,8 +166,9 @@ pub fn run() -> Report {
                     .load(ebpf, spec, aya_btf.as_ref(), false)
                     .map_err(|refused| refused.join("; ")),
             };
+            let tried = matches!(ebpf, Some(Ok(_)));
             let result = result.map_err(|e| match (st.mode, &st.programs) {
-                (AttachMode::Tracepoint, Ok(_)) if tracefs_dir.is_none() => {
+                (AttachMode::Tracepoint, Ok(_)) if tried && tracefs_dir.is_none() => {
                     format!("{e} (and tracefs must be mounted to attach)")
                 }
                 _ => e,
