@@ -10,8 +10,9 @@
 //!   cgroup paths, top-N plus `other`);
 //! - [`export`]: metric families (the one place metrics are named), the notable-event
 //!   record, and reading an exposition back;
-//! - [`limits`]: what can be allocated now (procfs/sysfs) and what a daemon has observed;
-//! - [`cmd`]: the subcommands (`check`, `daemon`, `trace`, `limits`, `top`).
+//! - [`limits`]: what can be allocated now (procfs/sysfs);
+//! - [`cmd`]: the subcommands (`check`, `daemon`, `trace`, `limits` with what a daemon has
+//!   observed, `top` with its model).
 
 pub mod bpf;
 pub mod cmd;

@@ -21,6 +21,13 @@ use anyhow::{Context as _, anyhow, bail};
 
 const CONFIGS: [&str; 5] = ["none", "floor", "memtrace", "memtrace-full", "bpftrace"];
 
+/// The configuration of `--baseline-binary`: that binary's daemon with defaults.
+const BASELINE: &str = "memtrace-baseline";
+
+/// Profiling runs per configuration (floor, memtrace and the baseline alternate): each
+/// program's ns per run is the median over them.
+const PROFILE_REPS: usize = 3;
+
 /// bpftrace's equivalent of memtrace's default aggregation, on the same tracepoints.
 const BPFTRACE_SCRIPT: &str = r#"
 tracepoint:kmem:kmalloc { @kmalloc[args->gfp_flags] = hist(args->bytes_alloc); @kreq[args->gfp_flags] = sum(args->bytes_req); @site[args->call_site] = sum(args->bytes_alloc); @comm[comm] = count(); }
@@ -40,6 +47,9 @@ tracepoint:percpu:percpu_alloc_percpu_fail { @pcfail = count(); }
 pub struct Options {
     pub reps: usize,
     pub seconds: f64,
+    /// Another memtrace binary (e.g. built from the parent commit), run with the daemon's
+    /// defaults as the configuration `memtrace-baseline`, interleaved with the others.
+    pub baseline: Option<PathBuf>,
     /// An earlier run's bench.json (its path, its contents), to compare with.
     pub previous: Option<(PathBuf, serde_json::Value)>,
 }
@@ -199,7 +209,7 @@ fn start(config: &str, memtrace: &Path) -> anyhow::Result<Option<Tracer>> {
             return Ok(Some(t));
         }
         "floor" => &["--probes.hooks-only"],
-        "memtrace" => &[],
+        "memtrace" | BASELINE => &[],
         "memtrace-full" => &[
             "--events.stacks",
             "--events.min-bytes",
@@ -399,7 +409,13 @@ struct Profiled {
     /// The same program's average with `--probes.hooks-only` (it returns at once).
     floor_avg_ns: Option<f64>,
     verified_insns: u64,
+    /// The same program's average and verified instructions in `--baseline-binary`'s daemon.
+    baseline_avg_ns: Option<f64>,
+    baseline_verified_insns: Option<u64>,
 }
+
+/// One profiling run of one program: (runs, average ns per run, verified instructions).
+type ProgramRun = (u64, f64, u64);
 
 /// Runs `config` once more with BPF run-time statistics on and returns, per memtrace
 /// program that ran, (name, runs, average ns per run, verified instructions): the kernel's
@@ -494,11 +510,20 @@ pub fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
     if Command::new("bpftrace").arg("--version").output().is_err() {
         bail!("bpftrace is not installed (cargo xtask bench installs it with apt-get as root)");
     }
+    let configs: Vec<&'static str> = CONFIGS
+        .iter()
+        .copied()
+        .chain(opts.baseline.as_ref().map(|_| BASELINE))
+        .collect();
+    let binary = |config: &str| match (&opts.baseline, config) {
+        (Some(b), BASELINE) => b.clone(),
+        _ => memtrace.clone(),
+    };
     let mut runs: Vec<Run> = Vec::new();
     for rep in 0..opts.reps {
-        for i in 0..CONFIGS.len() {
-            let config = CONFIGS[(i + rep) % CONFIGS.len()];
-            let r = run_once(config, &memtrace, &workload, opts.seconds)
+        for i in 0..configs.len() {
+            let config = configs[(i + rep) % configs.len()];
+            let r = run_once(config, &binary(config), &workload, opts.seconds)
                 .with_context(|| format!("{config}, repetition {}", rep + 1))?;
             eprintln!(
                 "bench: rep {}/{} {:<14} {:>8.1} ns/op{}",
@@ -527,7 +552,7 @@ pub fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
     let added = |c: &'static str| (median(ns(c)) - base) / events_per_op;
     let mut table = String::new();
     let mut json_configs = serde_json::Map::new();
-    for c in CONFIGS {
+    for &c in &configs {
         let v = ns(c);
         let (lo, hi) = min_max(&v);
         let m = median(v.clone());
@@ -589,32 +614,91 @@ pub fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
             }),
         );
     }
-    let floor_programs: BTreeMap<String, f64> =
-        profile("floor", &memtrace, &workload, opts.seconds)?
-            .into_iter()
-            .map(|(name, _, avg, _)| (name, avg))
-            .collect();
-    let programs: Vec<Profiled> = profile("memtrace", &memtrace, &workload, opts.seconds)?
+    // Per program, the median over alternating profiling runs of each configuration.
+    let mut profiled: BTreeMap<&str, BTreeMap<String, Vec<ProgramRun>>> = BTreeMap::new();
+    let profile_configs: Vec<&'static str> = ["floor", "memtrace"]
         .into_iter()
-        .map(|(program, runs, avg_ns, verified_insns)| Profiled {
-            floor_avg_ns: floor_programs.get(&program).copied(),
-            program,
-            runs,
-            avg_ns,
-            verified_insns,
+        .chain(opts.baseline.as_ref().map(|_| BASELINE))
+        .collect();
+    for _ in 0..PROFILE_REPS {
+        for &c in &profile_configs {
+            for (name, runs, avg, insns) in profile(c, &binary(c), &workload, opts.seconds)
+                .with_context(|| format!("profiling {c}"))?
+            {
+                profiled
+                    .entry(c)
+                    .or_default()
+                    .entry(name)
+                    .or_default()
+                    .push((runs, avg, insns));
+            }
+        }
+    }
+    let avg_of = |c: &str, program: &str| {
+        let v = profiled.get(c)?.get(program)?;
+        Some(median(v.iter().map(|r| r.1).collect()))
+    };
+    let mut programs: Vec<Profiled> = profiled
+        .get("memtrace")
+        .into_iter()
+        .flatten()
+        .map(|(program, rows)| Profiled {
+            program: program.clone(),
+            runs: rows.iter().map(|r| r.0).sum::<u64>() / rows.len() as u64,
+            avg_ns: median(rows.iter().map(|r| r.1).collect()),
+            floor_avg_ns: avg_of("floor", program),
+            baseline_avg_ns: avg_of(BASELINE, program),
+            baseline_verified_insns: profiled
+                .get(BASELINE)
+                .and_then(|m| m.get(program))
+                .and_then(|rows| rows.first())
+                .map(|r| r.2),
+            verified_insns: rows.first().map_or(0, |r| r.2),
         })
         .collect();
+    programs.sort_by(|a, b| (b.runs as f64 * b.avg_ns).total_cmp(&(a.runs as f64 * a.avg_ns)));
     let mut prog_table = String::new();
     for p in &programs {
         let (floor, added) = match p.floor_avg_ns {
             Some(f) => (format!("{f:.0}"), format!("{:+.0}", p.avg_ns - f)),
             None => ("—".into(), "—".into()),
         };
+        let baseline = match (opts.baseline.is_some(), p.baseline_avg_ns, p.floor_avg_ns) {
+            (false, _, _) => String::new(),
+            (true, Some(b), Some(f)) => format!(
+                " {b:.0} | {:+.0} | {} |",
+                b - f,
+                p.baseline_verified_insns
+                    .map_or("—".to_string(), |i| i.to_string())
+            ),
+            (true, Some(b), None) => format!(" {b:.0} | — | — |"),
+            (true, None, _) => " — | — | — |".into(),
+        };
         prog_table.push_str(&format!(
-            "| `{}` | {} | {:.0} | {floor} | {added} | {} |\n",
+            "| `{}` | {} | {:.0} | {floor} | {added} | {} |{baseline}\n",
             p.program, p.runs, p.avg_ns, p.verified_insns
         ));
     }
+    let (prog_head, prog_rule, baseline_text) = match &opts.baseline {
+        Some(b) => (
+            " ns per run, baseline | added, baseline | verified instructions, baseline |",
+            " --- | --- | --- |",
+            format!(
+                "\n## Against a baseline binary\n\n\
+`memtrace-baseline` is `{}` ({}), run with the daemon's defaults in the same session, \
+interleaved with the other configurations: memtrace's added cost per traced event is \
+**{:.2}×** the baseline's (its own: {:.2}× the floor's; the baseline's: {:.2}×). The programs' \
+table above sets each program's time beside the baseline's, as the median of {PROFILE_REPS} \
+alternating profiling runs each.\n",
+                b.display(),
+                binary_version(b),
+                added("memtrace") / added(BASELINE),
+                added("memtrace") / added("floor"),
+                added(BASELINE) / added("floor"),
+            ),
+        ),
+        None => ("", "", String::new()),
+    };
     let vs_floor = added("memtrace") / added("floor");
     let vs_bpftrace = added("memtrace") / added("bpftrace");
     let full_vs_floor = added("memtrace-full") / added("floor");
@@ -656,9 +740,10 @@ of its work happens at exit.\n\n\
 Two more runs, of the default daemon and of the floor, with `kernel.bpf_stats_enabled=1` (the \
 kernel's own accounting of each program's run time, which adds the same small time to every \
 run of both), read with `bpftool`; verified instructions are the whole program's after the \
-verifier removed what the load-time constants make dead, not the instructions of one run:\n\n\
-| program | runs | ns per run | ns per run, floor | added | verified instructions |\n\
-| --- | --- | --- | --- | --- | --- |\n{prog_table}",
+verifier removed what the load-time constants make dead, not the instructions of one run; \
+each time is the median of {PROFILE_REPS} alternating profiling runs:\n\n\
+| program | runs | ns per run | ns per run, floor | added | verified instructions |{prog_head}\n\
+| --- | --- | --- | --- | --- | --- |{prog_rule}\n{prog_table}{baseline_text}",
         machine = machine(),
         reps = opts.reps,
         secs = opts.seconds,
@@ -689,6 +774,8 @@ verifier removed what the load-time constants make dead, not the instructions of
         "memtrace_added_vs_floor": vs_floor, "memtrace_added_vs_bpftrace": vs_bpftrace,
         "full_added_vs_floor": full_vs_floor,
         "configs": json_configs, "runs": runs,
+        "baseline": opts.baseline.as_ref().map(|b| b.display().to_string()),
+        "memtrace_added_vs_baseline": opts.baseline.as_ref().map(|_| added("memtrace") / added(BASELINE)),
         "programs": programs,
     });
     let mut md = md;
@@ -794,6 +881,19 @@ each run measured against its own floor and peer are.\n\n\
         psecs = cell(num(prev, "seconds"), 0),
         commit = text(now, "commit"),
     )
+}
+
+/// `memtrace --version` of a binary (`unknown` if it does not answer).
+fn binary_version(binary: &Path) -> String {
+    Command::new(binary)
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map_or_else(
+            || "unknown".to_string(),
+            |o| String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        )
 }
 
 /// The commit measured: `git describe`-style short hash, `-dirty` with uncommitted changes.

@@ -69,6 +69,10 @@ enum Task {
         /// also compares this run's ratios and hot programs with that run's.
         #[arg(long, value_name = "FILE")]
         previous: Option<PathBuf>,
+        /// Another memtrace binary (e.g. built from the parent commit), measured in the same
+        /// session as the configuration `memtrace-baseline`.
+        #[arg(long = "baseline-binary", value_name = "FILE")]
+        baseline_binary: Option<PathBuf>,
     },
     /// Run the kernel integration tests (kernel, trace, daemon, limits) on Debian's 5.10, 6.1
     /// and 6.12 kernels, each booted in qemu; the serial console goes to stdout and to
@@ -106,7 +110,8 @@ fn main() {
             reps,
             seconds,
             previous,
-        } => setup().and_then(|()| bench(reps, seconds, previous)),
+            baseline_binary,
+        } => setup().and_then(|()| bench(reps, seconds, previous, baseline_binary)),
         Task::VmTest {
             kernels,
             timeout,
@@ -509,7 +514,12 @@ fn test() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn bench(reps: usize, seconds: f64, previous: Option<PathBuf>) -> anyhow::Result<()> {
+fn bench(
+    reps: usize,
+    seconds: f64,
+    previous: Option<PathBuf>,
+    baseline: Option<PathBuf>,
+) -> anyhow::Result<()> {
     if reps == 0 || !(seconds.is_finite() && seconds > 0.0) {
         bail!("--reps must be at least 1 and --seconds positive");
     }
@@ -524,6 +534,12 @@ fn bench(reps: usize, seconds: f64, previous: Option<PathBuf>) -> anyhow::Result
         }
         None => None,
     };
+    if let Some(b) = &baseline {
+        // Checked now, not after the whole measurement.
+        if !b.is_file() {
+            bail!("--baseline-binary {}: no such file", b.display());
+        }
+    }
     if !is_root() {
         bail!("the benchmark attaches eBPF programs: run it as root");
     }
@@ -547,6 +563,7 @@ fn bench(reps: usize, seconds: f64, previous: Option<PathBuf>) -> anyhow::Result
             reps,
             seconds,
             previous,
+            baseline,
         },
     )
 }

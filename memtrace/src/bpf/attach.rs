@@ -30,6 +30,18 @@ pub enum AttachMode {
     Fexit,
 }
 
+impl AttachMode {
+    /// The order memtrace tries the ways in: BTF tracepoint first (cheapest, needs no
+    /// tracefs), then raw tracepoint, then the classic tracepoint (needs tracefs), then fexit
+    /// for a tracepoint the kernel lacks. [`plan`] and `memtrace check` follow it.
+    pub const ORDER: [AttachMode; 4] = [
+        AttachMode::Btf,
+        AttachMode::Raw,
+        AttachMode::Tracepoint,
+        AttachMode::Fexit,
+    ];
+}
+
 impl fmt::Display for AttachMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -129,59 +141,60 @@ pub struct Step {
 pub fn plan(spec: &ProbeSpec, k: &Kernel<'_>, generic: bool) -> Vec<Step> {
     let l = k.layouts;
     let btf_missing = l.btf_missing(spec.event).map(String::from);
-    let step = |mode, programs, wanted| Step {
-        mode,
-        programs,
-        function: None,
-        wanted,
-    };
-    let mut steps = Vec::with_capacity(4);
-    // tp_btf
-    let programs = match (k.btf, &btf_missing) {
-        (None, _) => Err("kernel BTF unavailable".to_string()),
-        (_, Some(m)) => Err(m.clone()),
-        (Some(_), None) => {
-            let first = btf_program(spec, &l.layouts, generic);
-            let then_generic = (first != spec.btf_program).then_some(spec.btf_program);
-            Ok(std::iter::once(first).chain(then_generic).collect())
-        }
-    };
-    steps.push(step(AttachMode::Btf, programs, true));
-    // raw_tp
-    let (programs, wanted) = match (spec.raw_program, &btf_missing) {
-        (None, _) => (
-            Err("memtrace has no raw_tp program for it".to_string()),
-            false,
-        ),
-        (_, Some(m)) => (Err(m.clone()), true),
-        (Some(p), None) => (Ok(vec![p]), true),
-    };
-    steps.push(step(AttachMode::Raw, programs, wanted));
-    // the classic tracepoint
-    let programs = match (k.tracefs, l.tp_missing(spec.event)) {
-        (Tracefs::Unavailable(why), _) => Err(why.to_string()),
-        (Tracefs::Mounted(_), Some(m)) => Err(m.to_string()),
-        (Tracefs::WouldMount, _) if !l.exists(spec.event) => {
-            Err("this kernel has no such tracepoint".to_string())
-        }
-        _ => Ok(vec![spec.tp_program]),
-    };
-    steps.push(step(AttachMode::Tracepoint, programs, true));
-    // fexit, standing in for a missing tracepoint
-    if let Some((program, function)) = spec.fexit {
-        let programs = match (k.btf, l.fexit_missing(spec.event)) {
-            (None, _) => Err("kernel BTF unavailable".to_string()),
-            (_, Some(m)) => Err(m.to_string()),
-            (Some(_), None) => Ok(vec![program]),
-        };
-        steps.push(Step {
-            mode: AttachMode::Fexit,
-            programs,
-            function: Some(function),
-            wanted: !l.exists(spec.event),
-        });
-    }
-    steps
+    AttachMode::ORDER
+        .into_iter()
+        .filter_map(|mode| {
+            let (programs, wanted) = match mode {
+                AttachMode::Btf => match (k.btf, &btf_missing) {
+                    (None, _) => (Err("kernel BTF unavailable".to_string()), true),
+                    (_, Some(m)) => (Err(m.clone()), true),
+                    (Some(_), None) => {
+                        let first = btf_program(spec, &l.layouts, generic);
+                        let then_generic = (first != spec.btf_program).then_some(spec.btf_program);
+                        (
+                            Ok(std::iter::once(first).chain(then_generic).collect()),
+                            true,
+                        )
+                    }
+                },
+                AttachMode::Raw => match (spec.raw_program, &btf_missing) {
+                    (None, _) => (
+                        Err("memtrace has no raw_tp program for it".to_string()),
+                        false,
+                    ),
+                    (_, Some(m)) => (Err(m.clone()), true),
+                    (Some(p), None) => (Ok(vec![p]), true),
+                },
+                AttachMode::Tracepoint => match (k.tracefs, l.tp_missing(spec.event)) {
+                    (Tracefs::Unavailable(why), _) => (Err(why.to_string()), true),
+                    (Tracefs::Mounted(_), Some(m)) => (Err(m.to_string()), true),
+                    (Tracefs::WouldMount, _) if !l.exists(spec.event) => {
+                        (Err("this kernel has no such tracepoint".to_string()), true)
+                    }
+                    _ => (Ok(vec![spec.tp_program]), true),
+                },
+                // fexit only stands in for a tracepoint this kernel lacks.
+                AttachMode::Fexit => {
+                    let (program, _) = spec.fexit?;
+                    let programs = match (k.btf, l.fexit_missing(spec.event)) {
+                        (None, _) => Err("kernel BTF unavailable".to_string()),
+                        (_, Some(m)) => Err(m.to_string()),
+                        (Some(_), None) => Ok(vec![program]),
+                    };
+                    (programs, !l.exists(spec.event))
+                }
+            };
+            Some(Step {
+                mode,
+                programs,
+                function: spec
+                    .fexit
+                    .filter(|_| mode == AttachMode::Fexit)
+                    .map(|(_, f)| f),
+                wanted,
+            })
+        })
+        .collect()
 }
 
 impl Step {

@@ -16,6 +16,7 @@ use memtrace_common::{
 };
 
 use super::Tracer;
+use crate::label::{OTHER, UNKNOWN};
 
 /// Aggregates read from the kernel maps, summed over CPUs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -190,12 +191,12 @@ impl Tracer {
                 continue;
             }
             let name = if id == CACHE_OVERFLOW {
-                "other".to_string()
+                OTHER.to_string()
             } else {
                 match names.get(&id, 0) {
                     Ok(n) => cache_name(&n),
                     // Counted before its name landed (a race on first sight): unnamed.
-                    Err(aya::maps::MapError::KeyNotFound) => "unknown".to_string(),
+                    Err(aya::maps::MapError::KeyNotFound) => UNKNOWN.to_string(),
                     Err(e) => return Err(e).context("reading CACHE_NAMES"),
                 }
             };
@@ -361,5 +362,5 @@ fn read_summed<K: aya::Pod, V: aya::Pod>(
 /// A cache name from its NUL-padded bytes.
 fn cache_name(n: &CacheName) -> String {
     let s = crate::bpf::events::nul_terminated(&n.name);
-    if s.is_empty() { "unknown".into() } else { s }
+    if s.is_empty() { UNKNOWN.into() } else { s }
 }

@@ -50,6 +50,19 @@ pub struct ProbeCheck {
     pub program: Option<&'static str>,
 }
 
+impl ProbeCheck {
+    /// Why `mode` does not work for this probe, if it does not.
+    pub fn refused(&self, mode: AttachMode) -> Option<&str> {
+        match mode {
+            AttachMode::Btf => &self.tp_btf,
+            AttachMode::Raw => &self.raw_tp,
+            AttachMode::Tracepoint => &self.tracepoint,
+            AttachMode::Fexit => &self.fexit,
+        }
+        .as_deref()
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub kernel: String,
@@ -288,15 +301,12 @@ fn missing_sentence(p: &ProbeCheck) -> Option<String> {
             format!("this kernel has no such tracepoint, and its fexit stand-in: {fexit}")
         }
         (_, false) => "this kernel has no such tracepoint".to_string(),
-        _ => [
-            ("tp_btf", &p.tp_btf),
-            ("raw_tp", &p.raw_tp),
-            ("tracepoint", &p.tracepoint),
-        ]
-        .iter()
-        .filter_map(|(w, why)| why.as_ref().map(|why| format!("{w}: {why}")))
-        .collect::<Vec<_>>()
-        .join("; "),
+        _ => AttachMode::ORDER
+            .into_iter()
+            .filter(|m| *m != AttachMode::Fexit)
+            .filter_map(|m| p.refused(m).map(|why| format!("{m}: {why}")))
+            .collect::<Vec<_>>()
+            .join("; "),
     };
     Some(format!("{}: no {what} ({why})", p.probe))
 }
@@ -355,21 +365,15 @@ pub fn print_human(r: &Report, out: &mut dyn Write) -> std::io::Result<()> {
             }
         )?;
         // Why each way tried before the one used (or every way, when none works) failed.
-        let order = [
-            (AttachMode::Btf, "tp_btf", &p.tp_btf),
-            (AttachMode::Raw, "raw_tp", &p.raw_tp),
-            (AttachMode::Tracepoint, "tracepoint", &p.tracepoint),
-            (AttachMode::Fexit, "fexit", &p.fexit),
-        ];
-        for (mode, what, why) in order {
+        for mode in AttachMode::ORDER {
             if Some(mode) == p.will_use {
                 break;
             }
             if mode == AttachMode::Fexit && !p.has_fexit {
                 continue;
             }
-            if let Some(why) = why {
-                writeln!(out, "      {what}: {why}")?;
+            if let Some(why) = p.refused(mode) {
+                writeln!(out, "      {mode}: {why}")?;
             }
         }
         if let Some(d) = &p.degraded {

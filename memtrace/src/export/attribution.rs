@@ -57,7 +57,7 @@ impl Exporter {
         }
         match &mut self.symbols {
             Some(s) => s.get().function(addr),
-            None => "unknown".to_string(),
+            None => crate::label::UNKNOWN.to_string(),
         }
     }
 

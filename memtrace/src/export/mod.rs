@@ -153,7 +153,7 @@ impl Exporter {
 
     fn migratetype_label(&self, mt: u32) -> String {
         if mt == u32::MAX {
-            return "other".into();
+            return crate::label::OTHER.into();
         }
         self.migratetypes
             .get(&mt)

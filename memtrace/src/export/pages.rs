@@ -60,7 +60,10 @@ impl Exporter {
             counter(&[("fragmenting", "false")], nonfrag as f64),
         ];
         if self.pageblock_order.is_none() {
-            fallbacks.push(counter(&[("fragmenting", "unknown")], unknown as f64));
+            fallbacks.push(counter(
+                &[("fragmenting", crate::label::UNKNOWN)],
+                unknown as f64,
+            ));
         }
         out.push(family(
             names::PAGE_FALLBACKS_TOTAL,

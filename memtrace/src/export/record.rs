@@ -63,11 +63,11 @@ impl EventRecord {
         stack: Option<&[u64]>,
         clock: &Clock,
     ) -> EventRecord {
-        let allocator = events::allocator(e).map_or(UNKNOWN, Allocator::name);
+        let allocator = events::allocator(e);
         let gfp = if e.gfp == GFP_UNKNOWN {
-            "unknown".to_string()
+            UNKNOWN.to_string()
         } else {
-            gfp.map_or_else(|| "unknown".into(), |t| t.decode(e.gfp))
+            gfp.map_or_else(|| UNKNOWN.into(), |t| t.decode(e.gfp))
         };
         let call_site = (e.call_site != 0)
             .then(|| {
@@ -82,7 +82,7 @@ impl EventRecord {
                 .map(|&ip| {
                     symbols
                         .and_then(|s| s.resolve(ip))
-                        .map_or_else(|| "unknown".to_string(), |s| s.with_offset())
+                        .map_or_else(|| UNKNOWN.to_string(), |s| s.with_offset())
                 })
                 .collect();
             // The innermost frames are the tracing machinery itself (memtrace's program and the
@@ -97,11 +97,11 @@ impl EventRecord {
             pid: e.tgid,
             tid: e.tid,
             comm: escape(&events::comm(e)),
-            allocator: allocator.to_string(),
+            allocator: allocator.map_or(UNKNOWN, Allocator::name).to_string(),
             kind: events::Kind::of(e).name().to_string(),
             bytes_requested: e.bytes_req,
             bytes_allocated: e.bytes_alloc,
-            order: (allocator == "page").then_some(e.order),
+            order: (allocator == Some(Allocator::Page)).then_some(e.order),
             gfp,
             call_site,
             stack,

@@ -51,9 +51,7 @@ pub fn require_tracing() -> anyhow::Result<()> {
     if Caps::current().can_trace() {
         Ok(())
     } else {
-        Err(anyhow::anyhow!(
-            "memtrace needs root (or CAP_BPF and CAP_PERFMON) to load eBPF programs: run it with sudo"
-        ))
+        Err(anyhow::anyhow!("loading eBPF programs {NEEDS_PRIVILEGES}"))
     }
 }
 

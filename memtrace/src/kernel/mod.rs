@@ -16,7 +16,8 @@ use btf::Btf;
 /// Where the running kernel publishes its symbol table.
 pub const KALLSYMS_PATH: &str = "/proc/kallsyms";
 
-/// The list of loaded modules; its changes trigger a reload in [`Cached`].
+/// The list of loaded modules; its changes trigger a reload of the symbol table
+/// ([`crate::label::symbolize::Cached`]).
 pub const MODULES_PATH: &str = "/proc/modules";
 
 /// The running kernel's release (`uname -r`), `unknown` if unreadable.

@@ -8,6 +8,8 @@
 
 use thiserror::Error;
 
+use super::{OTHER, UNKNOWN};
+
 /// Why a print fmt could not be turned into a [`GfpTable`].
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum GfpError {
@@ -91,7 +93,7 @@ impl GfpTable {
     pub fn label(&self, value: u64) -> &str {
         self.composites()
             .find(|&(_, m)| m != 0 && value & m == m)
-            .map_or("other", |(n, _)| n)
+            .map_or(OTHER, |(n, _)| n)
     }
 
     /// The `gfp` label of a raw value as memtrace's maps hold it: the overflow slot is
@@ -99,9 +101,9 @@ impl GfpTable {
     /// (or `other` without a table).
     pub fn label_of(table: Option<&GfpTable>, raw: u64) -> String {
         match raw {
-            memtrace_common::GFP_OVERFLOW => "other".into(),
-            memtrace_common::GFP_UNKNOWN => "unknown".into(),
-            _ => table.map_or("other", |t| t.label(raw)).to_string(),
+            memtrace_common::GFP_OVERFLOW => OTHER.into(),
+            memtrace_common::GFP_UNKNOWN => UNKNOWN.into(),
+            _ => table.map_or(OTHER, |t| t.label(raw)).to_string(),
         }
     }
 
