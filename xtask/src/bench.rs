@@ -737,7 +737,7 @@ floor included.\n\
 is in the workload's ns/op), with memtrace's `/metrics` scraped once a second; for bpftrace most \
 of its work happens at exit.\n\n\
 ## Where the time goes\n\n\
-Two more runs, of the default daemon and of the floor, with `kernel.bpf_stats_enabled=1` (the \
+Profiling runs of the default daemon and of the floor (and of the baseline, if any), alternating, with `kernel.bpf_stats_enabled=1` (the \
 kernel's own accounting of each program's run time, which adds the same small time to every \
 run of both), read with `bpftool`; verified instructions are the whole program's after the \
 verifier removed what the load-time constants make dead, not the instructions of one run; \
