@@ -461,8 +461,10 @@ fn batch_mode_finds_a_known_workload_standalone_and_from_a_daemon() {
         "at least the worker's {CALLS} setxattr kmallocs: {row:?}"
     );
 
-    // From a daemon: the same model, read from /metrics.
-    let daemon = Daemon::start(free_port());
+    // From a daemon: the same model, read from /metrics. Every call site gets its own series:
+    // on a busy machine more than the default 50 kmalloc call sites can take the slots before
+    // the worker's first setxattr, and vmemdup_user would then count in `other`.
+    let daemon = Daemon::start_with(free_port(), &["--callsites.max", "1000"]);
     let url = format!("http://127.0.0.1:{}", daemon.port);
     let snaps = batch(
         &[

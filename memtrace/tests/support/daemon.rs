@@ -16,7 +16,7 @@ pub struct Daemon {
 // Each binary that runs a daemon uses its own part of this API, and dead_code is linted per
 // test binary: the methods some of them leave unused carry a targeted allow.
 impl Daemon {
-    #[allow(dead_code)] // dashboards always passes flags
+    #[allow(dead_code)] // dashboards and top always pass flags
     pub fn start(port: u16) -> Daemon {
         Self::start_with(port, &[])
     }
