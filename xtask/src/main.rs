@@ -54,7 +54,7 @@ enum Task {
         #[arg(long)]
         enable: bool,
     },
-    /// rustfmt --check and clippy -D warnings on the whole workspace.
+    /// rustfmt --check, clippy -D warnings on the whole workspace, and rustdoc -D warnings.
     Lint,
     /// Measure memtrace's overhead against no tracing, the bare hooks and bpftrace, in one
     /// interleaved session; writes BENCHMARKS.md and target/bench/bench.json.
@@ -582,6 +582,20 @@ fn lint() -> anyhow::Result<()> {
         "-D",
         "warnings",
     ])?;
+    // Documentation whose links resolve (a moved item breaks a link silently otherwise).
+    status(
+        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .current_dir(workspace_root())
+            .env("RUSTDOCFLAGS", "-D warnings")
+            .args([
+                "doc",
+                "--no-deps",
+                "--package",
+                "memtrace",
+                "--package",
+                "memtrace-common",
+            ]),
+    )?;
     status(Command::new("rustup").current_dir(workspace_root()).args([
         "run",
         "nightly",

@@ -45,7 +45,7 @@ pub const MAPS: &[&str] = &[
     MAP_CACHE_NAMES,
 ];
 
-/// Every load-time global [`load_object`] sets.
+/// Every load-time global the loader sets.
 pub const GLOBALS: &[&str] = &[
     GLOBAL_LAYOUTS,
     GLOBAL_FILTER_TGID,

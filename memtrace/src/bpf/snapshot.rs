@@ -26,7 +26,7 @@ pub struct Snapshot {
     /// (allocator, page order or 0, raw gfp) → failed allocations
     pub failures: BTreeMap<(Allocator, u32, u64), u64>,
     /// (order, migratetype, raw gfp) → successful page allocations; the overflow slot of an
-    /// order has migratetype `u32::MAX` and gfp [`GFP_OVERFLOW`].
+    /// order has migratetype `u32::MAX` and gfp [`memtrace_common::GFP_OVERFLOW`].
     pub pages: BTreeMap<(u32, u32, u64), u64>,
     /// slab cache name → allocations (caches sharing a name are summed; `other` holds what
     /// did not fit in the map)
@@ -41,7 +41,7 @@ pub struct Snapshot {
     /// (allocator, task name; "" = overflow) → usage
     pub comms: BTreeMap<(Allocator, String), Usage>,
     /// (allocator, memory cgroup id: the cgroup directory's inode number;
-    /// [`CGROUP_OVERFLOW`] = overflow) → usage. Empty unless `ATTR_CGROUPS` is on.
+    /// [`memtrace_common::CGROUP_OVERFLOW`] = overflow) → usage. Empty unless `ATTR_CGROUPS` is on.
     pub cgroups: BTreeMap<(Allocator, u64), Usage>,
     /// Program runs the kernel skipped because the program was already running on that CPU
     /// (see [`Tracer::recursion_misses`]).
