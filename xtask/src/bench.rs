@@ -412,6 +412,8 @@ struct Profiled {
     /// The same program's average and verified instructions in `--baseline-binary`'s daemon.
     baseline_avg_ns: Option<f64>,
     baseline_verified_insns: Option<u64>,
+    /// The verified code against the baseline's (see [`compare_code`]).
+    code_vs_baseline: Option<String>,
 }
 
 /// One profiling run of one program: (runs, average ns per run, verified instructions).
@@ -459,6 +461,101 @@ fn profile(
     })();
     let _ = std::fs::write(stats, old.trim());
     result
+}
+
+/// The verified (xlated) code of every memtrace program `config` loads, by program name:
+/// one line per instruction, without the source annotations, kernel addresses and map ids
+/// that differ between two loads of the same code.
+fn xlated_code(config: &str, memtrace: &Path) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
+    let tracer = start(config, memtrace)?;
+    let out = Command::new("bpftool")
+        .args(["prog", "show", "--json"])
+        .output()
+        .context("run bpftool")?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("bpftool JSON")?;
+    let mut code = BTreeMap::new();
+    for p in v.as_array().map(Vec::as_slice).unwrap_or_default() {
+        let (Some(name), Some(id)) = (p["name"].as_str(), p["id"].as_u64()) else {
+            continue;
+        };
+        if !(name.ends_with("_btf") || name.ends_with("_tp") || name.ends_with("_btf_fixed")) {
+            continue;
+        }
+        let dump = Command::new("bpftool")
+            .args(["prog", "dump", "xlated", "id", &id.to_string()])
+            .output()
+            .context("run bpftool prog dump")?;
+        code.insert(
+            name.to_string(),
+            normalized_xlated(&String::from_utf8_lossy(&dump.stdout)),
+        );
+    }
+    drop(tracer);
+    Ok(code)
+}
+
+/// `bpftool prog dump xlated` text as comparable instructions: source-line annotations
+/// (`; …`) and instruction numbers dropped, kernel addresses and map ids masked.
+fn normalized_xlated(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with(';'))
+        .map(|l| {
+            let l = l.split_once(": ").map_or(l, |(n, rest)| {
+                if n.chars().all(|c| c.is_ascii_digit()) {
+                    rest
+                } else {
+                    l
+                }
+            });
+            l.split(' ')
+                .map(|w| {
+                    let hex = w.trim_start_matches("0x");
+                    if w.starts_with("0x") && hex.len() >= 8 {
+                        "<addr>".to_string()
+                    } else if let Some(rest) = w.strip_prefix("map[id:") {
+                        format!(
+                            "map[id:*{}",
+                            rest.trim_start_matches(|c: char| c.is_ascii_digit())
+                        )
+                    } else {
+                        w.to_string()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
+}
+
+/// How program code `now` compares with `base`: identical; the same instructions with other
+/// stack slots or registers (the same count and opcodes, a register allocation or frame
+/// layout change); or different.
+fn compare_code(base: &[String], now: &[String]) -> String {
+    if base == now {
+        return "identical".into();
+    }
+    let opcodes = |c: &[String]| {
+        let mut v: Vec<String> = c
+            .iter()
+            .map(|i| i.split(')').next().unwrap_or("").to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    let differing = base.iter().zip(now).filter(|(a, b)| a != b).count();
+    if base.len() == now.len() && opcodes(base) == opcodes(now) {
+        format!(
+            "same instructions, {differing} of {} with other stack slots or registers",
+            now.len()
+        )
+    } else {
+        format!(
+            "different: {} instructions against {}, {differing} differ in place",
+            now.len(),
+            base.len()
+        )
+    }
 }
 
 /// What the default daemon measured, against the budget of the benchmark issue.
@@ -654,25 +751,39 @@ pub fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
                 .and_then(|rows| rows.first())
                 .map(|r| r.2),
             verified_insns: rows.first().map_or(0, |r| r.2),
+            code_vs_baseline: None,
         })
         .collect();
     programs.sort_by(|a, b| (b.runs as f64 * b.avg_ns).total_cmp(&(a.runs as f64 * a.avg_ns)));
+    // The verified code of each program against the baseline's: where it is the same, any
+    // difference in time is the machine's, not the code's.
+    if let Some(b) = &opts.baseline {
+        let now = xlated_code("memtrace", &memtrace)?;
+        let base = xlated_code(BASELINE, b)?;
+        for p in &mut programs {
+            p.code_vs_baseline = match (base.get(&p.program), now.get(&p.program)) {
+                (Some(b), Some(n)) => Some(compare_code(b, n)),
+                _ => None,
+            };
+        }
+    }
     let mut prog_table = String::new();
     for p in &programs {
         let (floor, added) = match p.floor_avg_ns {
             Some(f) => (format!("{f:.0}"), format!("{:+.0}", p.avg_ns - f)),
             None => ("—".into(), "—".into()),
         };
+        let code = p.code_vs_baseline.as_deref().unwrap_or("—");
         let baseline = match (opts.baseline.is_some(), p.baseline_avg_ns, p.floor_avg_ns) {
             (false, _, _) => String::new(),
             (true, Some(b), Some(f)) => format!(
-                " {b:.0} | {:+.0} | {} |",
+                " {b:.0} | {:+.0} | {} | {code} |",
                 b - f,
                 p.baseline_verified_insns
                     .map_or("—".to_string(), |i| i.to_string())
             ),
-            (true, Some(b), None) => format!(" {b:.0} | — | — |"),
-            (true, None, _) => " — | — | — |".into(),
+            (true, Some(b), None) => format!(" {b:.0} | — | — | {code} |"),
+            (true, None, _) => format!(" — | — | — | {code} |"),
         };
         prog_table.push_str(&format!(
             "| `{}` | {} | {:.0} | {floor} | {added} | {} |{baseline}\n",
@@ -681,15 +792,17 @@ pub fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
     }
     let (prog_head, prog_rule, baseline_text) = match &opts.baseline {
         Some(b) => (
-            " ns per run, baseline | added, baseline | verified instructions, baseline |",
-            " --- | --- | --- |",
+            " ns per run, baseline | added, baseline | verified instructions, baseline | verified code against the baseline's |",
+            " --- | --- | --- | --- |",
             format!(
                 "\n## Against a baseline binary\n\n\
 `memtrace-baseline` is `{}` ({}), run with the daemon's defaults in the same session, \
 interleaved with the other configurations: memtrace's added cost per traced event is \
 **{:.2}×** the baseline's (its own: {:.2}× the floor's; the baseline's: {:.2}×). The programs' \
 table above sets each program's time beside the baseline's, as the median of {PROFILE_REPS} \
-alternating profiling runs each.\n",
+alternating profiling runs each, and compares the code the verifier accepted for each \
+(`bpftool prog dump xlated`, without source annotations, addresses and map ids): where it \
+is the same, a difference in time is the machine's.\n",
                 b.display(),
                 binary_version(b),
                 added("memtrace") / added(BASELINE),
@@ -993,5 +1106,25 @@ mod tests {
             text.contains("`kfree_btf_fixed`: verified instructions | — | — | — |"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn verified_code_is_compared_without_addresses() {
+        let a = normalized_xlated(
+            "int kfree_btf_fixed(unsigned long long * ctx):\n; if global(&HOOKS_ONLY) != 0 {\n   0: (18) r1 = map[id:12][0]+8\n   1: (85) call bpf_get_current_pid_tgid#239632\n   2: (18) r2 = 0xffff8881042a0a00\n",
+        );
+        let b = normalized_xlated(
+            "int kfree_btf_fixed(unsigned long long * ctx):\n; if unsafe { read_volatile(&HOOKS_ONLY) } != 0 {\n   0: (18) r1 = map[id:40][0]+8\n   1: (85) call bpf_get_current_pid_tgid#239632\n   2: (18) r2 = 0xffff888100000000\n",
+        );
+        assert_eq!(a.len(), 4, "{a:?}");
+        assert_eq!(compare_code(&a, &b), "identical");
+        let swapped = normalized_xlated("0: (bf) r3 = r1\n1: (4f) r3 |= r2\n");
+        let base = normalized_xlated("0: (bf) r3 = r2\n1: (4f) r3 |= r1\n");
+        assert_eq!(
+            compare_code(&base, &swapped),
+            "same instructions, 2 of 2 with other stack slots or registers"
+        );
+        let longer = normalized_xlated("0: (bf) r3 = r2\n1: (4f) r3 |= r1\n2: (95) exit\n");
+        assert!(compare_code(&base, &longer).starts_with("different: 3 instructions against 2"));
     }
 }
