@@ -416,6 +416,12 @@ struct Profiled {
     code_vs_baseline: Option<String>,
 }
 
+/// Whether `name` is one of the memtrace programs the profile reports (the host attaches
+/// the tp_btf and classic ones).
+fn is_profiled(name: &str) -> bool {
+    name.ends_with("_btf") || name.ends_with("_tp") || name.ends_with("_btf_fixed")
+}
+
 /// One profiling run of one program: (runs, average ns per run, verified instructions).
 type ProgramRun = (u64, f64, u64);
 
@@ -444,9 +450,7 @@ fn profile(
         drop(tracer);
         let mut rows: Vec<(String, u64, f64, u64)> = after
             .iter()
-            .filter(|(name, _)| {
-                name.ends_with("_btf") || name.ends_with("_tp") || name.ends_with("_btf_fixed")
-            })
+            .filter(|(name, _)| is_profiled(name))
             .filter_map(|(name, a)| {
                 let b = before.get(name).copied().unwrap_or_default();
                 let runs = a.runs.saturating_sub(b.runs);
@@ -478,7 +482,7 @@ fn xlated_code(config: &str, memtrace: &Path) -> anyhow::Result<BTreeMap<String,
         let (Some(name), Some(id)) = (p["name"].as_str(), p["id"].as_u64()) else {
             continue;
         };
-        if !(name.ends_with("_btf") || name.ends_with("_tp") || name.ends_with("_btf_fixed")) {
+        if !is_profiled(name) {
             continue;
         }
         let dump = Command::new("bpftool")

@@ -837,19 +837,7 @@ mod tests {
         ]
         .concat();
         let types: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-        let mut out = vec![0x9f, 0xeb, 1, 0];
-        for w in [
-            24u32,
-            0,
-            types.len() as u32,
-            types.len() as u32,
-            strings.len() as u32,
-        ] {
-            out.extend_from_slice(&w.to_le_bytes());
-        }
-        out.extend_from_slice(&types);
-        out.extend_from_slice(&strings);
-        out
+        crate::kernel::btf::with_header(&types, &strings)
     }
 
     #[test]

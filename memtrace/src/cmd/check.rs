@@ -161,6 +161,9 @@ pub fn run() -> Report {
             None => attach::Tracefs::WouldMount,
         },
     };
+    // Whether the ways are really loaded (not refused before trying, for lack of privileges
+    // or of the object).
+    let tried = matches!(ebpf, Some(Ok(_)));
     let mut checks = Vec::new();
     for spec in PROBES {
         let present = match &tracefs_dir {
@@ -168,31 +171,31 @@ pub fn run() -> Report {
             None => btf.as_ref().is_some_and(|b| b.has_tracepoint(spec.event)),
         } || resolved.exists(spec.event);
         // The daemon's plan, every way of it loaded (nothing attached).
-        let steps = attach::plan(spec, &kernel, false);
-        let step = |mode| steps.iter().find(|s| s.mode == mode);
-        let mut loaded: Vec<(AttachMode, Option<&'static str>, Option<String>)> = Vec::new();
-        for st in &steps {
-            let result = match &mut ebpf {
-                None => Err("not tested without privileges".to_string()),
-                Some(Err(e)) => Err(e.to_string()),
-                Some(Ok(ebpf)) => st
-                    .load(ebpf, spec, aya_btf.as_ref(), false)
-                    .map_err(|refused| refused.join("; ")),
-            };
-            let tried = matches!(ebpf, Some(Ok(_)));
-            let result = result.map_err(|e| match (st.mode, &st.programs) {
-                (AttachMode::Tracepoint, Ok(_)) if tried && tracefs_dir.is_none() => {
-                    format!("{e} (and tracefs must be mounted to attach)")
-                }
-                _ => e,
-            });
-            loaded.push((st.mode, result.as_ref().ok().copied(), result.err()));
-        }
+        let loaded: Vec<(attach::Step, Result<&'static str, String>)> =
+            attach::plan(spec, &kernel, false)
+                .into_iter()
+                .map(|st| {
+                    let result = match &mut ebpf {
+                        None => Err("not tested without privileges".to_string()),
+                        Some(Err(e)) => Err(e.to_string()),
+                        Some(Ok(ebpf)) => st
+                            .load(ebpf, spec, aya_btf.as_ref(), false)
+                            .map_err(|refused| refused.join("; ")),
+                    };
+                    let result = result.map_err(|e| match (st.mode, &st.programs) {
+                        (AttachMode::Tracepoint, Ok(_)) if tried && tracefs_dir.is_none() => {
+                            format!("{e} (and tracefs must be mounted to attach)")
+                        }
+                        _ => e,
+                    });
+                    (st, result)
+                })
+                .collect();
         let why = |mode| {
             loaded
                 .iter()
-                .find(|(m, _, _)| *m == mode)
-                .and_then(|(_, _, why)| why.clone())
+                .find(|(st, _)| st.mode == mode)
+                .and_then(|(_, result)| result.clone().err())
         };
         let (tp_btf, raw_tp, tracepoint) = (
             why(AttachMode::Btf),
@@ -201,10 +204,11 @@ pub fn run() -> Report {
         );
         let fexit = why(AttachMode::Fexit);
         // What the daemon would use: the first wanted way that loaded.
-        let chosen = loaded
-            .iter()
-            .find(|(m, program, _)| program.is_some() && step(*m).is_some_and(|s| s.wanted));
-        let will_use = chosen.map(|(m, _, _)| *m);
+        let chosen = loaded.iter().find_map(|(st, result)| match result {
+            Ok(program) if st.wanted => Some((st.mode, *program)),
+            _ => None,
+        });
+        let will_use = chosen.map(|(mode, _)| mode);
         checks.push(ProbeCheck {
             probe: format!("{}:{}", spec.category, spec.event),
             tracepoint_present: present,
@@ -218,7 +222,7 @@ pub fn run() -> Report {
                 .and_then(|_| resolved.degraded(spec.event))
                 .map(String::from),
             will_use,
-            program: chosen.and_then(|(_, program, _)| *program),
+            program: chosen.map(|(_, program)| program),
         });
     }
     let missing = checks.iter().filter_map(missing_sentence).collect();

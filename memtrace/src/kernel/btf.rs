@@ -387,6 +387,24 @@ impl Btf {
     }
 }
 
+/// A BTF blob of `types` and `strings` behind the header (tests build BTF by hand).
+#[cfg(test)]
+pub(crate) fn with_header(types: &[u8], strings: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x9f, 0xeb, 1, 0];
+    for w in [
+        24u32,
+        0,
+        types.len() as u32,
+        types.len() as u32,
+        strings.len() as u32,
+    ] {
+        out.extend_from_slice(&w.to_le_bytes());
+    }
+    out.extend_from_slice(types);
+    out.extend_from_slice(strings);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -432,20 +450,7 @@ mod tests {
         // 9: enum mt { M_A = 0, M_B = -1 }
         push(&[s("mt"), (KIND_ENUM << 24) | 2, 4]);
         push(&[s("M_A"), 0, s("M_B"), u32::MAX]);
-        let mut out = Vec::new();
-        out.extend_from_slice(&[0x9f, 0xeb, 1, 0]);
-        for w in [
-            24u32,
-            0,
-            t.len() as u32,
-            t.len() as u32,
-            strings.len() as u32,
-        ] {
-            out.extend_from_slice(&w.to_le_bytes());
-        }
-        out.extend_from_slice(&t);
-        out.extend_from_slice(&strings);
-        out
+        with_header(&t, &strings)
     }
 
     #[test]
