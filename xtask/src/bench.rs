@@ -914,6 +914,37 @@ each time is the median of {PROFILE_REPS} alternating profiling runs:\n\n\
     Ok(())
 }
 
+/// Reads `--previous`: an earlier run's bench.json (checked before the measurement, not
+/// after it).
+pub fn read_previous(path: PathBuf) -> anyhow::Result<(PathBuf, serde_json::Value)> {
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("--previous {}: cannot read it", path.display()))?;
+    let json = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .filter(|v| v.get("configs").is_some_and(serde_json::Value::is_object))
+        .with_context(|| {
+            format!(
+                "--previous {}: not a bench.json of `cargo xtask bench`",
+                path.display()
+            )
+        })?;
+    Ok((path, json))
+}
+
+/// Checks `--baseline-binary` before the measurement: a file that answers `--version`.
+pub fn check_baseline(binary: &Path) -> anyhow::Result<()> {
+    if !binary.is_file() {
+        bail!("--baseline-binary {}: no such file", binary.display());
+    }
+    if binary_version(binary) == "unknown" {
+        bail!(
+            "--baseline-binary {}: does not answer --version (not a memtrace binary?)",
+            binary.display()
+        );
+    }
+    Ok(())
+}
+
 /// The hot programs whose cost `--previous` compares (the 6.18 fixed-layout ones).
 const HOT_PROGRAMS: [&str; 6] = [
     "kmem_cache_alloc_btf_fixed",
@@ -1130,5 +1161,30 @@ mod tests {
         );
         let longer = normalized_xlated("0: (bf) r3 = r2\n1: (4f) r3 |= r1\n2: (95) exit\n");
         assert!(compare_code(&base, &longer).starts_with("different: 3 instructions against 2"));
+    }
+
+    #[test]
+    fn bad_previous_and_baseline_files_are_refused_before_measuring() {
+        let dir = std::env::temp_dir().join(format!("xtask-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = read_previous(dir.join("nope.json")).unwrap_err();
+        assert!(
+            format!("{missing:#}").contains("cannot read it"),
+            "{missing:#}"
+        );
+        for (name, text) in [("text", "not json"), ("other", "[1, 2]")] {
+            let p = dir.join(name);
+            std::fs::write(&p, text).unwrap();
+            let e = read_previous(p).unwrap_err();
+            assert!(format!("{e:#}").contains("not a bench.json"), "{e:#}");
+        }
+        let good = dir.join("bench.json");
+        std::fs::write(&good, r#"{"configs": {}, "date": "d"}"#).unwrap();
+        assert!(read_previous(good.clone()).is_ok());
+        let e = check_baseline(&dir.join("no-binary")).unwrap_err();
+        assert!(e.to_string().contains("no such file"), "{e}");
+        let e = check_baseline(&good).unwrap_err();
+        assert!(e.to_string().contains("does not answer --version"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

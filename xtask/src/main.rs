@@ -524,21 +524,9 @@ fn bench(
         bail!("--reps must be at least 1 and --seconds positive");
     }
     // A bad --previous fails now, not after the whole measurement.
-    let previous = match previous {
-        Some(path) => {
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("--previous {}: cannot read it", path.display()))?;
-            let json: serde_json::Value = serde_json::from_str(&text)
-                .with_context(|| format!("--previous {}: not a bench.json", path.display()))?;
-            Some((path, json))
-        }
-        None => None,
-    };
+    let previous = previous.map(bench::read_previous).transpose()?;
     if let Some(b) = &baseline {
-        // Checked now, not after the whole measurement.
-        if !b.is_file() {
-            bail!("--baseline-binary {}: no such file", b.display());
-        }
+        bench::check_baseline(b)?;
     }
     if !is_root() {
         bail!("the benchmark attaches eBPF programs: run it as root");
