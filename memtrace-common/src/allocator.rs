@@ -60,6 +60,11 @@ pub enum Counter {
     VmallocPurgedAreas = 5,
     /// `oom:mark_victim` events: processes chosen by the OOM killer.
     OomKills = 6,
+    /// A heap-profile sample found [`MAP_LIVE`] full: not sampled.
+    ProfileLiveFull = 7,
+    /// A heap-profile event could not be reserved in [`MAP_PROFILE_EVENTS`]: a sample not
+    /// taken, or a sample's free not reported (userspace ages that sample out).
+    ProfileRingFull = 8,
 }
 
 /// Orders are counted in slots `0..ORDER_SLOTS`; a higher order (none exists on
@@ -112,7 +117,7 @@ impl Maximum {
 const _: () = assert!(PAGE_FREES_BASE + ORDER_SLOTS <= EXTFRAG_BASE);
 const _: () = assert!(EXTFRAG_BASE + ORDER_SLOTS <= COMPACTION_STALLS_BASE);
 const _: () = assert!(COMPACTION_STALLS_BASE + ORDER_SLOTS <= COUNTERS_LEN);
-const _: () = assert!((Counter::OomKills as u32) < PAGE_FREES_BASE);
+const _: () = assert!((Counter::ProfileRingFull as u32) < PAGE_FREES_BASE);
 
 /// Clamps an order into a counter slot.
 #[inline(always)]

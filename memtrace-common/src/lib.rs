@@ -14,6 +14,7 @@ mod keys;
 mod layout;
 mod names;
 mod probes;
+mod profile;
 mod tables;
 
 pub use allocator::*;
@@ -23,4 +24,5 @@ pub use keys::*;
 pub use layout::*;
 pub use names::*;
 pub use probes::*;
+pub use profile::*;
 pub use tables::*;

@@ -110,6 +110,9 @@ pub struct AllocatorTables {
     /// A word through which the BTF `kmem_cache_alloc` program turns the cache's pointer
     /// into a number (the verifier allows no arithmetic on typed pointers); unused elsewhere.
     pub scratch: u64,
+    /// Bytes this CPU still allocates with this allocator before its next heap-profile
+    /// sample (see [`sample_step`]); 0 before the first draw.
+    pub countdown: u64,
     pub sizes: SizeTable,
     pub sites: SiteTable,
     pub comms: CommTable,
@@ -213,7 +216,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<SizeTable>(), 192 * SIZE_SLOTS);
         assert_eq!(
             core::mem::size_of::<AllocatorTables>(),
-            16 + 192 * SIZE_SLOTS + 24 * SITE_SLOTS + 32 * COMM_SLOTS
+            24 + 192 * SIZE_SLOTS + 24 * SITE_SLOTS + 32 * COMM_SLOTS
         );
     }
 }
