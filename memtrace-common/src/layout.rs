@@ -117,11 +117,15 @@ pub struct PageAllocLayout {
     pub migratetype: FieldLoc,
 }
 
-/// Layout of `kmem:mm_page_free` (`mm_page_free_batched` has no order: order 0).
+/// Layout of `kmem:mm_page_free` and `kmem:mm_page_free_batched` (which has no order:
+/// order 0). The page (`pfn` in the record, `page` for BTF tracepoints) ends a heap-profile
+/// sample of the page.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PageFreeLayout {
     pub order: FieldLoc,
+    pub pfn: FieldLoc,
+    pub page: FieldLoc,
 }
 
 /// Layout of `kmem:mm_page_alloc_extfrag`.
@@ -138,9 +142,25 @@ pub struct ExtfragLayout {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VmapAreaLayout {
+    /// The area's start (the tracepoint only): a heap-profile sample's address.
+    pub addr: FieldLoc,
     pub size: FieldLoc,
     pub failed: FieldLoc,
     pub ret: FieldLoc,
+}
+
+/// Layout of `vmalloc:free_vmap_area_noflush`: the area's start.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VmapFreeLayout {
+    pub va_start: FieldLoc,
+}
+
+/// Layout of `percpu:percpu_free_percpu`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PercpuFreeLayout {
+    pub ptr: FieldLoc,
 }
 
 /// Layout of `vmalloc:purge_vmap_area_lazy`.
@@ -165,6 +185,8 @@ pub struct PercpuAllocLayout {
     pub size: FieldLoc,
     pub bytes_alloc: FieldLoc,
     pub gfp_flags: FieldLoc,
+    /// The percpu pointer (a heap-profile sample's address).
+    pub ptr: FieldLoc,
 }
 
 /// Every event layout the programs need, resolved from the running kernel at start-up.
@@ -181,10 +203,13 @@ pub struct EventLayouts {
     pub kmem_cache_free: FreeLayout,
     pub mm_page_alloc: PageAllocLayout,
     pub mm_page_free: PageFreeLayout,
+    pub mm_page_free_batched: PageFreeLayout,
     pub mm_page_alloc_extfrag: ExtfragLayout,
     pub alloc_vmap_area: VmapAreaLayout,
+    pub free_vmap_area_noflush: VmapFreeLayout,
     pub purge_vmap_area_lazy: PurgeLayout,
     pub percpu_alloc_percpu: PercpuAllocLayout,
+    pub percpu_free_percpu: PercpuFreeLayout,
     pub mm_compaction_try_to_compact_pages: CompactLayout,
 }
 
@@ -208,6 +233,19 @@ const NO_KMEM_CACHE_ALLOC: KmemCacheAllocLayout = KmemCacheAllocLayout {
     s: NO,
 };
 
+const NO_PAGE_FREE: PageFreeLayout = PageFreeLayout {
+    order: NO,
+    pfn: NO,
+    page: NO,
+};
+
+const NO_VMAP_AREA: VmapAreaLayout = VmapAreaLayout {
+    addr: NO,
+    size: NO,
+    failed: NO,
+    ret: NO,
+};
+
 impl EventLayouts {
     pub const ZERO: EventLayouts = EventLayouts {
         kmalloc: NO_KMALLOC,
@@ -223,20 +261,20 @@ impl EventLayouts {
             gfp_flags: NO,
             migratetype: NO,
         },
-        mm_page_free: PageFreeLayout { order: NO },
+        mm_page_free: NO_PAGE_FREE,
+        mm_page_free_batched: NO_PAGE_FREE,
         mm_page_alloc_extfrag: ExtfragLayout { fallback_order: NO },
-        alloc_vmap_area: VmapAreaLayout {
-            size: NO,
-            failed: NO,
-            ret: NO,
-        },
+        alloc_vmap_area: NO_VMAP_AREA,
+        free_vmap_area_noflush: VmapFreeLayout { va_start: NO },
         purge_vmap_area_lazy: PurgeLayout { npurged: NO },
         percpu_alloc_percpu: PercpuAllocLayout {
             call_site: NO,
             size: NO,
             bytes_alloc: NO,
             gfp_flags: NO,
+            ptr: NO,
         },
+        percpu_free_percpu: PercpuFreeLayout { ptr: NO },
         mm_compaction_try_to_compact_pages: CompactLayout { order: NO },
     };
 }
@@ -283,7 +321,11 @@ impl FixedBtf {
         gfp_flags: arg(2, 4),
         migratetype: arg(3, 4),
     };
-    pub const MM_PAGE_FREE: PageFreeLayout = PageFreeLayout { order: arg(1, 4) };
+    pub const MM_PAGE_FREE: PageFreeLayout = PageFreeLayout {
+        order: arg(1, 4),
+        pfn: NO,
+        page: arg(0, 8),
+    };
 }
 
 /// Byte offsets, from the running kernel's BTF, of the pointer chain from the current task
@@ -359,11 +401,7 @@ impl Layouts {
             comm: 0,
             task_btf: 0,
         },
-        vmap_fexit: VmapAreaLayout {
-            size: NO,
-            failed: NO,
-            ret: NO,
-        },
+        vmap_fexit: NO_VMAP_AREA,
         slab: SlabOffsets {
             page_offset_base: 0,
             vmemmap_base: 0,

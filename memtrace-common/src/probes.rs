@@ -160,6 +160,15 @@ pub const PROBES: &[ProbeSpec] = &[
         )
     },
     ProbeSpec {
+        raw_program: Some("free_vmap_area_noflush_raw"),
+        ..spec(
+            "vmalloc",
+            "free_vmap_area_noflush",
+            "free_vmap_area_noflush_tp",
+            "free_vmap_area_noflush_btf",
+        )
+    },
+    ProbeSpec {
         raw_program: Some("purge_vmap_area_lazy_raw"),
         ..spec(
             "vmalloc",
@@ -175,6 +184,15 @@ pub const PROBES: &[ProbeSpec] = &[
             "percpu_alloc_percpu",
             "percpu_alloc_percpu_tp",
             "percpu_alloc_percpu_btf",
+        )
+    },
+    ProbeSpec {
+        raw_program: Some("percpu_free_percpu_raw"),
+        ..spec(
+            "percpu",
+            "percpu_free_percpu",
+            "percpu_free_percpu_tp",
+            "percpu_free_percpu_btf",
         )
     },
     ProbeSpec {

@@ -159,17 +159,24 @@ unsafe impl aya::Pod for ProfileFree {}
 
 /// One step of the sampling countdown (the programs' and the estimator tests' one
 /// definition): takes `bytes` from `*countdown`; returns whether the allocation is sampled,
-/// and then sets the countdown anew to `gap` (from [`SampleGaps`]). A countdown of 0 (a
-/// CPU's first allocation) only draws the first gap.
+/// and then sets the countdown anew from `gap` (a draw from [`SampleGaps`], made only then).
+/// A countdown of 0 (a CPU's first allocation) is first drawn, then applied: the first
+/// sample point lies a random gap from the start, as every later one from its predecessor.
 #[inline(always)]
-pub fn sample_step(countdown: &mut u64, bytes: u64, gap: u64) -> bool {
+pub fn sample_step(countdown: &mut u64, bytes: u64, mut gap: impl FnMut() -> u64) -> bool {
     if bytes < *countdown {
         *countdown -= bytes;
         return false;
     }
-    let first = *countdown == 0;
-    *countdown = gap;
-    !first
+    if *countdown == 0 {
+        *countdown = gap();
+        if bytes < *countdown {
+            *countdown -= bytes;
+            return false;
+        }
+    }
+    *countdown = gap();
+    true
 }
 
 #[cfg(test)]
@@ -189,13 +196,24 @@ mod tests {
     #[test]
     fn countdown_samples_where_it_runs_out() {
         let mut c = 0;
-        assert!(!sample_step(&mut c, 10, 100), "the first draw is not a sample");
-        assert_eq!(c, 100);
-        assert!(!sample_step(&mut c, 60, 7));
+        assert!(
+            !sample_step(&mut c, 10, || 100),
+            "the first draw, then its test"
+        );
+        assert_eq!(c, 90);
+        assert!(!sample_step(&mut c, 50, || 7));
+        let mut first = 0;
+        assert!(
+            sample_step(&mut first, 500, || 100),
+            "the first gap is tested too"
+        );
+        assert_eq!(first, 100);
+        c = 100;
+        assert!(!sample_step(&mut c, 60, || 7));
         assert_eq!(c, 40);
-        assert!(sample_step(&mut c, 40, 7));
+        assert!(sample_step(&mut c, 40, || 7));
         assert_eq!(c, 7);
-        assert!(sample_step(&mut c, 1000, 5));
+        assert!(sample_step(&mut c, 1000, || 5));
         assert_eq!(c, 5);
     }
 

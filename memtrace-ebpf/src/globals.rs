@@ -53,7 +53,7 @@ pub(crate) fn global<T: Copy>(g: &'static T) -> T {
 /// thread if there is a filter.
 #[inline(always)]
 pub(crate) fn wanted() -> bool {
-    if global(&HOOKS_ONLY) != 0 {
+    if hooks_only() {
         return false;
     }
     if global(&FILTERED) == 0 {
@@ -65,6 +65,12 @@ pub(crate) fn wanted() -> bool {
     // FILTERED is 0, but not the registers the compiler chose).
     let (tgid, tid) = (global(&FILTER_TGID), global(&FILTER_TID));
     (tgid == 0 || (id >> 32) as u32 == tgid) && (tid == 0 || id as u32 == tid)
+}
+
+/// Whether the programs count nothing ([`HOOKS_ONLY`]).
+#[inline(always)]
+pub(crate) fn hooks_only() -> bool {
+    global(&HOOKS_ONLY) != 0
 }
 
 #[inline(always)]

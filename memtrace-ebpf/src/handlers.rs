@@ -11,17 +11,19 @@ use aya_ebpf::{
 use memtrace_common::{
     Allocator, CACHE_NAME_LEN, CACHE_OVERFLOW, CACHE_UNREADABLE, COMPACTION_STALLS_BASE, CacheName,
     CacheStats, CompactLayout, Counter, EVENT_FAILED, EVENT_LARGE, EXTFRAG_BASE, ExtfragLayout,
-    FreeLayout, GFP_OVERFLOW, GFP_UNKNOWN, KmallocLayout, KmemCacheAllocLayout, PAGE_FREES_BASE,
-    PageAllocLayout, PageFreeLayout, PageKey, PercpuAllocLayout, PurgeLayout, VmapAreaLayout,
-    cache_name_id, cache_table_key, order_slot, page_table_key, span,
+    FreeLayout, GFP_OVERFLOW, GFP_UNKNOWN, KmallocLayout, KmemCacheAllocLayout, LiveKey,
+    PAGE_FREES_BASE, PageAllocLayout, PageFreeLayout, PageKey, PercpuAllocLayout, PercpuFreeLayout,
+    PurgeLayout, SPACE_PAGE, SPACE_PERCPU, SPACE_SLAB, SPACE_VMALLOC, VmapAreaLayout,
+    VmapFreeLayout, cache_name_id, cache_table_key, order_slot, page_table_key, span,
 };
 
 use crate::{
     attribution::attribute,
     fields::{EventFields, Kind, address_of, field, member, read},
-    globals::{LAYOUTS, NOTABLE_MIN_ORDER, global, min_bytes, page_bytes, wanted},
+    globals::{LAYOUTS, NOTABLE_MIN_ORDER, global, hooks_only, min_bytes, page_bytes, wanted},
     maps::{CACHE_NAMES, CACHE_STATS, CACHE_TABLE, PAGE_ALLOCS, PAGE_TABLE},
     notable::{Notable, emit},
+    profile,
     tables::{add_counter, bump, count_failure, raise, record_size, slot, table_value, tables},
 };
 
@@ -47,7 +49,8 @@ pub(crate) fn on_kmalloc(ctx: *mut c_void, l: &KmallocLayout, k: Kind) {
         order: 0,
         flags: 0,
     };
-    if r.get(l.ptr) == 0 {
+    let ptr = r.get(l.ptr);
+    if ptr == 0 {
         count_failure(Allocator::Kmalloc, 0, gfp);
         n.flags = EVENT_FAILED;
         emit(ctx, n);
@@ -57,16 +60,43 @@ pub(crate) fn on_kmalloc(ctx: *mut c_void, l: &KmallocLayout, k: Kind) {
     record_size(Allocator::Kmalloc, t, gfp, bytes_req, bytes_alloc);
     attribute(Allocator::Kmalloc, t, n.call_site, bytes_alloc, k.typed());
     raise(t, bytes_alloc);
+    profile::on_alloc(
+        ctx,
+        t,
+        Allocator::Kmalloc,
+        slab_key(ptr),
+        bytes_alloc,
+        n.call_site,
+    );
     if bytes_alloc >= min_bytes() {
         n.flags = EVENT_LARGE;
         emit(ctx, n);
     }
 }
 
+/// The heap-profile key of a slab object (kmalloc's and kmem_cache's alike: either free
+/// event may free either's objects).
+#[inline(always)]
+fn slab_key(ptr: u64) -> LiveKey {
+    LiveKey {
+        addr: ptr,
+        space: SPACE_SLAB,
+    }
+}
+
 #[inline(always)]
 pub(crate) fn on_free(ctx: *mut c_void, l: &FreeLayout, counter: Counter, k: Kind) {
+    if hooks_only() {
+        return;
+    }
+    let ptr = EventFields::load(ctx, span(&[l.ptr]), k).get(l.ptr);
     // Freeing NULL is legal and frees nothing.
-    if wanted() && EventFields::load(ctx, span(&[l.ptr]), k).get(l.ptr) != 0 {
+    if ptr == 0 {
+        return;
+    }
+    // Any task may free what the profiled one allocated: frees are not filtered.
+    profile::on_free(slab_key(ptr));
+    if wanted() {
         bump(counter);
     }
 }
@@ -91,7 +121,8 @@ pub(crate) fn on_kmem_cache_alloc(ctx: *mut c_void, l: &KmemCacheAllocLayout, k:
     );
     let gfp = r.get(l.gfp_flags);
     let call_site = r.get(l.call_site);
-    if r.get(l.ptr) == 0 {
+    let ptr = r.get(l.ptr);
+    if ptr == 0 {
         count_failure(Allocator::KmemCache, 0, gfp);
         emit(
             ctx,
@@ -129,7 +160,7 @@ pub(crate) fn on_kmem_cache_alloc(ctx: *mut c_void, l: &KmemCacheAllocLayout, k:
         )
     } else if !l.name.is_present() {
         // Neither the cache nor its name (before 6.2): the cache the object lies in.
-        let s = cache_of_object(r.get(l.ptr));
+        let s = cache_of_object(ptr);
         let id = if s.is_null() {
             CACHE_UNREADABLE
         } else {
@@ -153,6 +184,14 @@ pub(crate) fn on_kmem_cache_alloc(ctx: *mut c_void, l: &KmemCacheAllocLayout, k:
         )
     };
     attribute(Allocator::KmemCache, t, call_site, allocated, k.typed());
+    profile::on_alloc(
+        ctx,
+        t,
+        Allocator::KmemCache,
+        slab_key(ptr),
+        allocated,
+        call_site,
+    );
 
     // A slot of the cache table also stands for the size histogram (see `CacheTable`);
     // without one, the allocation counts in the cache map and the size table. Only BTF
@@ -261,10 +300,12 @@ pub(crate) fn on_mm_page_alloc(ctx: *mut c_void, l: &PageAllocLayout, k: Kind) {
     );
     let order = order_slot(r.get(l.order));
     let gfp = r.get(l.gfp_flags);
-    let failed = if l.pfn.is_present() {
-        r.get(l.pfn) == u64::MAX
+    let (page, failed) = if l.pfn.is_present() {
+        let pfn = r.get(l.pfn);
+        (pfn, pfn == u64::MAX)
     } else {
-        r.get(l.page) == 0
+        let page = r.get(l.page);
+        (page, page == 0)
     };
     let notable = Notable {
         allocator: Allocator::Page,
@@ -298,6 +339,14 @@ pub(crate) fn on_mm_page_alloc(ctx: *mut c_void, l: &PageAllocLayout, k: Kind) {
     let t = tables(Allocator::Page);
     raise(t, order as u64 + 1);
     attribute(Allocator::Page, t, 0, page_bytes(order), k.typed());
+    profile::on_alloc(
+        ctx,
+        t,
+        Allocator::Page,
+        page_key(page),
+        page_bytes(order),
+        0,
+    );
     let migratetype = r.get(l.migratetype) as u32;
     if let Some((p, _)) = table_value(
         PAGE_TABLE.get_ptr_mut(0),
@@ -323,18 +372,34 @@ pub(crate) fn on_mm_page_alloc(ctx: *mut c_void, l: &PageAllocLayout, k: Kind) {
     }
 }
 
+/// The heap-profile key of a page: its frame number (classic tracepoints) or its
+/// `struct page` (BTF and raw ones), as both the allocation and the free events give it.
 #[inline(always)]
-pub(crate) fn on_mm_page_free(ctx: *mut c_void, l: &PageFreeLayout, k: Kind) {
-    if wanted() {
-        add_counter(PAGE_FREES_BASE + order_slot(field(ctx, l.order, k)), 1);
+fn page_key(page: u64) -> LiveKey {
+    LiveKey {
+        addr: page,
+        space: SPACE_PAGE,
     }
 }
 
-/// `mm_page_free_batched` frees one order-0 page.
+/// `mm_page_free`, and `mm_page_free_batched`, which frees one order-0 page (its layout has
+/// no order).
 #[inline(always)]
-pub(crate) fn on_page_free_batched() {
+pub(crate) fn on_mm_page_free(ctx: *mut c_void, l: &PageFreeLayout, k: Kind) {
+    if hooks_only() {
+        return;
+    }
+    let r = EventFields::load(ctx, span(&[l.order, l.pfn, l.page]), k);
+    let page = if l.pfn.is_present() {
+        r.get(l.pfn)
+    } else {
+        r.get(l.page)
+    };
+    if l.pfn.is_present() || l.page.is_present() {
+        profile::on_free(page_key(page));
+    }
     if wanted() {
-        add_counter(PAGE_FREES_BASE, 1);
+        add_counter(PAGE_FREES_BASE + order_slot(r.get(l.order)), 1);
     }
 }
 
@@ -363,7 +428,7 @@ pub(crate) fn on_alloc_vmap_area(ctx: *mut c_void, l: &VmapAreaLayout, k: Kind) 
     if !wanted() {
         return;
     }
-    let r = EventFields::load(ctx, span(&[l.size, l.failed, l.ret]), k);
+    let r = EventFields::load(ctx, span(&[l.addr, l.size, l.failed, l.ret]), k);
     let size = r.get(l.size);
     // The tracepoint's `failed`, or (fexit) an error pointer or NULL returned.
     let failed = if l.ret.is_present() {
@@ -391,9 +456,29 @@ pub(crate) fn on_alloc_vmap_area(ctx: *mut c_void, l: &VmapAreaLayout, k: Kind) 
     record_size(Allocator::Vmalloc, t, GFP_UNKNOWN, size, size);
     attribute(Allocator::Vmalloc, t, 0, size, k.typed());
     raise(t, size);
+    // Only the tracepoint has the area's address (and only kernels with it have the free
+    // event that ends its sample).
+    if l.addr.is_present() {
+        let key = LiveKey {
+            addr: r.get(l.addr),
+            space: SPACE_VMALLOC,
+        };
+        profile::on_alloc(ctx, t, Allocator::Vmalloc, key, size, 0);
+    }
     if size >= min_bytes() {
         n.flags = EVENT_LARGE;
         emit(ctx, n);
+    }
+}
+
+/// `vmalloc:free_vmap_area_noflush`: an area is freed (its pages may be purged later).
+#[inline(always)]
+pub(crate) fn on_free_vmap_area(ctx: *mut c_void, l: &VmapFreeLayout, k: Kind) {
+    if !hooks_only() {
+        profile::on_free(LiveKey {
+            addr: field(ctx, l.va_start, k),
+            space: SPACE_VMALLOC,
+        });
     }
 }
 
@@ -410,7 +495,7 @@ pub(crate) fn on_percpu_alloc(ctx: *mut c_void, l: &PercpuAllocLayout, k: Kind) 
     if wanted() {
         let r = EventFields::load(
             ctx,
-            span(&[l.call_site, l.size, l.bytes_alloc, l.gfp_flags]),
+            span(&[l.call_site, l.size, l.bytes_alloc, l.gfp_flags, l.ptr]),
             k,
         );
         // Before 5.14 the event has neither the bytes allocated nor the GFP flags (nor the
@@ -427,14 +512,27 @@ pub(crate) fn on_percpu_alloc(ctx: *mut c_void, l: &PercpuAllocLayout, k: Kind) 
             GFP_UNKNOWN
         };
         let t = tables(Allocator::Percpu);
+        let call_site = r.get(l.call_site);
         record_size(Allocator::Percpu, t, gfp, size, bytes_alloc);
-        attribute(
-            Allocator::Percpu,
-            t,
-            r.get(l.call_site),
-            bytes_alloc,
-            k.typed(),
-        );
+        attribute(Allocator::Percpu, t, call_site, bytes_alloc, k.typed());
+        let key = percpu_key(r.get(l.ptr));
+        profile::on_alloc(ctx, t, Allocator::Percpu, key, bytes_alloc, call_site);
+    }
+}
+
+#[inline(always)]
+fn percpu_key(ptr: u64) -> LiveKey {
+    LiveKey {
+        addr: ptr,
+        space: SPACE_PERCPU,
+    }
+}
+
+/// `percpu:percpu_free_percpu`.
+#[inline(always)]
+pub(crate) fn on_percpu_free(ctx: *mut c_void, l: &PercpuFreeLayout, k: Kind) {
+    if !hooks_only() {
+        profile::on_free(percpu_key(field(ctx, l.ptr, k)));
     }
 }
 

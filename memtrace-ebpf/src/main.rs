@@ -21,6 +21,9 @@
 //! looks the programs, maps and globals up by name: their names must not change.
 #![no_std]
 #![no_main]
+// The atomic add on the heap profile's filter (see `profile::add`).
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod attribution;
 mod fields;
@@ -28,6 +31,7 @@ mod globals;
 mod handlers;
 mod maps;
 mod notable;
+mod profile;
 mod tables;
 
 use aya_ebpf::{
@@ -43,9 +47,9 @@ use crate::{
     fields::Kind,
     globals::{LAYOUTS, global},
     handlers::{
-        on_alloc_vmap_area, on_compaction, on_extfrag, on_free, on_kmalloc, on_kmem_cache_alloc,
-        on_mm_page_alloc, on_mm_page_free, on_oom_kill, on_page_free_batched, on_percpu_alloc,
-        on_percpu_fail, on_purge,
+        on_alloc_vmap_area, on_compaction, on_extfrag, on_free, on_free_vmap_area, on_kmalloc,
+        on_kmem_cache_alloc, on_mm_page_alloc, on_mm_page_free, on_oom_kill, on_percpu_alloc,
+        on_percpu_fail, on_percpu_free, on_purge,
     },
 };
 
@@ -168,6 +172,15 @@ probe!(
     mm_page_free_btf_fixed = FixedBtf::MM_PAGE_FREE,
     |c, l, k| on_mm_page_free(c, &l, k)
 );
+// `mm_page_free_batched` frees one order-0 page: its layout has no order.
+probe!(
+    mm_page_free_batched,
+    "mm_page_free_batched",
+    mm_page_free_batched_tp,
+    mm_page_free_batched_btf,
+    mm_page_free_batched_raw,
+    |c, l, k| on_mm_page_free(c, &l, k)
+);
 probe!(
     mm_page_alloc_extfrag,
     "mm_page_alloc_extfrag",
@@ -194,6 +207,14 @@ pub fn alloc_vmap_area_fexit(ctx: FExitContext) -> i32 {
 }
 
 probe!(
+    free_vmap_area_noflush,
+    "free_vmap_area_noflush",
+    free_vmap_area_noflush_tp,
+    free_vmap_area_noflush_btf,
+    free_vmap_area_noflush_raw,
+    |c, l, k| on_free_vmap_area(c, &l, k)
+);
+probe!(
     purge_vmap_area_lazy,
     "purge_vmap_area_lazy",
     purge_vmap_area_lazy_tp,
@@ -208,6 +229,14 @@ probe!(
     percpu_alloc_percpu_btf,
     percpu_alloc_percpu_raw,
     |c, l, k| on_percpu_alloc(c, &l, k)
+);
+probe!(
+    percpu_free_percpu,
+    "percpu_free_percpu",
+    percpu_free_percpu_tp,
+    percpu_free_percpu_btf,
+    percpu_free_percpu_raw,
+    |c, l, k| on_percpu_free(c, &l, k)
 );
 
 probe!(
@@ -235,25 +264,6 @@ pub fn mark_victim_btf(_ctx: BtfTracePointContext) -> i32 {
 #[raw_tracepoint(tracepoint = "mark_victim")]
 pub fn mark_victim_raw(_ctx: RawTracePointContext) -> i32 {
     on_oom_kill();
-    0
-}
-
-/// `mm_page_free_batched` frees one order-0 page and has no field memtrace needs.
-#[tracepoint]
-pub fn mm_page_free_batched_tp(_ctx: TracePointContext) -> u32 {
-    on_page_free_batched();
-    0
-}
-
-#[btf_tracepoint(function = "mm_page_free_batched")]
-pub fn mm_page_free_batched_btf(_ctx: BtfTracePointContext) -> i32 {
-    on_page_free_batched();
-    0
-}
-
-#[raw_tracepoint(tracepoint = "mm_page_free_batched")]
-pub fn mm_page_free_batched_raw(_ctx: RawTracePointContext) -> i32 {
-    on_page_free_batched();
     0
 }
 

@@ -3,12 +3,13 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
 };
 use memtrace_common::{
     ALLOCATORS, AllocatorTables, CACHES_MAX, CALLSITES_MAX, CGROUPS_MAX, COMMS_MAX, COUNTERS_LEN,
     CacheName, CacheStats, CacheTable, CgroupKey, CommKey, EVENTS_RING_BYTES, GFP_KEYS_MAX, GfpKey,
-    PAGE_KEYS_MAX, PageKey, PageTable, STACKS_MAX, SiteKey, SizeStats, Usage,
+    LIVE_MAX, LiveKey, PAGE_KEYS_MAX, PROFILE_RING_BYTES, PageKey, PageTable, STACKS_MAX, SiteKey,
+    SizeStats, Usage,
 };
 
 #[map]
@@ -60,3 +61,15 @@ pub(crate) static CACHE_NAMES: HashMap<u64, CacheName> = HashMap::with_max_entri
 
 #[map]
 pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);
+
+// Heap profiles (see `profile`). Userspace sizes the live map and its filter from its flags
+// (the filter to one entry, the ring to one page, with profiling off).
+
+#[map]
+pub(crate) static LIVE: HashMap<LiveKey, u64> = HashMap::with_max_entries(LIVE_MAX, 0);
+
+#[map]
+pub(crate) static LIVE_FILTER: Array<u32> = Array::with_max_entries(1, 0);
+
+#[map]
+pub(crate) static PROFILE_EVENTS: RingBuf = RingBuf::with_byte_size(PROFILE_RING_BYTES, 0);

@@ -20,3 +20,4 @@ pub mod export;
 pub mod kernel;
 pub mod label;
 pub mod limits;
+pub mod profile;

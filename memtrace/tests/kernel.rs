@@ -1215,7 +1215,7 @@ fn cgroup_series(
     }
     let mut buf = Vec::new();
     prometheus::TextEncoder::new()
-        .encode(&e.families(snap, &[]), &mut buf)
+        .encode(&e.families(snap, &[], None), &mut buf)
         .unwrap();
     let text = String::from_utf8(buf).unwrap();
     support::assert::assert_no_addresses(&text);

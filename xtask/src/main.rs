@@ -188,7 +188,8 @@ const BPF_LINKER_LLVM: std::ops::RangeInclusive<u32> = 21..=23;
 /// Debian packages the tests use: `prometheus` brings the server and `promtool`, against
 /// which the exporter and the alerting rules are checked; `systemd` brings
 /// `systemd-analyze` for the unit; `util-linux` brings `setpriv` for the capability test;
-/// `qemu-system-x86` and `busybox-static` boot other kernels for `cargo xtask vm-test`.
+/// `qemu-system-x86` and `busybox-static` boot other kernels for `cargo xtask vm-test`;
+/// `golang-go` brings `go tool pprof`, which reads the heap profiles back.
 const DEBIAN_PACKAGES: &[&str] = &[
     "prometheus",
     "systemd",
@@ -196,6 +197,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "tmux",
     "qemu-system-x86",
     "busybox-static",
+    "golang-go",
 ];
 
 fn setup() -> anyhow::Result<()> {

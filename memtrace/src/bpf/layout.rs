@@ -199,7 +199,23 @@ fn fill_event(
             ));
             missing
         }
-        "mm_page_free" => fill(src, ["order"], [&mut l.mm_page_free.order]),
+        "mm_page_free" | "mm_page_free_batched" => {
+            let k = if event == "mm_page_free" {
+                &mut l.mm_page_free
+            } else {
+                &mut l.mm_page_free_batched
+            };
+            // The page is for heap profiles only: without it, frees still count.
+            let _ = match mode {
+                Mode::Tp => fill(src, ["pfn"], [&mut k.pfn]),
+                Mode::Btf => fill(src, ["page"], [&mut k.page]),
+            };
+            if event == "mm_page_free" {
+                fill(src, ["order"], [&mut k.order])
+            } else {
+                Vec::new()
+            }
+        }
         "mm_page_alloc_extfrag" => fill(
             src,
             ["fallback_order"],
@@ -207,16 +223,26 @@ fn fill_event(
         ),
         "alloc_vmap_area" => {
             let k = &mut l.alloc_vmap_area;
+            let _ = fill(src, ["addr"], [&mut k.addr]);
             fill(src, ["size", "failed"], [&mut k.size, &mut k.failed])
         }
+        "free_vmap_area_noflush" => {
+            fill(src, ["va_start"], [&mut l.free_vmap_area_noflush.va_start])
+        }
+        "percpu_free_percpu" => fill(src, ["ptr"], [&mut l.percpu_free_percpu.ptr]),
         "purge_vmap_area_lazy" => fill(src, ["npurged"], [&mut l.purge_vmap_area_lazy.npurged]),
         "percpu_alloc_percpu" => {
             let k = &mut l.percpu_alloc_percpu;
             // Before 5.14 the event has only the size: see `optional_missing`.
             let _ = fill(
                 src,
-                ["call_site", "bytes_alloc", "gfp_flags"],
-                [&mut k.call_site, &mut k.bytes_alloc, &mut k.gfp_flags],
+                ["call_site", "bytes_alloc", "gfp_flags", "ptr"],
+                [
+                    &mut k.call_site,
+                    &mut k.bytes_alloc,
+                    &mut k.gfp_flags,
+                    &mut k.ptr,
+                ],
             );
             fill(src, ["size"], [&mut k.size])
         }
@@ -226,7 +252,7 @@ fn fill_event(
             [&mut l.mm_compaction_try_to_compact_pages.order],
         ),
         // Events whose programs read no field.
-        "mm_page_free_batched" | "percpu_alloc_percpu_fail" | "mark_victim" => Vec::new(),
+        "percpu_alloc_percpu_fail" | "mark_victim" => Vec::new(),
         other => vec![format!("(memtrace has no layout for {other})")],
     }
 }
@@ -496,6 +522,7 @@ fn vmap_layout_of(params: &[crate::kernel::btf::Param]) -> Result<VmapAreaLayout
         return Err("has too many arguments for fexit".into());
     }
     Ok(VmapAreaLayout {
+        addr: FieldLoc::ABSENT,
         size: FieldLoc::new(8 * size as u16, 8),
         failed: FieldLoc::ABSENT,
         ret: FieldLoc::new(8 * params.len() as u16, 8),
@@ -649,6 +676,7 @@ mod tests {
         assert_eq!(
             vmap_layout_of(&params).unwrap(),
             VmapAreaLayout {
+                addr: FieldLoc::ABSENT,
                 size: FieldLoc::new(0, 8),
                 failed: FieldLoc::ABSENT,
                 ret: FieldLoc::new(48, 8),

@@ -16,13 +16,14 @@ use memtrace_common::{
     GLOBAL_FILTERED, GLOBAL_HOOKS_ONLY, GLOBAL_LAYOUTS, GLOBAL_NOTABLE_MIN_BYTES,
     GLOBAL_NOTABLE_MIN_ORDER, GLOBAL_PAGE_SIZE, GLOBAL_TABLE_MASK, Layouts, MAP_CACHE_NAMES,
     MAP_CACHE_STATS, MAP_CACHE_TABLE, MAP_CALLSITES, MAP_CGROUPS, MAP_COMMS, MAP_COUNTERS,
-    MAP_EVENTS, MAP_FAILURES, MAP_PAGE_ALLOCS, MAP_PAGE_TABLE, MAP_SIZE_STATS, MAP_STACKS,
-    MAP_TABLES, PROBES,
+    MAP_EVENTS, MAP_FAILURES, MAP_LIVE, MAP_LIVE_FILTER, MAP_PAGE_ALLOCS, MAP_PAGE_TABLE,
+    MAP_PROFILE_EVENTS, MAP_SIZE_STATS, MAP_STACKS, MAP_TABLES, PROBES,
 };
+use memtrace_common::{GLOBAL_PROFILE_GAPS, GLOBAL_PROFILE_MASK, PROFILE_RING_BYTES, SampleGaps};
 
 pub use attach::{AttachMode, AttachPreference, ProbeStatus};
 pub use snapshot::Snapshot;
-pub use tracer::{Tracer, TracerOptions};
+pub use tracer::{ProfileOptions, Tracer, TracerOptions};
 
 /// The eBPF object, built by build.rs and embedded in the binary.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/memtrace"));
@@ -43,6 +44,9 @@ pub const MAPS: &[&str] = &[
     MAP_PAGE_ALLOCS,
     MAP_CACHE_STATS,
     MAP_CACHE_NAMES,
+    MAP_LIVE,
+    MAP_LIVE_FILTER,
+    MAP_PROFILE_EVENTS,
 ];
 
 /// Every load-time global the loader sets.
@@ -57,6 +61,8 @@ pub const GLOBALS: &[&str] = &[
     GLOBAL_PAGE_SIZE,
     GLOBAL_TABLE_MASK,
     GLOBAL_HOOKS_ONLY,
+    GLOBAL_PROFILE_GAPS,
+    GLOBAL_PROFILE_MASK,
 ];
 
 /// Every program memtrace may load: each probe's classic, BTF (generic and fixed-layout),
@@ -134,7 +140,23 @@ pub fn one_line(err: &(dyn std::error::Error + 'static)) -> String {
 
 /// Loads (creates maps, relocates) the embedded object with its load-time globals.
 pub(crate) fn load_object(layouts: &Layouts, opts: &TracerOptions) -> anyhow::Result<Ebpf> {
+    // With profiling off the maps are as small as the kernel allows and the programs' profile
+    // code is dead (PROFILE_MASK 0).
+    let (gaps, mask, live, ring) = match &opts.profile {
+        Some(p) => (
+            crate::profile::weight::gaps(p.sample_bytes),
+            p.filter_mask(),
+            p.max_live,
+            PROFILE_RING_BYTES,
+        ),
+        None => (SampleGaps::ZERO, 0, 1, crate::kernel::page_size() as u32),
+    };
     EbpfLoader::new()
+        .override_global(GLOBAL_PROFILE_GAPS, &gaps, true)
+        .override_global(GLOBAL_PROFILE_MASK, &mask, true)
+        .map_max_entries(MAP_LIVE, live)
+        .map_max_entries(MAP_LIVE_FILTER, mask + 1)
+        .map_max_entries(MAP_PROFILE_EVENTS, ring)
         .override_global(GLOBAL_LAYOUTS, layouts, true)
         .override_global(GLOBAL_FILTER_TGID, &opts.filter_tgid, true)
         .override_global(GLOBAL_FILTER_TID, &opts.filter_tid, true)

@@ -12,9 +12,10 @@ use aya::{
 };
 use memtrace_common::{
     ATTR_CGROUPS, Allocator, CACHE_OVERFLOW, CGROUP_OVERFLOW, CacheStats, CgroupKey, CommKey,
-    GFP_OVERFLOW, GfpKey, MAP_CACHE_STATS, MAP_CALLSITES, MAP_CGROUPS, MAP_COMMS, MAP_EVENTS,
-    MAP_FAILURES, MAP_PAGE_ALLOCS, MAP_SIZE_STATS, MAP_STACKS, ORDER_SLOTS, PROBES, PageKey,
-    ProbeSpec, SiteKey, SizeStats, Usage,
+    GFP_OVERFLOW, GfpKey, LiveKey, MAP_CACHE_STATS, MAP_CALLSITES, MAP_CGROUPS, MAP_COMMS,
+    MAP_EVENTS, MAP_FAILURES, MAP_LIVE, MAP_LIVE_FILTER, MAP_PAGE_ALLOCS, MAP_PROFILE_EVENTS,
+    MAP_SIZE_STATS, MAP_STACKS, ORDER_SLOTS, PROBES, PageKey, ProbeSpec, SiteKey, SizeStats, Usage,
+    live_slot,
 };
 
 use super::{
@@ -56,6 +57,28 @@ pub struct TracerOptions {
     /// Load the generic BTF programs even where a fixed-layout one fits this kernel (see
     /// [`memtrace_common::FixedBtf`]). Only tests set it, to exercise the generic ones.
     pub generic_btf: bool,
+    /// Heap profiling, if on.
+    pub profile: Option<ProfileOptions>,
+}
+
+/// Heap profiling's options (see [`memtrace_common::SampleGaps`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProfileOptions {
+    /// The mean of the bytes between samples.
+    pub sample_bytes: u64,
+    /// Capacity of the kernel's live-sample map.
+    pub max_live: u32,
+}
+
+impl ProfileOptions {
+    /// The mask of the live map's filter: about 16 counters per live sample (a power of two,
+    /// 2^12 to 2^22), so that a free's counter is rarely another sample's.
+    pub fn filter_mask(&self) -> u32 {
+        (self.max_live.saturating_mul(16))
+            .clamp(1 << 12, 1 << 22)
+            .next_power_of_two()
+            - 1
+    }
 }
 
 impl Default for TracerOptions {
@@ -73,6 +96,7 @@ impl Default for TracerOptions {
             cgroups_max: memtrace_common::CGROUPS_MAX,
             table_slots: 0,
             generic_btf: false,
+            profile: None,
         }
     }
 }
@@ -87,6 +111,7 @@ pub struct Tracer {
     migratetypes: BTreeMap<u32, String>,
     /// Why per-cgroup counting was asked for but is off.
     cgroups_unavailable: Option<String>,
+    profile: Option<ProfileOptions>,
 }
 
 impl Tracer {
@@ -183,6 +208,7 @@ impl Tracer {
             nr_cpus,
             migratetypes,
             cgroups_unavailable,
+            profile: opts.profile,
         };
         tracer.insert_overflow_keys()?;
         Ok(tracer)
@@ -249,6 +275,58 @@ impl Tracer {
             .take_map(MAP_EVENTS)
             .context("the events ring buffer was already taken")?;
         Ok(aya::maps::RingBuf::try_from(map)?)
+    }
+
+    /// Takes the heap profile's ring buffer (once); its reader feeds a
+    /// [`crate::profile::live::Profiler`].
+    pub fn take_profile_events(&mut self) -> anyhow::Result<aya::maps::RingBuf<MapData>> {
+        let map = self
+            .ebpf
+            .take_map(MAP_PROFILE_EVENTS)
+            .context("the profile ring buffer was already taken")?;
+        Ok(aya::maps::RingBuf::try_from(map)?)
+    }
+
+    /// The heap profiling options the programs were loaded with.
+    pub fn profile(&self) -> Option<ProfileOptions> {
+        self.profile
+    }
+
+    /// Removes live samples from the kernel's live map (those userspace aged out, see
+    /// [`crate::profile::live::Profiler::tick`]), with their filter counts. A counter is
+    /// read and written back, not changed atomically: a program changing the same counter
+    /// at that moment may lose its change, which costs at most a free's needless lookup or
+    /// a missed free that ages out in turn.
+    pub fn forget_live(&mut self, keys: &[LiveKey]) -> anyhow::Result<usize> {
+        let Some(p) = self.profile else {
+            return Ok(0);
+        };
+        let mask = p.filter_mask();
+        let mut removed = Vec::new();
+        {
+            let mut live: aya::maps::HashMap<&mut MapData, LiveKey, u64> =
+                aya::maps::HashMap::try_from(
+                    self.ebpf.map_mut(MAP_LIVE).context("map LIVE missing")?,
+                )?;
+            for k in keys {
+                if live.remove(k).is_ok() {
+                    removed.push(*k);
+                }
+            }
+        }
+        let mut filter: aya::maps::Array<&mut MapData, u32> = aya::maps::Array::try_from(
+            self.ebpf
+                .map_mut(MAP_LIVE_FILTER)
+                .context("map LIVE_FILTER missing")?,
+        )?;
+        for k in &removed {
+            let slot = live_slot(k, mask);
+            let n = filter.get(&slot, 0).context("reading LIVE_FILTER")?;
+            filter
+                .set(slot, n.saturating_sub(1), 0)
+                .context("writing LIVE_FILTER")?;
+        }
+        Ok(removed.len())
     }
 
     /// Pre-inserts the overflow slots the programs count in when a map is full.

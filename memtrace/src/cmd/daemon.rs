@@ -21,7 +21,7 @@ use prometheus::{Encoder as _, Registry, TextEncoder};
 
 use crate::{
     bpf::{
-        AttachPreference, Tracer, TracerOptions,
+        AttachPreference, ProfileOptions, Tracer, TracerOptions,
         events::{self, Kind},
     },
     export::{
@@ -29,6 +29,10 @@ use crate::{
         record::{Clock, SeqRecord},
     },
     kernel,
+    profile::{
+        live::{Limits, Profiler},
+        weight::Estimator,
+    },
 };
 
 /// Flags of `memtrace daemon`; each has an environment-variable equivalent and a key in the
@@ -156,6 +160,89 @@ pub struct DaemonArgs {
     /// (`cargo xtask bench`); the metrics then stay at zero.
     #[arg(long = "probes.hooks-only", env = "MEMTRACE_PROBES_HOOKS_ONLY")]
     pub hooks_only: bool,
+    #[command(flatten)]
+    pub profile: ProfileArgs,
+}
+
+/// Heap profiling's flags, shared by the daemon, `memtrace profile` and `memtrace leaks`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProfileArgs {
+    /// Sample allocations for heap profiles (/debug/pprof/heap, memtrace_live_bytes,
+    /// /api/leaks): per allocation a subtraction; per sampled one a stack walk.
+    #[arg(
+        long = "profile.enabled",
+        env = "MEMTRACE_PROFILE_ENABLED",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        value_name = "BOOL"
+    )]
+    pub enabled: bool,
+    /// The mean number of bytes allocated between two samples (per CPU and allocator).
+    #[arg(
+        long = "profile.sample-bytes",
+        env = "MEMTRACE_PROFILE_SAMPLE_BYTES",
+        default_value_t = 512 * 1024,
+        value_parser = clap::value_parser!(u64).range(64..=1 << 34),
+        value_name = "BYTES"
+    )]
+    pub sample_bytes: u64,
+    /// Most live samples held (the kernel's live-sample map); when full, new samples are
+    /// not taken and count in memtrace_events_lost_total{reason="profile_live_full"}.
+    #[arg(
+        long = "profile.max-live",
+        env = "MEMTRACE_PROFILE_MAX_LIVE",
+        default_value_t = 65_536,
+        value_parser = clap::value_parser!(u32).range(1024..=1 << 22),
+        value_name = "N"
+    )]
+    pub max_live: u32,
+    /// Most distinct kernel stacks with their own totals; samples of further stacks count in
+    /// their allocator's [other] stack and in
+    /// memtrace_events_lost_total{reason="profile_stacks_full"}.
+    #[arg(
+        long = "profile.max-stacks",
+        env = "MEMTRACE_PROFILE_MAX_STACKS",
+        default_value_t = 4096,
+        value_parser = clap::value_parser!(u32).range(16..=1 << 20),
+        value_name = "N"
+    )]
+    pub max_stacks: u32,
+    /// Live samples older than this many seconds are taken for allocations whose free was
+    /// missed and dropped (memtrace_profile_phantom_samples_total{reason="aged_out"}); 0
+    /// keeps them.
+    #[arg(
+        long = "profile.max-age",
+        env = "MEMTRACE_PROFILE_MAX_AGE",
+        default_value_t = 86_400,
+        value_name = "SECONDS"
+    )]
+    pub max_age_secs: u64,
+}
+
+impl ProfileArgs {
+    /// The tracer's profiling options (`None` when off).
+    pub fn tracer_options(&self) -> Option<ProfileOptions> {
+        self.enabled.then_some(ProfileOptions {
+            sample_bytes: self.sample_bytes,
+            max_live: self.max_live,
+        })
+    }
+
+    /// A profiler for `tracer` (`None` when profiling is off), with a leak window of
+    /// `window` ticks.
+    pub fn profiler(&self, tracer: &Tracer, window: usize) -> Option<Profiler> {
+        let p = tracer.profile()?;
+        Some(Profiler::new(
+            Estimator::of(&crate::profile::weight::gaps(p.sample_bytes)),
+            p.sample_bytes,
+            Limits {
+                max_live: p.max_live as usize,
+                max_stacks: self.max_stacks as usize,
+                max_age_ns: self.max_age_secs.saturating_mul(1_000_000_000),
+                window,
+            },
+        ))
+    }
 }
 
 fn parse_telemetry_path(s: &str) -> Result<String, String> {
@@ -168,8 +255,13 @@ fn parse_telemetry_path(s: &str) -> Result<String, String> {
 }
 
 struct AppState {
-    /// The programs and the label state; one scrape at a time reads the maps.
+    /// The programs and the label state; one scrape at a time reads the maps. Taken before
+    /// `profile` where both are.
     inner: Mutex<(Tracer, Exporter)>,
+    /// The heap profile, when on.
+    profile: Option<Arc<Mutex<Profiler>>>,
+    /// When the daemon started: the heap profile's start.
+    started: std::time::SystemTime,
     notable: Arc<NotableCounts>,
     registry: Registry,
     kernel: String,
@@ -226,6 +318,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
             0
         },
         hooks_only: args.hooks_only,
+        profile: args.profile.tracer_options(),
         ..Default::default()
     })?;
     let cgroup_paths = match (cgroup_paths, tracer.cgroups_unavailable()) {
@@ -237,6 +330,24 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     };
     let notable = Arc::new(NotableCounts::default());
     let drain = tokio::spawn(drain_events(tracer.take_events()?, notable.clone()));
+    let profile = args
+        .profile
+        .profiler(&tracer, LEAK_WINDOW)
+        .map(|p| Arc::new(Mutex::new(p)));
+    let profile_drain = match &profile {
+        Some(p) => {
+            tracing::info!(
+                sample_bytes = args.profile.sample_bytes,
+                max_live = args.profile.max_live,
+                "heap profiling on"
+            );
+            Some(tokio::spawn(crate::profile::drain(
+                tracer.take_profile_events()?,
+                p.clone(),
+            )))
+        }
+        None => None,
+    };
     for p in tracer.probes() {
         match (&p.mode, &p.note) {
             (Some(mode), _) => tracing::info!(
@@ -273,6 +384,8 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     };
     let state = Arc::new(AppState {
         inner: Mutex::new((tracer, exporter)),
+        profile,
+        started: std::time::SystemTime::now(),
         notable,
         registry,
         kernel,
@@ -284,7 +397,13 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         .route("/healthz", get(|| async { "ok\n" }))
         .route(&args.telemetry_path, get(serve_metrics))
         .route(export::record::FAILURES_PATH, get(serve_failures))
+        .route(HEAP_PATH, get(serve_heap))
+        .route(LEAKS_PATH, get(serve_leaks))
         .with_state(state.clone());
+    let ticks = state
+        .profile
+        .is_some()
+        .then(|| tokio::spawn(tick(state.clone())));
 
     tracing::info!(
         address = %args.listen_address,
@@ -296,9 +415,91 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow!("HTTP server failed: {e}"))?;
     drain.abort();
+    for t in [profile_drain, ticks].into_iter().flatten() {
+        t.abort();
+    }
     drop(state); // detaches every program
     tracing::info!("stopped; programs detached");
     Ok(())
+}
+
+/// The heap profile, as Go services serve theirs (Parca and Pyroscope scrape this path).
+pub const HEAP_PATH: &str = "/debug/pprof/heap";
+/// Leak suspects, as JSON.
+pub const LEAKS_PATH: &str = "/api/leaks";
+/// Seconds between two points of each stack's live-bytes window.
+const TICK_SECONDS: u64 = 10;
+/// Points of each stack's live-bytes window: ten minutes.
+const LEAK_WINDOW: usize = 60;
+
+/// Every tick: each stack's live bytes into its window, and the aged-out samples out of the
+/// kernel's live map.
+async fn tick(state: Arc<AppState>) {
+    let Some(profile) = state.profile.clone() else {
+        return;
+    };
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(TICK_SECONDS));
+    loop {
+        every.tick().await;
+        let old = {
+            let mut p = profile.lock().unwrap_or_else(|p| p.into_inner());
+            p.tick(crate::profile::monotonic_ns())
+        };
+        if old.is_empty() {
+            continue;
+        }
+        let mut inner = state.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = inner.0.forget_live(&old) {
+            tracing::warn!("removing aged-out samples from the kernel failed: {e:#}");
+        }
+    }
+}
+
+/// The reply to a heap-profile request when profiling is off.
+fn profiling_off() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        "heap profiling is off: start the daemon with --profile.enabled true\n",
+    )
+        .into_response()
+}
+
+async fn serve_heap(State(state): State<Arc<AppState>>) -> Response {
+    let Some(profile) = &state.profile else {
+        return profiling_off();
+    };
+    let report = {
+        let mut inner = state.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let p = profile.lock().unwrap_or_else(|p| p.into_inner());
+        crate::profile::report_since(&p, inner.1.symbols(), state.started)
+    };
+    (
+        [
+            (header::CONTENT_TYPE, "application/octet-stream"),
+            (header::CONTENT_DISPOSITION, "attachment; filename=\"heap\""),
+        ],
+        crate::profile::pprof::encode(&report),
+    )
+        .into_response()
+}
+
+async fn serve_leaks(State(state): State<Arc<AppState>>) -> Response {
+    let Some(profile) = &state.profile else {
+        return profiling_off();
+    };
+    let suspects = {
+        let mut inner = state.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let p = profile.lock().unwrap_or_else(|p| p.into_inner());
+        p.suspects(inner.1.symbols(), crate::profile::monotonic_ns())
+    };
+    match serde_json::to_vec(&suspects) {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding failed: {e}\n"),
+        )
+            .into_response(),
+    }
 }
 
 /// Failures kept for [`FAILURES_PATH`](crate::export::record::FAILURES_PATH).
@@ -424,7 +625,11 @@ async fn serve_metrics(State(state): State<Arc<AppState>>) -> Response {
     let families = {
         let mut inner = state.inner.lock().unwrap_or_else(|p| p.into_inner());
         let (tracer, exporter) = &mut *inner;
-        export::kernel_families(tracer, exporter).map(|mut f| {
+        let profile = state
+            .profile
+            .as_ref()
+            .map(|p| p.lock().unwrap_or_else(|p| p.into_inner()));
+        export::kernel_families(tracer, exporter, profile.as_deref()).map(|mut f| {
             f.push(state.notable.family());
             f
         })

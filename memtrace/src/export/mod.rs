@@ -10,6 +10,7 @@ mod attribution;
 mod limits;
 pub mod names;
 mod pages;
+mod profile;
 mod proto;
 pub mod record;
 pub mod scrape;
@@ -23,6 +24,7 @@ use prometheus::proto::MetricFamily;
 use crate::{
     bpf::{ProbeStatus, Snapshot},
     label::{cardinality::Limiter, gfp::GfpTable},
+    profile::live::Profiler,
 };
 
 /// Every kernel-derived family of one scrape: the maps, read now, and the limits collector
@@ -30,9 +32,10 @@ use crate::{
 pub fn kernel_families(
     tracer: &crate::bpf::Tracer,
     exporter: &mut Exporter,
+    profile: Option<&Profiler>,
 ) -> anyhow::Result<Vec<MetricFamily>> {
     let snap = tracer.snapshot()?;
-    let mut f = exporter.families(&snap, tracer.probes());
+    let mut f = exporter.families(&snap, tracer.probes(), profile);
     match crate::limits::collect(&crate::limits::Sources::live()) {
         Ok(l) => {
             f.extend(limits_families(&l));
@@ -161,13 +164,27 @@ impl Exporter {
             .unwrap_or_else(|| mt.to_string())
     }
 
-    /// Builds every kernel-derived metric family from one snapshot.
-    pub fn families(&mut self, snap: &Snapshot, probes: &[ProbeStatus]) -> Vec<MetricFamily> {
+    /// The kernel's symbols (reloaded when modules change), if kallsyms is readable.
+    pub fn symbols(&mut self) -> Option<&crate::label::symbolize::Symbolizer> {
+        self.symbols.as_mut().map(|s| s.get())
+    }
+
+    /// Builds every kernel-derived metric family from one snapshot, and the heap profile's
+    /// when profiling is on.
+    pub fn families(
+        &mut self,
+        snap: &Snapshot,
+        probes: &[ProbeStatus],
+        profile: Option<&Profiler>,
+    ) -> Vec<MetricFamily> {
         let mut out = Vec::new();
         self.allocation_families(snap, &mut out);
         self.attribution(snap, &mut out);
         self.page_families(snap, &mut out);
-        self.status_families(snap, probes, &mut out);
+        self.status_families(snap, probes, profile, &mut out);
+        if let Some(p) = profile {
+            self.profile_families(p, &mut out);
+        }
         out.retain(|f| !f.get_metric().is_empty());
         out
     }
@@ -247,7 +264,7 @@ mod tests {
             },
             None,
         );
-        let text = render(&e.families(&snap, &[]));
+        let text = render(&e.families(&snap, &[], None));
         assert!(
             text.contains("memtrace_kmalloc_size_bytes_bucket{gfp=\"GFP_KERNEL\",le=\"8\"} 0"),
             "{text}"
@@ -332,7 +349,7 @@ mod tests {
         };
         let mut e = Exporter::new(None, BTreeMap::new(), None, "6.18".into(), limits, None)
             .with_cgroup_paths(crate::label::cgroup::Resolver::new(root.clone()));
-        let text = render(&e.families(&snap, &[]));
+        let text = render(&e.families(&snap, &[], None));
         let _ = std::fs::remove_dir_all(&root);
         for line in [
             "memtrace_cgroup_allocations_total{allocator=\"kmalloc\",cgroup=\"/s/a\"} 30",
@@ -347,7 +364,7 @@ mod tests {
         }
         // Without per-cgroup counting, no cgroup family at all.
         let mut e = Exporter::new(None, BTreeMap::new(), None, "6.18".into(), limits, None);
-        let text = render(&e.families(&Snapshot::default(), &[]));
+        let text = render(&e.families(&Snapshot::default(), &[], None));
         assert!(!text.contains("memtrace_cgroup_"), "{text}");
     }
 
@@ -442,7 +459,7 @@ mod tests {
             },
             None,
         );
-        let mut families = e.families(&snap, &probes);
+        let mut families = e.families(&snap, &probes, None);
         families.extend(limits_families(&limits));
         let text = render(&families);
         let samples = scrape::parse_exposition(&text);

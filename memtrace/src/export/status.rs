@@ -8,7 +8,10 @@ use super::{
     Exporter, names,
     proto::{counter, family, gauge},
 };
-use crate::bpf::{ProbeStatus, Snapshot};
+use crate::{
+    bpf::{ProbeStatus, Snapshot},
+    profile::live::Profiler,
+};
 
 impl Exporter {
     /// Lost events, probes attached, build information.
@@ -16,21 +19,39 @@ impl Exporter {
         &self,
         snap: &Snapshot,
         probes: &[ProbeStatus],
+        profile: Option<&Profiler>,
         out: &mut Vec<MetricFamily>,
     ) {
         // memtrace itself.
+        let mut lost = vec![
+            counter(
+                &[("reason", "map_full")],
+                snap.counter(Counter::MapFull) as f64,
+            ),
+            counter(
+                &[("reason", "ringbuf_full")],
+                snap.counter(Counter::RingbufFull) as f64,
+            ),
+            counter(&[("reason", "recursion")], snap.recursion_misses as f64),
+        ];
+        if let Some(p) = profile {
+            lost.extend([
+                counter(
+                    &[("reason", "profile_live_full")],
+                    (snap.counter(Counter::ProfileLiveFull) + p.live_full) as f64,
+                ),
+                counter(
+                    &[("reason", "profile_ringbuf_full")],
+                    snap.counter(Counter::ProfileRingFull) as f64,
+                ),
+                counter(&[("reason", "profile_stacks_full")], p.stacks_full as f64),
+            ]);
+        }
         out.push(family(
             names::EVENTS_LOST_TOTAL,
-            "Events memtrace could not record as usual: map_full (counted under an \"other\" label instead), ringbuf_full (notable event dropped), recursion (not counted: an interrupt on a CPU where the same program was running).",
+            "Events memtrace could not record as usual: map_full (counted under an \"other\" label instead), ringbuf_full (notable event dropped), recursion (not counted: an interrupt on a CPU where the same program was running); with heap profiling on, profile_live_full (a sample not taken: the live-sample map was full), profile_ringbuf_full (a sample not taken, or a sample's free not reported: that sample ages out), profile_stacks_full (a sample counted in its allocator's [other] stack: the stack table was full).",
             MetricType::COUNTER,
-            vec![
-                counter(&[("reason", "map_full")], snap.counter(Counter::MapFull) as f64),
-                counter(
-                    &[("reason", "ringbuf_full")],
-                    snap.counter(Counter::RingbufFull) as f64,
-                ),
-                counter(&[("reason", "recursion")], snap.recursion_misses as f64),
-            ],
+            lost,
         ));
         out.push(family(
             names::PROBE_ATTACHED,

@@ -96,7 +96,7 @@ impl Source {
             } => {
                 let mut raw = Vec::new();
                 events::drain(ring, |e| raw.push(e));
-                let families = crate::export::kernel_families(tracer, exporter)?;
+                let families = crate::export::kernel_families(tracer, exporter, None)?;
                 let text = prometheus::TextEncoder::new().encode_to_string(&families)?;
                 let model = Model::from_samples(&parse_exposition(&text));
                 let failures = raw

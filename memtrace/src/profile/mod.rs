@@ -1,0 +1,86 @@
+//! Kernel heap profiles: live and allocated bytes per kernel stack, estimated from
+//! allocations the programs sample by bytes (see [`memtrace_common::SampleGaps`]).
+//!
+//! [`weight`] is the estimator, [`live`] the state fed from the profile ring buffer,
+//! [`growth`] the leak test, [`report`] the symbolized profile that [`pprof`] and [`folded`]
+//! encode.
+
+pub mod folded;
+pub mod growth;
+pub mod live;
+pub mod pprof;
+pub mod report;
+pub mod weight;
+
+use std::sync::{Arc, Mutex};
+
+use aya::maps::{MapData, RingBuf};
+
+use crate::label::symbolize::Symbolizer;
+use live::Profiler;
+use report::HeapProfile;
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of the programs' `bpf_ktime_get_ns`, which
+/// dates every sample.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to write into.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The profile of everything sampled since `started` (wall clock), symbolized.
+pub fn report_since(
+    p: &Profiler,
+    symbols: Option<&Symbolizer>,
+    started: std::time::SystemTime,
+) -> HeapProfile {
+    let start = started
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let elapsed = started.elapsed().unwrap_or_default();
+    p.report(
+        symbols,
+        start.as_nanos() as i64,
+        elapsed.as_nanos().min(i64::MAX as u128) as i64,
+    )
+}
+
+/// Reads every record currently in the profile ring buffer into `p`, without blocking;
+/// returns how many.
+pub fn drain_into(ring: &mut RingBuf<MapData>, p: &mut Profiler) -> usize {
+    let mut n = 0;
+    while let Some(item) = ring.next() {
+        p.record(&item);
+        n += 1;
+    }
+    n
+}
+
+/// Feeds the profile ring buffer into `p` whenever the kernel signals it.
+pub async fn drain(ring: RingBuf<MapData>, p: Arc<Mutex<Profiler>>) {
+    let mut fd = match crate::bpf::events::poll(ring) {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::error!("{e}");
+            return;
+        }
+    };
+    loop {
+        let mut guard = match fd.readable_mut().await {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::error!("polling the profile ring buffer failed: {e}");
+                return;
+            }
+        };
+        {
+            let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
+            drain_into(guard.get_inner_mut(), &mut p);
+        }
+        guard.clear_ready();
+    }
+}
