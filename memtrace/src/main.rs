@@ -46,6 +46,13 @@ enum Command {
     /// contiguous blocks per zone, kmalloc and vmalloc bounds, CMA and huge pages, and what a
     /// running daemon has observed.
     Limits(memtrace::cmd::limits::LimitsArgs),
+    /// A kernel heap profile of a time window: sampled allocations with their kernel
+    /// stacks, allocated and still live, as gzipped pprof (go tool pprof, Parca, Pyroscope)
+    /// or folded stacks (flame graphs).
+    Profile(memtrace::cmd::profile::ProfileCmdArgs),
+    /// Kernel stacks whose live (allocated, not freed) bytes grow steadily, with the age of
+    /// their oldest live allocation: watched here, or asked of a running daemon.
+    Leaks(memtrace::cmd::profile::LeaksArgs),
 }
 
 /// Applies `memtrace daemon --config FILE` (or MEMTRACE_CONFIG) before clap parses, so that
@@ -159,6 +166,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()?;
             rt.block_on(memtrace::cmd::trace::run(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Profile(args) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(memtrace::cmd::profile::run_profile(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Leaks(args) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(memtrace::cmd::profile::run_leaks(
+                args,
+                &mut std::io::stdout().lock(),
+            ))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Daemon(args) => {

@@ -104,7 +104,10 @@ fn allowed_gap(way: Way, st: &ProbeStatus) -> Option<String> {
     if release() >= (6, 18) {
         return None;
     }
-    let vmalloc = matches!(event, "alloc_vmap_area" | "purge_vmap_area_lazy");
+    let vmalloc = matches!(
+        event,
+        "alloc_vmap_area" | "purge_vmap_area_lazy" | "free_vmap_area_noflush"
+    );
     match way.expect {
         // The BTF way attaches fexit instead (see `check_way`): its failure is a failure.
         AttachMode::Raw | AttachMode::Tracepoint if vmalloc && release() < (6, 2) => {
@@ -1381,4 +1384,222 @@ fn memory_cgroups_match_ftrace_in_both_attach_modes() {
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ---------------------------------------------------------------------------------------
+// Heap profiles
+
+/// Sampling mean of the profile test: small, so that the estimate has ~2000 samples.
+const PROFILE_SAMPLE_BYTES: u64 = 4096;
+/// xattrs the profile test holds, and each one's value.
+const HELD_XATTRS: usize = 2000;
+const HELD_VALUE: usize = 3000;
+
+/// A tmpfs mounted on a fresh directory, unmounted when dropped: its xattrs live in kernel
+/// memory (`simple_xattr_alloc`, a kvmalloc of the value plus a header) until removed.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(tag: &str) -> Tmpfs {
+        let dir = tempdir(tag);
+        let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: valid C strings; a plain tmpfs mount.
+        let rc = unsafe {
+            libc::mount(
+                c"memtrace-test".as_ptr(),
+                c.as_ptr(),
+                c"tmpfs".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(rc, 0, "mount tmpfs: {}", std::io::Error::last_os_error());
+        Tmpfs(dir)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let c = std::ffi::CString::new(self.0.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid C string.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// kmalloc'd bytes the ftrace stream leaves live: each allocation not freed later in the
+/// stream, by its (hashed) pointer. `live` carries allocations over from an earlier window.
+fn ftrace_live(events: &[TraceEvent], live: &mut BTreeMap<String, u64>) {
+    for e in events {
+        if e.name.starts_with("kmalloc") && !e.is_null("ptr") {
+            live.insert(e.str("ptr").to_string(), e.u64("bytes_alloc"));
+        } else if e.name == "kfree" {
+            live.remove(e.str("ptr"));
+        }
+    }
+}
+
+/// The standard error of estimating the bytes of allocations `sizes` (see
+/// `memtrace::profile::weight`).
+fn estimate_sd(e: &memtrace::profile::weight::Estimator, sizes: impl Iterator<Item = u64>) -> f64 {
+    sizes
+        .map(|n| {
+            let p = e.probability(n);
+            (n as f64).powi(2) * (1.0 - p) / p
+        })
+        .sum::<f64>()
+        .sqrt()
+}
+
+/// memtrace's estimated live kmalloc bytes (every stack).
+fn estimated_live(p: &memtrace::profile::live::Profiler) -> f64 {
+    p.report(None, 0, 0)
+        .stacks
+        .iter()
+        .filter(|s| s.allocator == "kmalloc")
+        .map(|s| s.inuse_space)
+        .sum()
+}
+
+/// Holds 2000 tmpfs xattrs of 3000 bytes (each a kvmalloc that lives until the file goes),
+/// then removes the file: memtrace's estimated live kmalloc bytes match the live bytes of
+/// the kernel's own kmalloc/kfree stream within four standard errors of the estimator, both
+/// while held and once released, and name the workload's function.
+fn profile_matches(way: Way) {
+    let fs = Tmpfs::mount("profile");
+    let file = fs.0.join("held");
+    std::fs::write(&file, b"x").expect("create the xattr holder");
+    let worker = Worker::spawn();
+    let opts = memtrace::bpf::ProfileOptions {
+        sample_bytes: PROFILE_SAMPLE_BYTES,
+        max_live: 65_536,
+    };
+    let mut tracer = Tracer::start(&TracerOptions {
+        filter_tid: worker.tid,
+        attach: way.pref,
+        generic_btf: way.generic_btf,
+        profile: Some(opts),
+        ..Default::default()
+    })
+    .unwrap_or_else(|e| panic!("memtrace could not start: {e:#}"));
+    let events = [("kmem", "kmalloc"), ("kmem", "kfree")];
+    if let Err(why) = check_way(&tracer, way, &events) {
+        eprintln!("{way}: skipped on this kernel: {why}");
+        return;
+    }
+    let mut ring = tracer.take_profile_events().expect("profile ring buffer");
+    let gaps = memtrace::profile::weight::gaps(PROFILE_SAMPLE_BYTES);
+    let est = memtrace::profile::weight::Estimator::of(&gaps);
+    let mut p = memtrace::profile::live::Profiler::new(
+        est,
+        PROFILE_SAMPLE_BYTES,
+        memtrace::profile::live::Limits {
+            max_live: 65_536,
+            max_stacks: 4096,
+            max_age_ns: 0,
+            window: 8,
+        },
+    );
+    let all = kernel_events(&events);
+
+    // Hold.
+    let ftrace = Ftrace::start(&all, worker.tid);
+    let target = file.clone();
+    worker.run(move || {
+        let c = std::ffi::CString::new(target.as_os_str().as_encoded_bytes()).unwrap();
+        let value = vec![0x5au8; HELD_VALUE];
+        for i in 0..HELD_XATTRS {
+            let name = std::ffi::CString::new(format!("trusted.memtrace.{i}")).unwrap();
+            // SAFETY: valid path, name and buffer.
+            let rc = unsafe {
+                libc::setxattr(
+                    c.as_ptr(),
+                    name.as_ptr(),
+                    value.as_ptr().cast(),
+                    value.len(),
+                    0,
+                )
+            };
+            assert_eq!(rc, 0, "setxattr: {}", std::io::Error::last_os_error());
+        }
+    });
+    let held_events = ftrace.stop();
+    drop(ftrace);
+    memtrace::profile::drain_into(&mut ring, &mut p);
+    let mut truth = BTreeMap::new();
+    ftrace_live(&held_events, &mut truth);
+    let want: u64 = truth.values().sum();
+    assert!(
+        want >= (HELD_XATTRS * HELD_VALUE) as u64,
+        "the xattrs hold {want} B of kmalloc (ftrace)"
+    );
+    let sd = estimate_sd(&est, truth.values().copied());
+    let got = estimated_live(&p);
+    eprintln!(
+        "{way}: held {want} B live (ftrace), estimated {got:.0} B from {} samples (sd {sd:.0} B)",
+        p.live_samples()
+    );
+    assert!(
+        (got - want as f64).abs() <= 4.0 * sd,
+        "{way}: estimated live {got:.0} B, ftrace {want} B: more than 4 standard errors ({sd:.0} B) apart"
+    );
+    // Named by the workload's function (on every kernel of the matrix its kvmalloc or
+    // kmalloc is called from simple_xattr_alloc), which holds nearly all of it.
+    let symbols = memtrace::label::symbolize::Symbolizer::load().expect("kallsyms");
+    let by_function = p.live_by_function(Some(&symbols));
+    let xattr = by_function
+        .get(&(Allocator::Kmalloc, "simple_xattr_alloc".to_string()))
+        .copied()
+        .unwrap_or(0.0);
+    assert!(
+        xattr >= 0.9 * got,
+        "{way}: simple_xattr_alloc holds {xattr:.0} of {got:.0} B: {by_function:?}"
+    );
+    let report = p.report(Some(&symbols), 0, 0);
+    assert!(
+        report
+            .stacks
+            .iter()
+            .any(|s| s.frames.iter().any(|f| f == "simple_xattr_alloc")
+                && s.frames.iter().any(|f| f.contains("setxattr"))),
+        "{way}: a stack runs from setxattr to simple_xattr_alloc"
+    );
+
+    // Release: removing the file frees every xattr.
+    let ftrace = Ftrace::start(&all, worker.tid);
+    let target = file.clone();
+    worker.run(move || std::fs::remove_file(&target).expect("remove the xattr holder"));
+    let released_events = ftrace.stop();
+    drop(ftrace);
+    memtrace::profile::drain_into(&mut ring, &mut p);
+    ftrace_live(&released_events, &mut truth);
+    let want: u64 = truth.values().sum();
+    let sd = estimate_sd(&est, truth.values().copied()) + est.mean;
+    let got = estimated_live(&p);
+    eprintln!("{way}: released: {want} B live (ftrace), estimated {got:.0} B");
+    assert!(
+        want < (HELD_XATTRS * HELD_VALUE) as u64 / 100,
+        "{way}: the xattrs were freed (ftrace still has {want} B live)"
+    );
+    assert!(
+        (got - want as f64).abs() <= 4.0 * sd,
+        "{way}: after release estimated {got:.0} B live, ftrace {want} B"
+    );
+    let snap = tracer.snapshot().expect("snapshot");
+    assert_eq!(snap.counter(Counter::ProfileLiveFull), 0, "no sample lost");
+    assert_eq!(snap.counter(Counter::ProfileRingFull), 0, "no event lost");
+    assert_eq!(p.malformed, 0);
+    drop(tracer);
+    drop(worker);
+}
+
+#[test]
+fn heap_profile_estimates_live_bytes_like_ftrace_in_both_attach_modes() {
+    let Some(_kernel) = require_kernel() else {
+        return;
+    };
+    let _ran = WaysRan::start();
+    for way in WAYS {
+        profile_matches(way);
+    }
 }

@@ -603,6 +603,37 @@ mod tests {
             );
             assert!(missing.is_empty(), "{}: {missing:?}", spec.event);
         }
+        // The heap profile's addresses, which no event requires.
+        let layout = |event: &str| {
+            let path = format!(
+                "{}/testdata/linux-6.18/{event}.format",
+                env!("CARGO_MANIFEST_DIR")
+            );
+            let fmt = Format::parse(&std::fs::read_to_string(path).unwrap()).unwrap();
+            let mut l = EventLayouts::default();
+            let name = event.split_once('_').unwrap().1;
+            assert!(fill_event(name, &Classic(&fmt), Mode::Tp, None, &mut l).is_empty());
+            l
+        };
+        assert!(layout("kmem_mm_page_free").mm_page_free.pfn.is_present());
+        assert!(
+            layout("kmem_mm_page_free_batched")
+                .mm_page_free_batched
+                .pfn
+                .is_present()
+        );
+        assert!(
+            layout("vmalloc_alloc_vmap_area")
+                .alloc_vmap_area
+                .addr
+                .is_present()
+        );
+        assert!(
+            layout("percpu_percpu_alloc_percpu")
+                .percpu_alloc_percpu
+                .ptr
+                .is_present()
+        );
         let text = include_str!("../../testdata/linux-6.18/kmem_kmem_cache_alloc.format");
         let mut l = EventLayouts::default();
         fill_event(

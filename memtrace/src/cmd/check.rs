@@ -292,6 +292,14 @@ fn missing_sentence(p: &ProbeCheck) -> Option<String> {
             n::VMALLOC_PURGES_TOTAL,
             n::VMALLOC_PURGED_AREAS_TOTAL
         ),
+        "free_vmap_area_noflush" => format!(
+            "the heap profile's vmalloc frees (vmalloc samples stay in {} until they age out)",
+            n::LIVE_BYTES
+        ),
+        "percpu_free_percpu" => format!(
+            "the heap profile's percpu frees (percpu samples stay in {} until they age out)",
+            n::LIVE_BYTES
+        ),
         "percpu_alloc_percpu" => "percpu allocation series".to_string(),
         "percpu_alloc_percpu_fail" => "percpu failures".to_string(),
         "mm_compaction_try_to_compact_pages" => {

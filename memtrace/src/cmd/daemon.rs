@@ -21,7 +21,7 @@ use prometheus::{Encoder as _, Registry, TextEncoder};
 
 use crate::{
     bpf::{
-        AttachPreference, ProfileOptions, Tracer, TracerOptions,
+        AttachPreference, Tracer, TracerOptions,
         events::{self, Kind},
     },
     export::{
@@ -29,10 +29,7 @@ use crate::{
         record::{Clock, SeqRecord},
     },
     kernel,
-    profile::{
-        live::{Limits, Profiler},
-        weight::Estimator,
-    },
+    profile::{HEAP_PATH, LEAKS_PATH, ProfileArgs, live::Profiler},
 };
 
 /// Flags of `memtrace daemon`; each has an environment-variable equivalent and a key in the
@@ -160,15 +157,9 @@ pub struct DaemonArgs {
     /// (`cargo xtask bench`); the metrics then stay at zero.
     #[arg(long = "probes.hooks-only", env = "MEMTRACE_PROBES_HOOKS_ONLY")]
     pub hooks_only: bool,
-    #[command(flatten)]
-    pub profile: ProfileArgs,
-}
-
-/// Heap profiling's flags, shared by the daemon, `memtrace profile` and `memtrace leaks`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct ProfileArgs {
-    /// Sample allocations for heap profiles (/debug/pprof/heap, memtrace_live_bytes,
-    /// /api/leaks): per allocation a subtraction; per sampled one a stack walk.
+    /// Sample allocations for heap profiles (/debug/pprof/heap, /api/leaks,
+    /// memtrace_live_bytes): per allocation a subtraction, per sampled one a stack walk; the
+    /// other --profile.* flags tune it.
     #[arg(
         long = "profile.enabled",
         env = "MEMTRACE_PROFILE_ENABLED",
@@ -176,73 +167,9 @@ pub struct ProfileArgs {
         action = clap::ArgAction::Set,
         value_name = "BOOL"
     )]
-    pub enabled: bool,
-    /// The mean number of bytes allocated between two samples (per CPU and allocator).
-    #[arg(
-        long = "profile.sample-bytes",
-        env = "MEMTRACE_PROFILE_SAMPLE_BYTES",
-        default_value_t = 512 * 1024,
-        value_parser = clap::value_parser!(u64).range(64..=1 << 34),
-        value_name = "BYTES"
-    )]
-    pub sample_bytes: u64,
-    /// Most live samples held (the kernel's live-sample map); when full, new samples are
-    /// not taken and count in memtrace_events_lost_total{reason="profile_live_full"}.
-    #[arg(
-        long = "profile.max-live",
-        env = "MEMTRACE_PROFILE_MAX_LIVE",
-        default_value_t = 65_536,
-        value_parser = clap::value_parser!(u32).range(1024..=1 << 22),
-        value_name = "N"
-    )]
-    pub max_live: u32,
-    /// Most distinct kernel stacks with their own totals; samples of further stacks count in
-    /// their allocator's [other] stack and in
-    /// memtrace_events_lost_total{reason="profile_stacks_full"}.
-    #[arg(
-        long = "profile.max-stacks",
-        env = "MEMTRACE_PROFILE_MAX_STACKS",
-        default_value_t = 4096,
-        value_parser = clap::value_parser!(u32).range(16..=1 << 20),
-        value_name = "N"
-    )]
-    pub max_stacks: u32,
-    /// Live samples older than this many seconds are taken for allocations whose free was
-    /// missed and dropped (memtrace_profile_phantom_samples_total{reason="aged_out"}); 0
-    /// keeps them.
-    #[arg(
-        long = "profile.max-age",
-        env = "MEMTRACE_PROFILE_MAX_AGE",
-        default_value_t = 86_400,
-        value_name = "SECONDS"
-    )]
-    pub max_age_secs: u64,
-}
-
-impl ProfileArgs {
-    /// The tracer's profiling options (`None` when off).
-    pub fn tracer_options(&self) -> Option<ProfileOptions> {
-        self.enabled.then_some(ProfileOptions {
-            sample_bytes: self.sample_bytes,
-            max_live: self.max_live,
-        })
-    }
-
-    /// A profiler for `tracer` (`None` when profiling is off), with a leak window of
-    /// `window` ticks.
-    pub fn profiler(&self, tracer: &Tracer, window: usize) -> Option<Profiler> {
-        let p = tracer.profile()?;
-        Some(Profiler::new(
-            Estimator::of(&crate::profile::weight::gaps(p.sample_bytes)),
-            p.sample_bytes,
-            Limits {
-                max_live: p.max_live as usize,
-                max_stacks: self.max_stacks as usize,
-                max_age_ns: self.max_age_secs.saturating_mul(1_000_000_000),
-                window,
-            },
-        ))
-    }
+    pub profile_enabled: bool,
+    #[command(flatten)]
+    pub profile: ProfileArgs,
 }
 
 fn parse_telemetry_path(s: &str) -> Result<String, String> {
@@ -318,7 +245,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
             0
         },
         hooks_only: args.hooks_only,
-        profile: args.profile.tracer_options(),
+        profile: args.profile_enabled.then(|| args.profile.tracer_options()),
         ..Default::default()
     })?;
     let cgroup_paths = match (cgroup_paths, tracer.cgroups_unavailable()) {
@@ -423,10 +350,6 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The heap profile, as Go services serve theirs (Parca and Pyroscope scrape this path).
-pub const HEAP_PATH: &str = "/debug/pprof/heap";
-/// Leak suspects, as JSON.
-pub const LEAKS_PATH: &str = "/api/leaks";
 /// Seconds between two points of each stack's live-bytes window.
 const TICK_SECONDS: u64 = 10;
 /// Points of each stack's live-bytes window: ten minutes.

@@ -5,5 +5,6 @@ pub mod check;
 pub mod config;
 pub mod daemon;
 pub mod limits;
+pub mod profile;
 pub mod top;
 pub mod trace;

@@ -66,7 +66,7 @@ struct Stack {
 }
 
 /// A stack whose live bytes grow steadily (see [`super::growth`]).
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Suspect {
     pub allocator: String,
     /// The function the stack's live bytes are exported under (`memtrace_live_bytes`).

@@ -5,6 +5,7 @@
 //! [`growth`] the leak test, [`report`] the symbolized profile that [`pprof`] and [`folded`]
 //! encode.
 
+mod args;
 pub mod folded;
 pub mod growth;
 pub mod live;
@@ -17,8 +18,15 @@ use std::sync::{Arc, Mutex};
 use aya::maps::{MapData, RingBuf};
 
 use crate::label::symbolize::Symbolizer;
+pub use args::ProfileArgs;
 use live::Profiler;
 use report::HeapProfile;
+
+/// Where the daemon serves the heap profile, as Go services serve theirs (Parca and
+/// Pyroscope scrape this path).
+pub const HEAP_PATH: &str = "/debug/pprof/heap";
+/// Where the daemon serves its leak suspects, as JSON.
+pub const LEAKS_PATH: &str = "/api/leaks";
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of the programs' `bpf_ktime_get_ns`, which
 /// dates every sample.
