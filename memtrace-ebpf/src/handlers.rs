@@ -339,14 +339,22 @@ pub(crate) fn on_mm_page_alloc(ctx: *mut c_void, l: &PageAllocLayout, k: Kind) {
     let t = tables(Allocator::Page);
     raise(t, order as u64 + 1);
     attribute(Allocator::Page, t, 0, page_bytes(order), k.typed());
-    profile::on_alloc(
-        ctx,
-        t,
-        Allocator::Page,
-        page_key(page),
-        page_bytes(order),
-        0,
-    );
+    if profile::enabled() {
+        // A BTF program's `struct page *` is a typed pointer: its number, for the key.
+        let page = if k.typed() && !l.pfn.is_present() {
+            address_of(page as *const u8, t)
+        } else {
+            page
+        };
+        profile::on_alloc(
+            ctx,
+            t,
+            Allocator::Page,
+            page_key(page),
+            page_bytes(order),
+            0,
+        );
+    }
     let migratetype = r.get(l.migratetype) as u32;
     if let Some((p, _)) = table_value(
         PAGE_TABLE.get_ptr_mut(0),
@@ -395,7 +403,13 @@ pub(crate) fn on_mm_page_free(ctx: *mut c_void, l: &PageFreeLayout, k: Kind) {
     } else {
         r.get(l.page)
     };
-    if l.pfn.is_present() || l.page.is_present() {
+    if profile::enabled() && (l.pfn.is_present() || l.page.is_present()) {
+        // As in `on_mm_page_alloc`, through this CPU's page tables' scratch word.
+        let page = if k.typed() && !l.pfn.is_present() {
+            address_of(page as *const u8, tables(Allocator::Page))
+        } else {
+            page
+        };
         profile::on_free(page_key(page));
     }
     if wanted() {

@@ -36,6 +36,12 @@ static PROFILE_GAPS: SampleGaps = SampleGaps::ZERO;
 #[unsafe(no_mangle)]
 static PROFILE_MASK: u32 = 0;
 
+/// Whether profiling is on (a constant to the verifier).
+#[inline(always)]
+pub(crate) fn enabled() -> bool {
+    global(&PROFILE_MASK) != 0
+}
+
 /// This key's counter in the live-sample filter, if profiling is on.
 #[inline(always)]
 fn filter_slot(key: &LiveKey) -> Option<*mut u32> {

@@ -16,6 +16,7 @@ mod support {
     pub mod ftrace;
     pub mod kernel;
     pub mod memcg;
+    pub mod tmpfs;
     pub mod tracefs;
     pub mod worker;
     pub mod workload;
@@ -35,6 +36,7 @@ use support::{
     ftrace::{Ftrace, TraceEvent, ftrace_gfp_label, kernel_events},
     kernel::require_kernel,
     memcg::{Memcg, force_failures},
+    tmpfs::{Tmpfs, hold_xattrs},
     tracefs::has_event,
     worker::Worker,
     workload::{
@@ -1395,38 +1397,6 @@ const PROFILE_SAMPLE_BYTES: u64 = 4096;
 const HELD_XATTRS: usize = 2000;
 const HELD_VALUE: usize = 3000;
 
-/// A tmpfs mounted on a fresh directory, unmounted when dropped: its xattrs live in kernel
-/// memory (`simple_xattr_alloc`, a kvmalloc of the value plus a header) until removed.
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(tag: &str) -> Tmpfs {
-        let dir = tempdir(tag);
-        let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: valid C strings; a plain tmpfs mount.
-        let rc = unsafe {
-            libc::mount(
-                c"memtrace-test".as_ptr(),
-                c.as_ptr(),
-                c"tmpfs".as_ptr(),
-                0,
-                std::ptr::null(),
-            )
-        };
-        assert_eq!(rc, 0, "mount tmpfs: {}", std::io::Error::last_os_error());
-        Tmpfs(dir)
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let c = std::ffi::CString::new(self.0.as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: a valid C string.
-        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// kmalloc'd bytes the ftrace stream leaves live: each allocation not freed later in the
 /// stream, by its (hashed) pointer. `live` carries allocations over from an earlier window.
 fn ftrace_live(events: &[TraceEvent], live: &mut BTreeMap<String, u64>) {
@@ -1505,24 +1475,7 @@ fn profile_matches(way: Way) {
     // Hold.
     let ftrace = Ftrace::start(&all, worker.tid);
     let target = file.clone();
-    worker.run(move || {
-        let c = std::ffi::CString::new(target.as_os_str().as_encoded_bytes()).unwrap();
-        let value = vec![0x5au8; HELD_VALUE];
-        for i in 0..HELD_XATTRS {
-            let name = std::ffi::CString::new(format!("trusted.memtrace.{i}")).unwrap();
-            // SAFETY: valid path, name and buffer.
-            let rc = unsafe {
-                libc::setxattr(
-                    c.as_ptr(),
-                    name.as_ptr(),
-                    value.as_ptr().cast(),
-                    value.len(),
-                    0,
-                )
-            };
-            assert_eq!(rc, 0, "setxattr: {}", std::io::Error::last_os_error());
-        }
-    });
+    worker.run(move || hold_xattrs(&target, 0..HELD_XATTRS, HELD_VALUE));
     let held_events = ftrace.stop();
     drop(ftrace);
     memtrace::profile::drain_into(&mut ring, &mut p);
@@ -1601,5 +1554,132 @@ fn heap_profile_estimates_live_bytes_like_ftrace_in_both_attach_modes() {
     let _ran = WaysRan::start();
     for way in WAYS {
         profile_matches(way);
+    }
+}
+
+/// Every allocator's samples, and their ends: the worker allocates and frees pages (a pipe's
+/// buffers), slab objects (files opened and closed), vmalloc areas and percpu memory (BPF
+/// maps created and destroyed): each allocator is sampled, with the workload's function in
+/// its stacks, and once everything is freed (some by kernel workers, which are not filtered:
+/// any task may free) none of those stacks holds live bytes.
+fn profile_ends_every_allocator(way: Way) {
+    let mut events = vec![
+        ("kmem", "kmem_cache_alloc"),
+        ("kmem", "kmem_cache_free"),
+        ("kmem", "mm_page_alloc"),
+        ("kmem", "mm_page_free"),
+        ("kmem", "mm_page_free_batched"),
+        ("percpu", "percpu_alloc_percpu"),
+        ("percpu", "percpu_free_percpu"),
+    ];
+    // A vmalloc profile needs the vmalloc tracepoints (6.2+): the fexit stand-in has no free.
+    let vmalloc = has_event("vmalloc", "free_vmap_area_noflush");
+    if vmalloc {
+        events.extend([
+            ("vmalloc", "alloc_vmap_area"),
+            ("vmalloc", "free_vmap_area_noflush"),
+        ]);
+    }
+    let worker = Worker::spawn();
+    let mut tracer = Tracer::start(&TracerOptions {
+        filter_tid: worker.tid,
+        attach: way.pref,
+        generic_btf: way.generic_btf,
+        profile: Some(memtrace::bpf::ProfileOptions {
+            sample_bytes: 1024,
+            max_live: 65_536,
+        }),
+        ..Default::default()
+    })
+    .unwrap_or_else(|e| panic!("memtrace could not start: {e:#}"));
+    if let Err(why) = check_way(&tracer, way, &events) {
+        eprintln!("{way}: skipped on this kernel: {why}");
+        return;
+    }
+    let mut ring = tracer.take_profile_events().expect("profile ring buffer");
+    let est = memtrace::profile::weight::Estimator::of(&memtrace::profile::weight::gaps(1024));
+    let mut p = memtrace::profile::live::Profiler::new(
+        est,
+        1024,
+        memtrace::profile::live::Limits {
+            max_live: 65_536,
+            max_stacks: 4096,
+            max_age_ns: 0,
+            window: 8,
+        },
+    );
+    let dir = tempdir("profile-ends");
+    let file = dir.join("opened");
+    std::fs::write(&file, b"x").unwrap();
+    let target = file.clone();
+    worker.run(move || {
+        pipe_pages(64);
+        open_close(&target, 200);
+        for _ in 0..5 {
+            bpf_map_create_close(BPF_MAP_TYPE_ARRAY, 4096, 64);
+            bpf_map_create_close(BPF_MAP_TYPE_PERCPU_ARRAY, 64, 16);
+        }
+    });
+    let symbols = memtrace::label::symbolize::Symbolizer::load().expect("kallsyms");
+    // (allocator, a function of the workload's stacks).
+    let mut wanted = vec![
+        // (6.14 renamed it anon_pipe_write.)
+        ("page", "pipe_write"),
+        ("kmem_cache", "alloc_empty_file"),
+        ("percpu", "array_map_alloc"),
+    ];
+    if vmalloc {
+        wanted.push(("vmalloc", "array_map_alloc"));
+    }
+    let totals = |p: &memtrace::profile::live::Profiler, allocator: &str, function: &str| {
+        let r = p.report(Some(&symbols), 0, 0);
+        r.stacks
+            .iter()
+            .filter(|s| {
+                s.allocator == allocator
+                    && s.frames
+                        .iter()
+                        .any(|f| f == function || f.strip_prefix("anon_") == Some(function))
+            })
+            .fold((0.0, 0.0), |(a, l), s| {
+                (a + s.alloc_space, l + s.inuse_space)
+            })
+    };
+    // BPF maps are freed by a kernel worker, files (before 6.7) after an RCU grace period.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        memtrace::profile::drain_into(&mut ring, &mut p);
+        let left: Vec<_> = wanted
+            .iter()
+            .map(|(a, f)| (a, f, totals(&p, a, f)))
+            .filter(|(_, _, (_, live))| *live > 0.0)
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{way}: samples still live 10 s after their frees: {left:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    for (a, f) in &wanted {
+        let (allocated, _) = totals(&p, a, f);
+        assert!(allocated > 0.0, "{way}: no {a} sample has {f} in its stack");
+    }
+    let snap = tracer.snapshot().expect("snapshot");
+    assert_eq!(snap.counter(Counter::ProfileLiveFull), 0);
+    assert_eq!(snap.counter(Counter::ProfileRingFull), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn heap_profile_samples_and_ends_every_allocator_in_both_attach_modes() {
+    let Some(_kernel) = require_kernel() else {
+        return;
+    };
+    let _ran = WaysRan::start();
+    for way in WAYS {
+        profile_ends_every_allocator(way);
     }
 }

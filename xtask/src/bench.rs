@@ -1,12 +1,15 @@
 //! `cargo xtask bench`: memtrace's overhead, measured against a baseline in the same run.
 //!
-//! Five configurations run interleaved (the order rotates every repetition, so machine drift
+//! Seven configurations run interleaved (the order rotates every repetition, so machine drift
 //! cancels): no tracing; the floor (memtrace's programs on the same tracepoints, returning
 //! at once: `--probes.hooks-only`); `memtrace daemon` with defaults; memtrace with everything
-//! on (stacks, notable events down to 4 KiB and order 0, wide attribution); and bpftrace doing
-//! memtrace's default aggregation with hist()/count() on the same tracepoints. Each run
-//! drives the `workload` binary for a fixed time; medians and min–max are reported.
-//! Results go to `BENCHMARKS.md` and `target/bench/bench.json`. Nothing here asserts a time.
+//! on (stacks, notable events down to 4 KiB and order 0, wide attribution); memtrace with heap
+//! profiling on at the default sampling rate; bpftrace doing memtrace's default aggregation
+//! with hist()/count() on the same tracepoints; and bpftrace doing full tracking of live
+//! allocations like bcc's memleak (a hash insert with the kernel stack per allocation, a
+//! delete per free), the heap profile's peer. Each run drives the `workload` binary for a
+//! fixed time; medians and min–max are reported. Results go to `BENCHMARKS.md` and
+//! `target/bench/bench.json`. Nothing here asserts a time.
 
 use std::{
     collections::BTreeMap,
@@ -17,15 +20,34 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{Context as _, bail};
 
-const CONFIGS: [&str; 5] = ["none", "floor", "memtrace", "memtrace-full", "bpftrace"];
+const CONFIGS: [&str; 7] = [
+    "none",
+    "floor",
+    "memtrace",
+    "memtrace-full",
+    PROFILE,
+    "bpftrace",
+    MEMLEAK,
+];
+
+/// memtrace with heap profiling on (`--profile.enabled true`) at the default sampling rate.
+const PROFILE: &str = "memtrace-profile";
+
+/// The heap profile's peer: bpftrace tracking every live allocation ([`memleak_script`]).
+const MEMLEAK: &str = "bpftrace-memleak";
+
+/// Entries of each of [`memleak_script`]'s hash maps (`BPFTRACE_MAP_KEYS_MAX`; bpftrace
+/// 0.17's default, 4096, would silently stop inserting within a second). bcc's memleak
+/// sizes its `allocs` hash at 1000000.
+const MEMLEAK_MAP_KEYS: u32 = 1 << 20;
 
 /// The configuration of `--baseline-binary`: that binary's daemon with defaults.
 const BASELINE: &str = "memtrace-baseline";
 
-/// Profiling runs per configuration (floor, memtrace and the baseline alternate): each
-/// program's ns per run is the median over them.
+/// Profiling runs per configuration (floor, memtrace, memtrace-profile and the baseline
+/// alternate): each program's ns per run is the median over them.
 const PROFILE_REPS: usize = 3;
 
 /// bpftrace's equivalent of memtrace's default aggregation, on the same tracepoints.
@@ -43,6 +65,81 @@ tracepoint:vmalloc:purge_vmap_area_lazy { @purge = count(); }
 tracepoint:percpu:percpu_alloc_percpu { @percpu = hist(args->bytes_alloc); }
 tracepoint:percpu:percpu_alloc_percpu_fail { @pcfail = count(); }
 "#;
+
+/// bpftrace tracking every live allocation on the tracepoints memtrace's heap profile uses,
+/// like bcc's memleak in kernel mode: each successful allocation inserts its size and
+/// kernel stack (`kstack` in a map value is a `bpf_get_stackid` into bpftrace's stack map,
+/// memleak's `stack_traces.get_stackid`) under its address, and each free deletes the
+/// address. One map per address space (slab and kmalloc addresses, page frame numbers,
+/// vmalloc addresses, per-CPU pointers), so that a page frame number and a pointer cannot
+/// meet; the cost per event is one hash update or delete either way. memleak itself does a
+/// little more (a per-task size map around each allocation, a lookup before each delete,
+/// per-stack totals): this peer is, if anything, cheaper than memleak. The maps are cleared
+/// at exit, so that bpftrace does not print every live allocation with its stack.
+fn memleak_script(page_size: u64) -> String {
+    format!(
+        r#"
+tracepoint:kmem:kmalloc /args->ptr != 0/ {{ @live[(uint64)args->ptr] = ((uint64)args->bytes_alloc, kstack); }}
+tracepoint:kmem:kmem_cache_alloc /args->ptr != 0/ {{ @live[(uint64)args->ptr] = ((uint64)args->bytes_alloc, kstack); }}
+tracepoint:kmem:mm_page_alloc /(int64)args->pfn != -1/ {{ @pages[args->pfn] = ((uint64){page_size} << args->order, kstack); }}
+tracepoint:vmalloc:alloc_vmap_area /args->failed == 0/ {{ @vmap[args->addr] = ((uint64)args->size, kstack); }}
+tracepoint:percpu:percpu_alloc_percpu /args->ptr != 0/ {{ @percpu[(uint64)args->ptr] = ((uint64)args->bytes_alloc, kstack); }}
+tracepoint:kmem:kfree {{ delete(@live[(uint64)args->ptr]); }}
+tracepoint:kmem:kmem_cache_free {{ delete(@live[(uint64)args->ptr]); }}
+tracepoint:kmem:mm_page_free {{ delete(@pages[args->pfn]); }}
+tracepoint:kmem:mm_page_free_batched {{ delete(@pages[args->pfn]); }}
+tracepoint:vmalloc:free_vmap_area_noflush {{ delete(@vmap[args->va_start]); }}
+tracepoint:percpu:percpu_free_percpu {{ delete(@percpu[(uint64)args->ptr]); }}
+END {{ clear(@live); clear(@pages); clear(@vmap); clear(@percpu); }}
+"#
+    )
+}
+
+/// The (`category:event`, field) pairs a bpftrace script reads (`args->field`), per
+/// tracepoint probe: what the running kernel's tracepoint formats must have.
+fn script_fields(script: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for line in script.lines() {
+        let Some(event) = line
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.strip_prefix("tracepoint:"))
+        else {
+            continue;
+        };
+        for (_, rest) in line
+            .match_indices("args->")
+            .map(|(i, _)| line.split_at(i + 6))
+        {
+            let field: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let pair = (event.to_string(), field);
+            if !out.contains(&pair) {
+                out.push(pair);
+            }
+        }
+    }
+    out
+}
+
+/// The fields of a bpftrace script that the running kernel's tracepoint formats lack (or
+/// whose tracepoint it lacks), as `category:event args->field`; `format` reads an event's
+/// `format` file by `category:event`.
+fn missing_fields(script: &str, format: impl Fn(&str) -> Option<String>) -> Vec<String> {
+    let has = |text: &str, field: &str| {
+        text.lines()
+            .filter_map(|l| l.trim().strip_prefix("field:"))
+            .filter_map(|l| l.split(';').next()?.split_whitespace().last())
+            .any(|name| name.split('[').next() == Some(field))
+    };
+    script_fields(script)
+        .into_iter()
+        .filter(|(event, field)| !format(event).is_some_and(|text| has(&text, field)))
+        .map(|(event, field)| format!("{event} args->{field}"))
+        .collect()
+}
 
 pub struct Options {
     pub reps: usize,
@@ -71,38 +168,149 @@ struct Run {
     tracer_peak_rss_bytes: Option<u64>,
     /// the tracer's peak RSS before the workload (start-up)
     tracer_startup_peak_rss_bytes: Option<u64>,
+    /// memtrace-profile: allocations sampled during the run (memtrace_profile_samples_total),
+    /// and the heap profile fetched at its end: its gzipped size and its samples
+    profile_samples: Option<u64>,
+    heap_profile_bytes: Option<u64>,
+    heap_profile_samples: Option<u64>,
 }
 
 fn http_get(port: u16, path: &str) -> anyhow::Result<String> {
+    String::from_utf8(http_get_bytes(port, path)?).with_context(|| format!("GET {path}: not UTF-8"))
+}
+
+fn http_get_bytes(port: u16, path: &str) -> anyhow::Result<Vec<u8>> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
     )?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw)?;
-    let (head, body) = raw.split_once("\r\n\r\n").context("no HTTP body")?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    http_body(&raw).with_context(|| format!("GET {path}"))
+}
+
+/// The body of a raw HTTP/1.1 response, which must be a 200 (chunked transfer decoded).
+fn http_body(raw: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let find = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).position(|w| w == needle);
+    let split = find(raw, b"\r\n\r\n").context("no HTTP body")?;
+    let head = String::from_utf8_lossy(&raw[..split]);
+    let body = &raw[split + 4..];
     if !head.starts_with("HTTP/1.1 200") {
-        bail!("GET {path}: {}", head.lines().next().unwrap_or(""));
+        bail!("{}", head.lines().next().unwrap_or(""));
     }
-    if head
+    if !head
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked")
     {
-        let mut out = String::new();
-        let mut rest = body;
-        while let Some((size, tail)) = rest.split_once("\r\n") {
-            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-            if n == 0 || tail.len() < n {
-                break;
-            }
-            out.push_str(&tail[..n]);
-            rest = tail.get(n + 2..).unwrap_or("");
-        }
-        return Ok(out);
+        return Ok(body.to_vec());
     }
-    Ok(body.to_string())
+    let mut out = Vec::new();
+    let mut rest = body;
+    while let Some(eol) = find(rest, b"\r\n") {
+        let size = String::from_utf8_lossy(&rest[..eol]);
+        let size = size.split(';').next().unwrap_or("").trim();
+        let n = usize::from_str_radix(size, 16).unwrap_or(0);
+        let tail = &rest[eol + 2..];
+        if n == 0 || tail.len() < n {
+            break;
+        }
+        out.extend_from_slice(&tail[..n]);
+        rest = tail.get(n + 2..).unwrap_or_default();
+    }
+    Ok(out)
+}
+
+/// Checks memtrace-profile's `/debug/pprof/heap`: a gzip (decompressed with `gzip -dc`)
+/// holding a non-empty pprof profile. Returns the profile's samples (live samples: it may
+/// well have none if every sampled allocation was freed). An error means profiling did not
+/// work.
+fn check_heap_profile(gz: &[u8]) -> anyhow::Result<usize> {
+    if gz.len() < 18 || gz[..2] != [0x1f, 0x8b] {
+        bail!(
+            "not a gzip ({} bytes{})",
+            gz.len(),
+            if gz.is_empty() {
+                String::new()
+            } else {
+                format!(", starting {:02x?}", &gz[..gz.len().min(4)])
+            }
+        );
+    }
+    let mut child = Command::new("gzip")
+        .arg("-dc")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("run gzip -dc")?;
+    let mut stdin = child.stdin.take().context("gzip stdin")?;
+    let input = gz.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output().context("run gzip -dc")?;
+    let _ = writer.join();
+    if !out.status.success() {
+        bail!(
+            "a corrupt gzip: gzip -dc: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    if out.stdout.is_empty() {
+        bail!("an empty profile (the gzip decompresses to nothing)");
+    }
+    pprof_samples(&out.stdout).context("the decompressed profile is not a pprof protobuf")
+}
+
+/// The samples (field 2 of `perftools.profiles.Profile`) in a pprof protobuf, by walking its
+/// top-level fields; `None` if it is not a well-formed protobuf message.
+fn pprof_samples(buf: &[u8]) -> Option<usize> {
+    fn varint(buf: &[u8], at: &mut usize) -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = *buf.get(*at)?;
+            *at += 1;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    }
+    let mut at = 0;
+    let mut samples = 0;
+    while at < buf.len() {
+        let key = varint(buf, &mut at)?;
+        let skip = match key & 7 {
+            0 => {
+                varint(buf, &mut at)?;
+                0
+            }
+            1 => 8,
+            2 => usize::try_from(varint(buf, &mut at)?).ok()?,
+            5 => 4,
+            _ => return None,
+        };
+        if key >> 3 == 0 {
+            return None;
+        }
+        if key == (2 << 3) | 2 {
+            samples += 1;
+        }
+        at = at.checked_add(skip).filter(|&end| end <= buf.len())?;
+    }
+    Some(samples)
+}
+
+/// The sum of every series of one metric in a /metrics text.
+fn metric_total(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(series, _)| series.split('{').next() == Some(name))
+        .map(|(_, v)| v.parse::<f64>().unwrap_or(0.0))
+        .sum()
 }
 
 /// (traced events, lost events, program runs the kernel skipped) from a daemon's /metrics.
@@ -182,34 +390,65 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
+/// Starts bpftrace with `script` and returns once it has attached its probes.
+fn start_bpftrace(script: &str, env: &[(&str, String)]) -> anyhow::Result<Tracer> {
+    let mut child = Command::new("bpftrace")
+        .args(["-e", script])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("start bpftrace")?;
+    let stdout = child.stdout.take().context("bpftrace stdout")?;
+    let stderr = child.stderr.take().context("bpftrace stderr")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.starts_with("Attaching") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    // Its errors, kept (the last few) for the message if it does not attach.
+    let errors = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let kept = errors.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let mut v = kept.lock().unwrap_or_else(|p| p.into_inner());
+            v.push(line);
+            if v.len() > 20 {
+                v.remove(0);
+            }
+        }
+    });
+    let t = Tracer { child, port: None };
+    if rx.recv_timeout(Duration::from_secs(60)).is_err() {
+        std::thread::sleep(Duration::from_millis(200));
+        let errors = errors.lock().unwrap_or_else(|p| p.into_inner()).join("\n");
+        bail!("bpftrace did not attach within 60 s:\n{errors}");
+    }
+    // bpftrace prints "Attaching" before the last probe is live: give it a moment.
+    std::thread::sleep(Duration::from_millis(500));
+    Ok(t)
+}
+
 fn start(config: &str, memtrace: &Path) -> anyhow::Result<Option<Tracer>> {
     let daemon_args: &[&str] = match config {
         "none" => return Ok(None),
-        "bpftrace" => {
-            let mut child = Command::new("bpftrace")
-                .args(["-e", BPFTRACE_SCRIPT])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .context("start bpftrace")?;
-            let stdout = child.stdout.take().context("bpftrace stdout")?;
-            let (tx, rx) = std::sync::mpsc::channel();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                    if line.starts_with("Attaching") {
-                        let _ = tx.send(());
-                    }
-                }
-            });
-            let t = Tracer { child, port: None };
-            rx.recv_timeout(Duration::from_secs(60))
-                .map_err(|_| anyhow!("bpftrace did not attach within 60 s"))?;
-            // bpftrace prints "Attaching" before the last probe is live: give it a moment.
-            std::thread::sleep(Duration::from_millis(500));
-            return Ok(Some(t));
+        "bpftrace" => return start_bpftrace(BPFTRACE_SCRIPT, &[]).map(Some),
+        MEMLEAK => {
+            // SAFETY: sysconf has no preconditions.
+            let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+            let page_size = u64::try_from(page_size).unwrap_or(4096);
+            return start_bpftrace(
+                &memleak_script(page_size),
+                &[("BPFTRACE_MAP_KEYS_MAX", MEMLEAK_MAP_KEYS.to_string())],
+            )
+            .map(Some);
         }
         "floor" => &["--probes.hooks-only"],
         "memtrace" | BASELINE => &[],
+        PROFILE => &["--profile.enabled", "true"],
         "memtrace-full" => &[
             "--events.stacks",
             "--events.min-bytes",
@@ -256,7 +495,7 @@ fn run_once(config: &str, memtrace: &Path, workload: &Path, seconds: f64) -> any
     let tracer = start(config, memtrace)?;
     let pid = tracer.as_ref().map(|t| t.child.id());
     let before = match tracer.as_ref().and_then(|t| t.port) {
-        Some(port) => Some(traced_totals(&http_get(port, "/metrics")?)),
+        Some(port) => Some(http_get(port, "/metrics")?),
         None => None,
     };
     // The peak of start-up (BTF parsing) is reported apart: the budget is about the daemon
@@ -302,11 +541,28 @@ fn run_once(config: &str, memtrace: &Path, workload: &Path, seconds: f64) -> any
     }
     let cpu1 = pid.and_then(cpu_seconds);
     let after = match tracer.as_ref().and_then(|t| t.port) {
-        Some(port) => Some(traced_totals(&http_get(port, "/metrics")?)),
+        Some(port) => Some(http_get(port, "/metrics")?),
         None => None,
     };
     let rss = pid.and_then(peak_rss);
+    // Heap profiling on: its profile, fetched once after the workload, must be a non-empty
+    // gzipped pprof, or profiling did not work and the benchmark of it means nothing.
+    let heap = match (config, tracer.as_ref().and_then(|t| t.port)) {
+        (PROFILE, Some(port)) => {
+            let gz = http_get_bytes(port, "/debug/pprof/heap")
+                .and_then(|gz| Ok((gz.len() as u64, check_heap_profile(&gz)? as u64)))
+                .context("memtrace-profile's /debug/pprof/heap: heap profiling did not work")?;
+            Some(gz)
+        }
+        _ => None,
+    };
     drop(tracer);
+    let profile_samples = before.as_deref().zip(after.as_deref()).map(|(b, a)| {
+        let samples = |m| metric_total(m, "memtrace_profile_samples_total");
+        (samples(a) - samples(b)).max(0.0) as u64
+    });
+    let before = before.as_deref().map(traced_totals);
+    let after = after.as_deref().map(traced_totals);
     let w: serde_json::Value = serde_json::from_slice(&out.stdout).context("workload JSON")?;
     Ok(Run {
         config: config.into(),
@@ -327,6 +583,9 @@ fn run_once(config: &str, memtrace: &Path, workload: &Path, seconds: f64) -> any
         tracer_cpu_seconds: cpu0.zip(cpu1).map(|(a, b)| b - a),
         tracer_peak_rss_bytes: rss,
         tracer_startup_peak_rss_bytes: startup_rss,
+        profile_samples: profile_samples.filter(|_| config == PROFILE),
+        heap_profile_bytes: heap.map(|h| h.0),
+        heap_profile_samples: heap.map(|h| h.1),
     })
 }
 
@@ -404,11 +663,18 @@ fn program_stats() -> anyhow::Result<BTreeMap<String, ProgStat>> {
 #[derive(Debug, Clone, serde::Serialize)]
 struct Profiled {
     program: String,
+    /// Runs per profiling run (the default daemon's, or memtrace-profile's for a program
+    /// only it loads).
     runs: u64,
-    avg_ns: f64,
+    /// The default daemon's average and verified instructions (none for a program only
+    /// memtrace-profile loads).
+    avg_ns: Option<f64>,
     /// The same program's average with `--probes.hooks-only` (it returns at once).
     floor_avg_ns: Option<f64>,
-    verified_insns: u64,
+    verified_insns: Option<u64>,
+    /// The same program's average and verified instructions with heap profiling on.
+    profile_avg_ns: Option<f64>,
+    profile_verified_insns: Option<u64>,
     /// The same program's average and verified instructions in `--baseline-binary`'s daemon.
     baseline_avg_ns: Option<f64>,
     baseline_verified_insns: Option<u64>,
@@ -562,10 +828,77 @@ fn compare_code(base: &[String], now: &[String]) -> String {
     }
 }
 
+/// One row of the per-program table: runs; the default daemon's ns per run, the floor's,
+/// what the body adds and the verified instructions; the same with heap profiling on; and,
+/// with a baseline, the baseline's and how its verified code compares.
+fn program_row(p: &Profiled, with_baseline: bool) -> String {
+    let ns = |x: Option<f64>| x.map_or("—".to_string(), |x| format!("{x:.0}"));
+    let over_floor = |x: Option<f64>| match (x, p.floor_avg_ns) {
+        (Some(x), Some(f)) => format!("{:+.0}", x - f),
+        _ => "—".into(),
+    };
+    let insns = |i: Option<u64>| i.map_or("—".to_string(), |i| i.to_string());
+    let mut row = format!(
+        "| `{}` | {} | {} | {} | {} | {} | {} | {} | {} |",
+        p.program,
+        p.runs,
+        ns(p.avg_ns),
+        ns(p.floor_avg_ns),
+        over_floor(p.avg_ns),
+        insns(p.verified_insns),
+        ns(p.profile_avg_ns),
+        over_floor(p.profile_avg_ns),
+        insns(p.profile_verified_insns),
+    );
+    if with_baseline {
+        row.push_str(&format!(
+            " {} | {} | {} | {} |",
+            ns(p.baseline_avg_ns),
+            over_floor(p.baseline_avg_ns),
+            insns(p.baseline_verified_insns),
+            p.code_vs_baseline.as_deref().unwrap_or("—"),
+        ));
+    }
+    row + "\n"
+}
+
+/// What memtrace-profile's runs took and served: allocations sampled a second
+/// (`memtrace_profile_samples_total`), and the heap profile fetched at the end of each run
+/// (its gzipped size and its live samples), as a line of the results' notes.
+fn heap_profile_note(runs: &[&Run]) -> String {
+    let range = |v: Vec<u64>| match (v.iter().min(), v.iter().max()) {
+        (Some(lo), Some(hi)) if lo == hi => lo.to_string(),
+        (Some(lo), Some(hi)) => format!("{lo}–{hi}"),
+        _ => "—".into(),
+    };
+    let per_second = median(
+        runs.iter()
+            .filter_map(|r| r.profile_samples.map(|n| n as f64 / r.seconds))
+            .collect(),
+    );
+    format!(
+        "- memtrace-profile sampled {} allocations a second (`memtrace_profile_samples_total`, the \
+median over its runs); the heap profile it served at the end of each run (`/debug/pprof/heap`, \
+checked to be a gzipped pprof, or the benchmark fails) was {} bytes gzipped with {} live \
+samples.\n",
+        if per_second.is_finite() {
+            format!("{per_second:.0}")
+        } else {
+            "—".into()
+        },
+        range(runs.iter().filter_map(|r| r.heap_profile_bytes).collect()),
+        range(runs.iter().filter_map(|r| r.heap_profile_samples).collect()),
+    )
+}
+
 /// What the default daemon measured, against the budget of the benchmark issue.
 struct Budget {
     vs_floor: f64,
     vs_bpftrace: f64,
+    /// memtrace-profile's added cost per traced event over the default daemon's and over
+    /// bpftrace-memleak's (the heap profile's issue, #15)
+    profile_vs_memtrace: f64,
+    profile_vs_memleak: f64,
     cpu_percent: f64,
     rss_bytes: u64,
     events_per_second: f64,
@@ -600,6 +933,18 @@ fn budget_lines(b: &Budget) -> String {
             b.lost,
             verdict(b.lost == 0)
         ),
+        format!(
+            "- Heap profiles (#15): memtrace-profile's added cost per traced event ≤ 1.3× \
+             memtrace's (default daemon): {:.2}× — {}.",
+            b.profile_vs_memtrace,
+            verdict(b.profile_vs_memtrace <= 1.3)
+        ),
+        format!(
+            "- Heap profiles (#15): memtrace-profile's added cost per traced event < 0.25× \
+             bpftrace-memleak's: {:.2}× — {}.",
+            b.profile_vs_memleak,
+            verdict(b.profile_vs_memleak < 0.25)
+        ),
     ]
     .join("\n")
         + "\n"
@@ -610,6 +955,26 @@ pub fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
     let workload = root.join("target/release/workload");
     if Command::new("bpftrace").arg("--version").output().is_err() {
         bail!("bpftrace is not installed (cargo xtask bench installs it with apt-get as root)");
+    }
+    // The peers' tracepoint fields, checked against this kernel before anything is measured.
+    let format = |event: &str| {
+        let (category, name) = event.split_once(':')?;
+        std::fs::read_to_string(format!(
+            "/sys/kernel/tracing/events/{category}/{name}/format"
+        ))
+        .ok()
+    };
+    for (config, script) in [
+        ("bpftrace", BPFTRACE_SCRIPT.to_string()),
+        (MEMLEAK, memleak_script(4096)),
+    ] {
+        let missing = missing_fields(&script, format);
+        if !missing.is_empty() {
+            bail!(
+                "{config}: this kernel's tracepoints lack {}",
+                missing.join(", ")
+            );
+        }
     }
     let configs: Vec<&'static str> = CONFIGS
         .iter()
@@ -714,10 +1079,36 @@ pub fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
                 "runs_skipped_by_kernel": skipped,
             }),
         );
+        if c == PROFILE {
+            let o = json_configs
+                .get_mut(c)
+                .and_then(serde_json::Value::as_object_mut)
+                .context("the configuration's JSON")?;
+            let median_of = |f: fn(&Run) -> Option<u64>| {
+                median(of(c).filter_map(f).map(|x| x as f64).collect())
+            };
+            o.insert(
+                "profile_samples_per_second".into(),
+                median(
+                    of(c)
+                        .filter_map(|r| r.profile_samples.map(|n| n as f64 / r.seconds))
+                        .collect(),
+                )
+                .into(),
+            );
+            o.insert(
+                "heap_profile_bytes_median".into(),
+                median_of(|r| r.heap_profile_bytes).into(),
+            );
+            o.insert(
+                "heap_profile_samples_median".into(),
+                median_of(|r| r.heap_profile_samples).into(),
+            );
+        }
     }
     // Per program, the median over alternating profiling runs of each configuration.
     let mut profiled: BTreeMap<&str, BTreeMap<String, Vec<ProgramRun>>> = BTreeMap::new();
-    let profile_configs: Vec<&'static str> = ["floor", "memtrace"]
+    let profile_configs: Vec<&'static str> = ["floor", "memtrace", PROFILE]
         .into_iter()
         .chain(opts.baseline.as_ref().map(|_| BASELINE))
         .collect();
@@ -735,30 +1126,41 @@ pub fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
             }
         }
     }
+    let rows_of = |c: &str, program: &str| profiled.get(c).and_then(|m| m.get(program));
     let avg_of = |c: &str, program: &str| {
-        let v = profiled.get(c)?.get(program)?;
+        let v = rows_of(c, program)?;
         Some(median(v.iter().map(|r| r.1).collect()))
     };
-    let mut programs: Vec<Profiled> = profiled
-        .get("memtrace")
+    let insns_of = |c: &str, program: &str| rows_of(c, program)?.first().map(|r| r.2);
+    // The default daemon's programs, and those only heap profiling loads.
+    let names: std::collections::BTreeSet<&String> = ["memtrace", PROFILE]
+        .iter()
+        .filter_map(|c| profiled.get(c))
+        .flat_map(BTreeMap::keys)
+        .collect();
+    let mut programs: Vec<Profiled> = names
         .into_iter()
-        .flatten()
-        .map(|(program, rows)| Profiled {
-            program: program.clone(),
-            runs: rows.iter().map(|r| r.0).sum::<u64>() / rows.len() as u64,
-            avg_ns: median(rows.iter().map(|r| r.1).collect()),
-            floor_avg_ns: avg_of("floor", program),
-            baseline_avg_ns: avg_of(BASELINE, program),
-            baseline_verified_insns: profiled
-                .get(BASELINE)
-                .and_then(|m| m.get(program))
-                .and_then(|rows| rows.first())
-                .map(|r| r.2),
-            verified_insns: rows.first().map_or(0, |r| r.2),
-            code_vs_baseline: None,
+        .map(|program| {
+            let rows = rows_of("memtrace", program)
+                .or_else(|| rows_of(PROFILE, program))
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            Profiled {
+                program: program.clone(),
+                runs: rows.iter().map(|r| r.0).sum::<u64>() / rows.len().max(1) as u64,
+                avg_ns: avg_of("memtrace", program),
+                floor_avg_ns: avg_of("floor", program),
+                verified_insns: insns_of("memtrace", program),
+                profile_avg_ns: avg_of(PROFILE, program),
+                profile_verified_insns: insns_of(PROFILE, program),
+                baseline_avg_ns: avg_of(BASELINE, program),
+                baseline_verified_insns: insns_of(BASELINE, program),
+                code_vs_baseline: None,
+            }
         })
         .collect();
-    programs.sort_by(|a, b| (b.runs as f64 * b.avg_ns).total_cmp(&(a.runs as f64 * a.avg_ns)));
+    let weight = |p: &Profiled| p.runs as f64 * p.avg_ns.or(p.profile_avg_ns).unwrap_or(0.0);
+    programs.sort_by(|a, b| weight(b).total_cmp(&weight(a)));
     // The verified code of each program against the baseline's: where it is the same, any
     // difference in time is the machine's, not the code's.
     if let Some(b) = &opts.baseline {
@@ -771,29 +1173,10 @@ pub fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
             };
         }
     }
-    let mut prog_table = String::new();
-    for p in &programs {
-        let (floor, added) = match p.floor_avg_ns {
-            Some(f) => (format!("{f:.0}"), format!("{:+.0}", p.avg_ns - f)),
-            None => ("—".into(), "—".into()),
-        };
-        let code = p.code_vs_baseline.as_deref().unwrap_or("—");
-        let baseline = match (opts.baseline.is_some(), p.baseline_avg_ns, p.floor_avg_ns) {
-            (false, _, _) => String::new(),
-            (true, Some(b), Some(f)) => format!(
-                " {b:.0} | {:+.0} | {} | {code} |",
-                b - f,
-                p.baseline_verified_insns
-                    .map_or("—".to_string(), |i| i.to_string())
-            ),
-            (true, Some(b), None) => format!(" {b:.0} | — | — | {code} |"),
-            (true, None, _) => format!(" — | — | — | {code} |"),
-        };
-        prog_table.push_str(&format!(
-            "| `{}` | {} | {:.0} | {floor} | {added} | {} |{baseline}\n",
-            p.program, p.runs, p.avg_ns, p.verified_insns
-        ));
-    }
+    let prog_table: String = programs
+        .iter()
+        .map(|p| program_row(p, opts.baseline.is_some()))
+        .collect();
     let (prog_head, prog_rule, baseline_text) = match &opts.baseline {
         Some(b) => (
             " ns per run, baseline | added, baseline | verified instructions, baseline | verified code against the baseline's |",
@@ -819,6 +1202,8 @@ is the same, a difference in time is the machine's.\n",
     let vs_floor = added("memtrace") / added("floor");
     let vs_bpftrace = added("memtrace") / added("bpftrace");
     let full_vs_floor = added("memtrace-full") / added("floor");
+    let profile_vs_memtrace = added(PROFILE) / added("memtrace");
+    let profile_vs_memleak = added(PROFILE) / added(MEMLEAK);
     let date = Command::new("date")
         .args(["-u", "+%Y-%m-%d %H:%M UTC"])
         .output()
@@ -842,11 +1227,17 @@ was preempted or lost its virtual CPU moves the mean, not the median).\n\n\
 - **none**: no tracing. **floor**: memtrace's programs attached to the same tracepoints, returning at \
 once (`--probes.hooks-only`): the cost of the hooks themselves. **memtrace**: `memtrace daemon` with \
 defaults. **memtrace-full**: notable events from 4 KiB and order 0 with kernel stacks, 1000-series \
-attribution. **bpftrace**: memtrace's default aggregation written with hist()/sum()/count() on the \
-same tracepoints.\n\
+attribution. **memtrace-profile**: defaults with heap profiling on (`--profile.enabled true`, at the \
+default sampling rate of one sample per 512 KiB allocated on average). **bpftrace**: memtrace's default \
+aggregation written with hist()/sum()/count() on the same tracepoints. **bpftrace-memleak**: full \
+tracking of live allocations like bcc's memleak, the heap profile's peer: per successful allocation a \
+hash insert of its size and kernel stack (`kstack`, a stack id in bpftrace's stack map, as memleak's \
+`get_stackid`), per free a hash delete, on the same allocation and free tracepoints (kmalloc, \
+kmem_cache, pages, vmalloc, per-CPU; {memleak_keys} entries per map, `BPFTRACE_MAP_KEYS_MAX`).\n\
 - memtrace's added cost per traced event is **{vs_floor:.2}×** the floor's and **{vs_bpftrace:.2}×** \
-bpftrace's; with everything on, **{full_vs_floor:.2}×** the floor's.\n\
-- Lost events are memtrace's own (a map or the ring buffer full); runs skipped by the kernel \
+bpftrace's; with everything on, **{full_vs_floor:.2}×** the floor's; with heap profiling on, \
+**{profile_vs_memtrace:.2}×** the default daemon's and **{profile_vs_memleak:.2}×** bpftrace-memleak's.\n\
+{heap_note}- Lost events are memtrace's own (a map or the ring buffer full); runs skipped by the kernel \
 are `memtrace_events_lost_total{{reason=\"recursion\"}}`: an interrupt that allocates or frees \
 on a CPU where the same program is running is not run again there, for any BPF tracer, the \
 floor included.\n\
@@ -854,20 +1245,24 @@ floor included.\n\
 is in the workload's ns/op), with memtrace's `/metrics` scraped once a second; for bpftrace most \
 of its work happens at exit.\n\n\
 ## Where the time goes\n\n\
-Profiling runs of the default daemon and of the floor (and of the baseline, if any), alternating, with `kernel.bpf_stats_enabled=1` (the \
-kernel's own accounting of each program's run time, which adds the same small time to every \
-run of both), read with `bpftool`; verified instructions are the whole program's after the \
+Profiling runs of the floor, the default daemon and memtrace-profile (and of the baseline, if any), \
+alternating, with `kernel.bpf_stats_enabled=1` (the kernel's own accounting of each program's run \
+time, which adds the same small time to every run of each), read with `bpftool`; verified instructions are the whole program's after the \
 verifier removed what the load-time constants make dead, not the instructions of one run; \
 each time is the median of {PROFILE_REPS} alternating profiling runs:\n\n\
-| program | runs | ns per run | ns per run, floor | added | verified instructions |{prog_head}\n\
-| --- | --- | --- | --- | --- | --- |{prog_rule}\n{prog_table}{baseline_text}",
+| program | runs | ns per run | ns per run, floor | added | verified instructions | ns per run, profile | added, profile | verified instructions, profile |{prog_head}\n\
+| --- | --- | --- | --- | --- | --- | --- | --- | --- |{prog_rule}\n{prog_table}{baseline_text}",
         machine = machine(),
         reps = opts.reps,
         secs = opts.seconds,
         epo = events_per_op,
+        memleak_keys = MEMLEAK_MAP_KEYS,
+        heap_note = heap_profile_note(&of(PROFILE).collect::<Vec<_>>()),
         budget = budget_lines(&Budget {
             vs_floor,
             vs_bpftrace,
+            profile_vs_memtrace,
+            profile_vs_memleak,
             cpu_percent: median(
                 of("memtrace")
                     .filter_map(|r| r.tracer_cpu_seconds.map(|s| 100.0 * s / r.seconds))
@@ -890,6 +1285,8 @@ each time is the median of {PROFILE_REPS} alternating profiling runs:\n\n\
         "events_per_op": events_per_op,
         "memtrace_added_vs_floor": vs_floor, "memtrace_added_vs_bpftrace": vs_bpftrace,
         "full_added_vs_floor": full_vs_floor,
+        "profile_added_vs_memtrace": profile_vs_memtrace,
+        "profile_added_vs_memleak": profile_vs_memleak,
         "configs": json_configs, "runs": runs,
         "baseline": opts.baseline.as_ref().map(|b| b.display().to_string()),
         "memtrace_added_vs_baseline": opts.baseline.as_ref().map(|_| added("memtrace") / added(BASELINE)),
@@ -981,6 +1378,14 @@ fn previous_section(prev: &serde_json::Value, now: &serde_json::Value, path: &st
         ),
         ("the same, × bpftrace's", "memtrace_added_vs_bpftrace"),
         ("memtrace-full's, × the floor's", "full_added_vs_floor"),
+        (
+            "memtrace-profile's, × memtrace's (default daemon)",
+            "profile_added_vs_memtrace",
+        ),
+        (
+            "memtrace-profile's, × bpftrace-memleak's",
+            "profile_added_vs_memleak",
+        ),
     ] {
         let (a, b) = (num(prev, key), num(now, key));
         rows.push_str(&format!(
@@ -1081,13 +1486,29 @@ mod tests {
         let b = Budget {
             vs_floor: 1.2,
             vs_bpftrace: 0.3,
+            profile_vs_memtrace: 1.25,
+            profile_vs_memleak: 0.1,
             cpu_percent: 0.5,
             rss_bytes: 40 << 20,
             events_per_second: 5e6,
             lost: 0,
         };
         let text = budget_lines(&b);
-        assert_eq!(text.matches("— met.").count(), 4, "{text}");
+        assert_eq!(text.matches("— met.").count(), 6, "{text}");
+        assert!(
+            text.contains(
+                "memtrace-profile's added cost per traced event ≤ 1.3× memtrace's (default \
+                 daemon): 1.25× — met."
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "memtrace-profile's added cost per traced event < 0.25× bpftrace-memleak's: \
+                 0.10× — met."
+            ),
+            "{text}"
+        );
         let text = budget_lines(&Budget {
             vs_floor: 1.6,
             rss_bytes: 70 << 20,
@@ -1096,6 +1517,319 @@ mod tests {
         });
         assert_eq!(text.matches("**not met**").count(), 3, "{text}");
         assert!(text.contains("1.60×"), "{text}");
+        // The heap profile's lines: the bounds themselves are met, just over them is not, and
+        // a ratio that could not be measured (NaN) is not met either.
+        let edge = budget_lines(&Budget {
+            profile_vs_memtrace: 1.3,
+            profile_vs_memleak: 0.2499,
+            ..b
+        });
+        assert_eq!(edge.matches("— met.").count(), 6, "{edge}");
+        let over = budget_lines(&Budget {
+            profile_vs_memtrace: 1.31,
+            profile_vs_memleak: 0.25,
+            ..b
+        });
+        assert!(
+            over.contains("(default daemon): 1.31× — **not met**."),
+            "{over}"
+        );
+        assert!(over.contains("memleak's: 0.25× — **not met**."), "{over}");
+        let unmeasured = budget_lines(&Budget {
+            profile_vs_memtrace: f64::NAN,
+            profile_vs_memleak: f64::NAN,
+            ..b
+        });
+        assert_eq!(
+            unmeasured.matches("NaN× — **not met**.").count(),
+            2,
+            "{unmeasured}"
+        );
+    }
+
+    #[test]
+    fn memleak_peer_inserts_per_allocation_and_deletes_per_free() {
+        let script = memleak_script(4096);
+        let probes: Vec<&str> = script
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        assert_eq!(
+            probes,
+            [
+                "tracepoint:kmem:kmalloc",
+                "tracepoint:kmem:kmem_cache_alloc",
+                "tracepoint:kmem:mm_page_alloc",
+                "tracepoint:vmalloc:alloc_vmap_area",
+                "tracepoint:percpu:percpu_alloc_percpu",
+                "tracepoint:kmem:kfree",
+                "tracepoint:kmem:kmem_cache_free",
+                "tracepoint:kmem:mm_page_free",
+                "tracepoint:kmem:mm_page_free_batched",
+                "tracepoint:vmalloc:free_vmap_area_noflush",
+                "tracepoint:percpu:percpu_free_percpu",
+                "END",
+            ]
+        );
+        let body = |probe: &str| {
+            script
+                .lines()
+                .find(|l| l.starts_with(&format!("{probe} ")))
+                .unwrap()
+                .to_string()
+        };
+        // Each allocation: one insert of (size, kernel stack), skipping failures.
+        for (probe, map, key, size) in [
+            (
+                "kmalloc",
+                "live",
+                "(uint64)args->ptr",
+                "(uint64)args->bytes_alloc",
+            ),
+            (
+                "kmem_cache_alloc",
+                "live",
+                "(uint64)args->ptr",
+                "(uint64)args->bytes_alloc",
+            ),
+            (
+                "mm_page_alloc",
+                "pages",
+                "args->pfn",
+                "(uint64)4096 << args->order",
+            ),
+            (
+                "alloc_vmap_area",
+                "vmap",
+                "args->addr",
+                "(uint64)args->size",
+            ),
+            (
+                "percpu_alloc_percpu",
+                "percpu",
+                "(uint64)args->ptr",
+                "(uint64)args->bytes_alloc",
+            ),
+        ] {
+            let line = script
+                .lines()
+                .find(|l| l.contains(&format!(":{probe} ")))
+                .unwrap();
+            assert!(
+                line.contains(&format!("{{ @{map}[{key}] = ({size}, kstack); }}")),
+                "{line}"
+            );
+            assert!(
+                line.contains(" /") && line.matches('@').count() == 1,
+                "{line}"
+            );
+        }
+        // Each free: one delete from the map its allocation went to.
+        for (probe, map, key) in [
+            ("tracepoint:kmem:kfree", "live", "(uint64)args->ptr"),
+            (
+                "tracepoint:kmem:kmem_cache_free",
+                "live",
+                "(uint64)args->ptr",
+            ),
+            ("tracepoint:kmem:mm_page_free", "pages", "args->pfn"),
+            ("tracepoint:kmem:mm_page_free_batched", "pages", "args->pfn"),
+            (
+                "tracepoint:vmalloc:free_vmap_area_noflush",
+                "vmap",
+                "args->va_start",
+            ),
+            (
+                "tracepoint:percpu:percpu_free_percpu",
+                "percpu",
+                "(uint64)args->ptr",
+            ),
+        ] {
+            assert_eq!(body(probe), format!("{probe} {{ delete(@{map}[{key}]); }}"));
+        }
+        // Nothing printed at exit: every map cleared.
+        assert_eq!(
+            body("END"),
+            "END { clear(@live); clear(@pages); clear(@vmap); clear(@percpu); }"
+        );
+        assert!(memleak_script(16384).contains("(uint64)16384 << args->order"));
+    }
+
+    #[test]
+    fn peer_scripts_read_only_fields_the_kernel_has() {
+        let fields = script_fields(&memleak_script(4096));
+        assert!(fields.contains(&("kmem:mm_page_alloc".into(), "order".into())));
+        assert!(fields.contains(&("vmalloc:alloc_vmap_area".into(), "failed".into())));
+        assert_eq!(fields.len(), 17, "{fields:?}");
+        // Linux 6.18's formats: the test data's, and the two free events' as they are here.
+        let testdata =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../memtrace/testdata/linux-6.18");
+        let format = |event: &str| {
+            match event {
+            "vmalloc:free_vmap_area_noflush" => Some(
+                "name: free_vmap_area_noflush\nformat:\n\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\n\tfield:unsigned long va_start;\toffset:8;\tsize:8;\tsigned:0;\n\tfield:unsigned long nr_lazy;\toffset:16;\tsize:8;\tsigned:0;\n\tfield:unsigned long nr_lazy_max;\toffset:24;\tsize:8;\tsigned:0;\n".to_string(),
+            ),
+            "percpu:percpu_free_percpu" => Some(
+                "name: percpu_free_percpu\nformat:\n\tfield:void * base_addr;\toffset:8;\tsize:8;\tsigned:0;\n\tfield:int off;\toffset:16;\tsize:4;\tsigned:1;\n\tfield:void __seg_gs * ptr;\toffset:24;\tsize:8;\tsigned:0;\n".to_string(),
+            ),
+            _ => std::fs::read_to_string(testdata.join(format!("{}.format", event.replace(':', "_")))).ok(),
+        }
+        };
+        assert_eq!(
+            missing_fields(&memleak_script(4096), format),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            missing_fields(BPFTRACE_SCRIPT, format),
+            Vec::<String>::new()
+        );
+        // A field or an event the kernel lacks is named.
+        let script = "tracepoint:kmem:kfree { @[args->ptr, args->nope] = count(); }\ntracepoint:kmem:gone { @x[args->a] = count(); }\n";
+        assert_eq!(
+            missing_fields(script, format),
+            ["kmem:kfree args->nope", "kmem:gone args->a"]
+        );
+        // `char[] name`-style array fields count by their name.
+        let array = "format:\n\tfield:__data_loc char[] name;\toffset:24;\tsize:4;\tsigned:0;\n";
+        assert!(
+            missing_fields("tracepoint:kmem:x { @[args->name] = count(); }", |_| Some(
+                array.into()
+            ))
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn http_bodies_plain_chunked_and_refused() {
+        assert_eq!(
+            http_body(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n\x1f\x8b\x00").unwrap(),
+            b"\x1f\x8b\x00"
+        );
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n\x1f\x8b\xff\r\n2;ext=1\r\n\r\n\r\n0\r\n\r\n";
+        assert_eq!(http_body(chunked).unwrap(), b"\x1f\x8b\xff\r\n");
+        let e = http_body(b"HTTP/1.1 404 Not Found\r\n\r\nheap profiling is off\n").unwrap_err();
+        assert_eq!(e.to_string(), "HTTP/1.1 404 Not Found");
+        assert!(http_body(b"HTTP/1.1 200 OK\r\n").is_err());
+    }
+
+    /// A protobuf length-delimited field.
+    fn field(number: u8, bytes: &[u8]) -> Vec<u8> {
+        let mut v = vec![(number << 3) | 2, bytes.len() as u8];
+        v.extend_from_slice(bytes);
+        v
+    }
+
+    /// A small pprof profile: two sample types, `samples` samples, a string table.
+    fn pprof(samples: usize) -> Vec<u8> {
+        let mut p = field(1, &[0x08, 0x01, 0x10, 0x02]);
+        p.extend(field(1, &[0x08, 0x03, 0x10, 0x04]));
+        for i in 0..samples {
+            p.extend(field(2, &[0x0a, 0x01, 0x01, 0x12, 0x02, 0x01, i as u8]));
+        }
+        p.extend(field(6, b""));
+        p.extend(field(6, b"space"));
+        // time_nanos (field 9, a varint) and period (field 12)
+        p.extend([9 << 3, 0x80, 0x01, 12 << 3, 0x80, 0x80, 0x20]);
+        p
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut child = Command::new("gzip")
+            .arg("-c")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(bytes).unwrap();
+        child.wait_with_output().unwrap().stdout
+    }
+
+    #[test]
+    fn heap_profiles_are_checked_to_be_gzipped_pprof() {
+        assert_eq!(pprof_samples(&pprof(3)), Some(3));
+        assert_eq!(pprof_samples(&pprof(0)), Some(0));
+        assert_eq!(pprof_samples(&[0x12, 0x05, 0x01]), None, "truncated");
+        assert_eq!(pprof_samples(&[0x0f]), None, "wire type 7");
+        assert_eq!(check_heap_profile(&gzip(&pprof(5))).unwrap(), 5);
+        assert_eq!(check_heap_profile(&gzip(&pprof(0))).unwrap(), 0);
+        let refused = |bytes: &[u8]| format!("{:#}", check_heap_profile(bytes).unwrap_err());
+        assert!(refused(b"").contains("not a gzip (0 bytes)"));
+        assert!(refused(b"heap profiling is off: start the daemon").contains("not a gzip"));
+        assert!(refused(&gzip(b"")).contains("an empty profile"));
+        let mut corrupt = gzip(&pprof(5));
+        let n = corrupt.len();
+        corrupt[n - 6] ^= 0xff;
+        assert!(refused(&corrupt).contains("corrupt gzip"));
+        assert!(refused(&gzip(b"\xff\xff\xff")).contains("not a pprof"));
+    }
+
+    #[test]
+    fn profile_samples_and_heap_profiles_are_reported() {
+        let m = "# TYPE memtrace_profile_samples_total counter\nmemtrace_profile_samples_total{allocator=\"kmalloc\"} 30\nmemtrace_profile_samples_total{allocator=\"page\"} 12\nmemtrace_live_bytes{allocator=\"kmalloc\",function=\"f\"} 524288\n";
+        assert_eq!(metric_total(m, "memtrace_profile_samples_total"), 42.0);
+        assert_eq!(metric_total(m, "memtrace_profile_samples"), 0.0);
+        // The profile's counters are not traced events.
+        assert_eq!(traced_totals(m), (0, 0, 0));
+        let run = |samples, bytes, live| Run {
+            config: PROFILE.into(),
+            seconds: 2.0,
+            profile_samples: Some(samples),
+            heap_profile_bytes: Some(bytes),
+            heap_profile_samples: Some(live),
+            ..Run::default()
+        };
+        let (a, b, c) = (run(2000, 900, 3), run(3000, 1100, 3), run(4000, 1000, 3));
+        let note = heap_profile_note(&[&a, &b, &c]);
+        assert!(note.contains("sampled 1500 allocations a second"), "{note}");
+        assert!(
+            note.contains("was 900–1100 bytes gzipped with 3 live samples"),
+            "{note}"
+        );
+        assert!(heap_profile_note(&[]).contains("sampled — allocations"));
+    }
+
+    #[test]
+    fn program_rows_set_the_profile_beside_the_default() {
+        let p = Profiled {
+            program: "kmalloc_btf_fixed".into(),
+            runs: 1000,
+            avg_ns: Some(86.0),
+            floor_avg_ns: Some(51.0),
+            verified_insns: Some(1164),
+            profile_avg_ns: Some(95.4),
+            profile_verified_insns: Some(1300),
+            baseline_avg_ns: None,
+            baseline_verified_insns: None,
+            code_vs_baseline: None,
+        };
+        assert_eq!(
+            program_row(&p, false),
+            "| `kmalloc_btf_fixed` | 1000 | 86 | 51 | +35 | 1164 | 95 | +44 | 1300 |\n"
+        );
+        assert_eq!(
+            program_row(&p, true),
+            "| `kmalloc_btf_fixed` | 1000 | 86 | 51 | +35 | 1164 | 95 | +44 | 1300 | — | — | — | — |\n"
+        );
+        // A program only heap profiling loads.
+        let only = Profiled {
+            program: "percpu_free_percpu_btf".into(),
+            avg_ns: None,
+            floor_avg_ns: None,
+            verified_insns: None,
+            baseline_avg_ns: Some(40.0),
+            baseline_verified_insns: Some(31),
+            code_vs_baseline: Some("identical".into()),
+            ..p
+        };
+        assert_eq!(
+            program_row(&only, true),
+            "| `percpu_free_percpu_btf` | 1000 | — | — | — | — | 95 | — | 1300 | 40 | — | 31 | identical |\n"
+        );
+        // New programs' names are profiled like the others (the tp_btf and classic ones).
+        for name in ["free_vmap_area_noflush_btf", "percpu_free_percpu_tp"] {
+            assert!(is_profiled(name), "{name}");
+        }
+        assert!(!is_profiled("percpu_free_percpu_raw"));
     }
 
     #[test]
@@ -1139,6 +1873,28 @@ mod tests {
         // A program the previous run lacks shows as unknown, not as zero.
         assert!(
             text.contains("`kfree_btf_fixed`: verified instructions | — | — | — |"),
+            "{text}"
+        );
+        // A run from before heap profiles has no profile ratios: they show as unknown.
+        assert!(
+            text.contains("| memtrace-profile's, × memtrace's (default daemon) | — | — | — |"),
+            "{text}"
+        );
+        let mut with_profile = now.clone();
+        with_profile["profile_added_vs_memtrace"] = 1.1.into();
+        with_profile["profile_added_vs_memleak"] = 0.12.into();
+        let text = previous_section(&prev, &with_profile, "old.json");
+        assert!(
+            text.contains("| memtrace-profile's, × memtrace's (default daemon) | — | 1.10 | — |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| memtrace-profile's, × bpftrace-memleak's | — | 0.12 | — |"),
+            "{text}"
+        );
+        let text = previous_section(&with_profile, &with_profile, "old.json");
+        assert!(
+            text.contains("| memtrace-profile's, × bpftrace-memleak's | 0.12 | 0.12 | 1.00× |"),
             "{text}"
         );
     }
