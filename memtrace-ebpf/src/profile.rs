@@ -144,7 +144,7 @@ fn sample(ctx: *mut c_void, a: &Allocation, filter: *mut u32) {
         ) as i32;
         ts_ns
     };
-    if LIVE.insert(&a.key, &ts_ns, BPF_ANY as u64).is_err() {
+    if LIVE.insert(a.key, ts_ns, BPF_ANY as u64).is_err() {
         entry.discard(0);
         bump(Counter::ProfileLiveFull);
         return;
@@ -165,7 +165,7 @@ fn add(counter: *mut u32, n: u32) {
 /// Ends the live sample of `key`, if there is one, with a `kind` event.
 #[inline(never)]
 fn end(key: LiveKey, kind: u32, filter: *mut u32) {
-    if LIVE.remove(&key).is_err() {
+    if LIVE.remove(key).is_err() {
         return; // another key of the same filter slot
     }
     add(filter, u32::MAX); // minus one

@@ -11,8 +11,9 @@
 //! - [`export`]: metric families (the one place metrics are named), the notable-event
 //!   record, and reading an exposition back;
 //! - [`limits`]: what can be allocated now (procfs/sysfs);
+//! - [`profile`]: kernel heap profiles (the estimator, live samples, leak suspects, pprof);
 //! - [`cmd`]: the subcommands (`check`, `daemon`, `trace`, `limits` with what a daemon has
-//!   observed, `top` with its model).
+//!   observed, `top` with its model, `profile`, `leaks`).
 
 pub mod bpf;
 pub mod cmd;

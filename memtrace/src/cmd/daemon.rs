@@ -510,8 +510,15 @@ async fn landing(State(state): State<Arc<AppState>>) -> Html<String> {
         "<!doctype html><html><head><title>memtrace</title></head><body>\
          <h1>memtrace</h1><p>Kernel memory allocator metrics for Linux {}.</p>\
          <ul><li><a href=\"{path}\">{path}</a>: Prometheus metrics</li>\
-         <li><a href=\"/healthz\">/healthz</a>: health</li></ul></body></html>",
-        state.kernel
+         <li><a href=\"/healthz\">/healthz</a>: health</li>\
+         <li><a href=\"{HEAP_PATH}\">{HEAP_PATH}</a>: kernel heap profile (pprof{})</li>\
+         <li><a href=\"{LEAKS_PATH}\">{LEAKS_PATH}</a>: leak suspects (JSON)</li></ul></body></html>",
+        state.kernel,
+        if state.profile.is_some() {
+            ""
+        } else {
+            "; off: start with --profile.enabled true"
+        }
     ))
 }
 

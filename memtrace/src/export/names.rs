@@ -23,6 +23,7 @@ pub const KMEM_CACHE_ALLOCATED_BYTES_TOTAL: &str = "memtrace_kmem_cache_allocate
 pub const KMEM_CACHE_ALLOCATIONS_TOTAL: &str = "memtrace_kmem_cache_allocations_total";
 pub const KMEM_CACHE_REQUESTED_BYTES_TOTAL: &str = "memtrace_kmem_cache_requested_bytes_total";
 pub const LIVE_BYTES: &str = "memtrace_live_bytes";
+pub const LIVE_OLDEST_AGE_SECONDS: &str = "memtrace_live_oldest_age_seconds";
 pub const LARGEST_FREE_BLOCK_BYTES: &str = "memtrace_largest_free_block_bytes";
 pub const NOTABLE_EVENTS_TOTAL: &str = "memtrace_notable_events_total";
 pub const OOM_KILLS_TOTAL: &str = "memtrace_oom_kills_total";

@@ -15,14 +15,37 @@ use crate::{label::OTHER, profile::live::Profiler};
 impl Exporter {
     /// The heap profile's families.
     pub(super) fn profile_families(&mut self, p: &Profiler, out: &mut Vec<MetricFamily>) {
-        let live = p.live_by_function(self.symbols());
+        let by = p.by_function(self.symbols());
+        let live = by.iter().map(|(k, v)| (k.clone(), v.0)).collect();
+        let now = crate::profile::monotonic_ns();
         let mut metrics = Vec::new();
-        for (allocator, rows) in top_by_allocator(&live, self.limits.callsites) {
+        let mut ages = Vec::new();
+        let tops = top_by_allocator(&live, self.limits.callsites);
+        let kept: std::collections::BTreeSet<(Allocator, &str)> = tops
+            .iter()
+            .flat_map(|(a, rows)| rows.iter().map(move |(f, _)| (*a, f.as_str())))
+            .filter(|(_, f)| *f != OTHER)
+            .collect();
+        for (allocator, rows) in &tops {
+            let allocator = *allocator;
             for (function, bytes) in rows {
-                metrics.push(gauge(
-                    &[("allocator", allocator.name()), ("function", &function)],
-                    bytes,
-                ));
+                let bytes = *bytes;
+                let labels = [("allocator", allocator.name()), ("function", function)];
+                metrics.push(gauge(&labels, bytes));
+                // `other`'s oldest is the oldest of the functions it sums.
+                let oldest = by
+                    .iter()
+                    .filter(|((a, f), _)| {
+                        *a == allocator
+                            && (f == function
+                                || (function == OTHER && !kept.contains(&(*a, f.as_str()))))
+                    })
+                    .map(|(_, v)| v.1)
+                    .min()
+                    .unwrap_or(u64::MAX);
+                if oldest != u64::MAX {
+                    ages.push(gauge(&labels, now.saturating_sub(oldest) as f64 / 1e9));
+                }
             }
         }
         out.push(family(
@@ -30,6 +53,12 @@ impl Exporter {
             "Estimated bytes allocated and not yet freed, by allocator and calling function, from the heap profile's samples (allocations since profiling started; the rest of an allocator's functions in function=\"other\").",
             MetricType::GAUGE,
             metrics,
+        ));
+        out.push(family(
+            names::LIVE_OLDEST_AGE_SECONDS,
+            "Age of the oldest live sample behind memtrace_live_bytes, by allocator and calling function.",
+            MetricType::GAUGE,
+            ages,
         ));
         out.push(family(
             names::PROFILE_SAMPLES_TOTAL,

@@ -31,7 +31,7 @@ pub struct ProfileArgs {
     )]
     pub max_live: u32,
     /// Most distinct kernel stacks with their own totals; samples of further stacks count in
-    /// their allocator's [other] stack and in
+    /// their allocator's `[other]` stack and in
     /// memtrace_events_lost_total{reason="profile_stacks_full"}.
     #[arg(
         long = "profile.max-stacks",

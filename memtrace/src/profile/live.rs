@@ -375,15 +375,34 @@ impl Profiler {
         &self,
         symbols: Option<&Symbolizer>,
     ) -> BTreeMap<(Allocator, String), f64> {
+        self.by_function(symbols)
+            .into_iter()
+            .map(|(k, (bytes, _))| (k, bytes))
+            .collect()
+    }
+
+    /// Estimated live bytes and the oldest live sample's time (`bpf_ktime_get_ns`) by
+    /// (allocator, function).
+    pub fn by_function(
+        &self,
+        symbols: Option<&Symbolizer>,
+    ) -> BTreeMap<(Allocator, String), (f64, u64)> {
+        let mut oldest: HashMap<usize, u64> = HashMap::new();
+        for l in self.live.values() {
+            let e = oldest.entry(l.stack).or_insert(l.ts_ns);
+            *e = (*e).min(l.ts_ns);
+        }
         let mut out = BTreeMap::new();
-        for st in &self.stacks {
+        for (i, st) in self.stacks.iter().enumerate() {
             // Only what is live: a function's series goes when nothing of it is.
             if st.live_samples == 0 {
                 continue;
             }
             let frames = self.frames(st, symbols);
             let f = self.function(st, &frames, symbols);
-            *out.entry((st.key.allocator, f)).or_insert(0.0) += st.live_bytes.max(0.0);
+            let e = out.entry((st.key.allocator, f)).or_insert((0.0, u64::MAX));
+            e.0 += st.live_bytes.max(0.0);
+            e.1 = e.1.min(oldest.get(&i).copied().unwrap_or(u64::MAX));
         }
         out
     }

@@ -15,7 +15,7 @@
 //! For allocations much smaller than `m` that is about `m · total`: the relative standard
 //! error is `1/sqrt(k)`, where `k ≈ total/m` is the number of samples behind the estimate
 //! (100 samples: ±10 %; 10 000: ±1 %). Allocations much larger than `m` are nearly always
-//! sampled with weight ~1 and add almost no error. [`relative_error`] computes it for a
+//! sampled with weight ~1 and add almost no error. [`Estimator::relative_error`] computes it for a
 //! stream of equal allocations; the unit tests check estimates on synthetic streams against
 //! it.
 //!

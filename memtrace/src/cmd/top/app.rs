@@ -10,6 +10,7 @@ use memtrace_common::Allocator;
 
 use super::model::{self, Histogram, Model, allocator_named, increase};
 use crate::export::record::EventRecord;
+use crate::profile::growth::Series;
 
 /// The tables `top` can show (`Tab` cycles through them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -24,15 +25,19 @@ pub enum View {
     Pages,
     /// vmalloc: who reserves address space, and the size histogram.
     Vmalloc,
+    /// The heap profile: live bytes per calling function, how fast they grow, the age of the
+    /// oldest live allocation, and whether the growth is steady (a leak suspect).
+    Live,
 }
 
 impl View {
-    pub const ALL: [View; 5] = [
+    pub const ALL: [View; 6] = [
         View::Callsites,
         View::Caches,
         View::Processes,
         View::Pages,
         View::Vmalloc,
+        View::Live,
     ];
 
     pub fn title(self) -> &'static str {
@@ -42,6 +47,7 @@ impl View {
             View::Processes => "Processes",
             View::Pages => "Page orders × migrate type",
             View::Vmalloc => "vmalloc",
+            View::Live => "Live bytes (heap profile)",
         }
     }
 
@@ -186,7 +192,14 @@ pub struct App {
     /// Failures seen since `top` started, by (allocator, function) and (allocator, comm).
     failed_sites: BTreeMap<(Allocator, String), f64>,
     failed_comms: BTreeMap<(Allocator, String), f64>,
+    /// Seconds since the first refresh.
+    clock: f64,
+    /// Each function's live bytes at recent refreshes (the leak test's window).
+    live_history: BTreeMap<(Allocator, String), Series>,
 }
+
+/// Refreshes in each function's live-bytes window.
+const LIVE_WINDOW: usize = 60;
 
 impl App {
     pub fn new(source: String, view: View, sort: SortKey, filter: String) -> App {
@@ -207,6 +220,8 @@ impl App {
             recent: VecDeque::new(),
             failed_sites: BTreeMap::new(),
             failed_comms: BTreeMap::new(),
+            clock: 0.0,
+            live_history: BTreeMap::new(),
         }
     }
 
@@ -220,6 +235,21 @@ impl App {
         }
         self.refreshes += 1;
         self.error = None;
+        if self.refreshes > 1 {
+            self.clock += elapsed;
+        }
+        // A function that left the profile has nothing live: its window records 0.
+        for (k, h) in &mut self.live_history {
+            if !self.cur.live.contains_key(k) {
+                h.push(self.clock, 0.0, LIVE_WINDOW);
+            }
+        }
+        for (k, (bytes, _)) in &self.cur.live {
+            self.live_history
+                .entry(k.clone())
+                .or_default()
+                .push(self.clock, *bytes, LIVE_WINDOW);
+        }
         for r in failures.into_iter().filter(|r| r.kind == "failure") {
             if let Some(a) = allocator_named(&r.allocator) {
                 if let Some(site) = &r.call_site {
@@ -433,7 +463,57 @@ impl App {
                 )
             }
             View::Pages => self.page_rows(),
+            View::Live => self.live_rows(),
         }
+    }
+
+    /// The live view: one row per (allocator, function) of the heap profile.
+    fn live_rows(&self) -> (Vec<&'static str>, Vec<bool>, Vec<Row>) {
+        let rows = self
+            .cur
+            .live
+            .iter()
+            .map(|(k, (bytes, oldest))| {
+                let history = self.live_history.get(k);
+                let trend = history.and_then(Series::trend);
+                let slope = trend.map_or(0.0, |t| t.slope);
+                // Steady growth of at least a default sample's two samples' worth.
+                let steady = history.and_then(|h| h.suspect(2.0 * 512.0 * 1024.0));
+                Row {
+                    cells: vec![
+                        k.0.name().to_string(),
+                        k.1.clone(),
+                        fmt_bytes(*bytes),
+                        if slope < 0.0 {
+                            format!("-{}", fmt_bytes_rate(-slope))
+                        } else {
+                            fmt_bytes_rate(slope)
+                        },
+                        trend.map_or("-".into(), |t| format!("{:.0}s", t.span)),
+                        oldest.map_or("-".into(), |a| format!("{a:.0}s")),
+                        if steady.is_some() { "yes" } else { "" }.to_string(),
+                    ],
+                    rate: slope,
+                    bytes_rate: slope,
+                    total: *bytes,
+                    failures: 0.0,
+                    key: RowKey::Allocator(k.0),
+                }
+            })
+            .collect();
+        (
+            vec![
+                "ALLOCATOR",
+                "FUNCTION",
+                "LIVE",
+                "GROWTH/S",
+                "WINDOW",
+                "OLDEST",
+                "STEADY",
+            ],
+            vec![false, false, true, true, true, true, false],
+            rows,
+        )
     }
 
     fn migratetypes(&self) -> Vec<String> {
@@ -541,6 +621,9 @@ impl App {
         }
         if !self.has_rates() {
             title.push_str(" — rates after the second refresh");
+        }
+        if self.view == View::Live && self.cur.live.is_empty() {
+            title.push_str(" — nothing live yet (a daemon needs --profile.enabled true)");
         }
         Table {
             title,
@@ -728,7 +811,7 @@ impl App {
                 self.view = self.view.prev();
                 self.selected = 0;
             }
-            KeyCode::Char(c @ '1'..='5') => {
+            KeyCode::Char(c @ '1'..='6') => {
                 self.view = View::ALL[c as usize - '1' as usize];
                 self.selected = 0;
             }
@@ -758,7 +841,7 @@ impl App {
 pub const HELP: &[(&str, &str)] = &[
     ("q, Esc, Ctrl-C", "quit"),
     (
-        "Tab, Shift-Tab, 1-5",
+        "Tab, Shift-Tab, 1-6",
         "switch view: call sites, caches, processes, pages, vmalloc",
     ),
     ("s", "sort by allocations/s, bytes/s, failures"),
@@ -936,10 +1019,39 @@ mod tests {
     }
 
     #[test]
+    fn the_live_view_shows_growth_age_and_steady_suspects() {
+        let mut app = App::new("t".into(), View::Live, SortKey::Rate, String::new());
+        for i in 0..6u32 {
+            let mut m = Model::default();
+            let grow = f64::from(i) * 4.0 * 1024.0 * 1024.0;
+            m.live.insert(
+                (Allocator::Kmalloc, "simple_xattr_alloc".into()),
+                (grow, Some(f64::from(i) * 10.0)),
+            );
+            m.live
+                .insert((Allocator::Page, "flat".into()), (8e6, Some(100.0)));
+            app.update(m, 10.0, Vec::new());
+        }
+        let t = app.table();
+        assert_eq!(t.columns[..3], ["ALLOCATOR", "FUNCTION", "LIVE"]);
+        // Sorted by growth: the growing one first, steady; the flat one not.
+        assert_eq!(t.rows[0][1], "simple_xattr_alloc");
+        assert_eq!(t.rows[0][4], "50s");
+        assert_eq!(t.rows[0][5], "50s");
+        assert_eq!(t.rows[0][6], "yes");
+        assert_eq!(t.rows[1][1], "flat");
+        assert_eq!(t.rows[1][6], "");
+        // Gone from the profile: its window falls to zero.
+        app.update(Model::default(), 10.0, Vec::new());
+        assert!(app.table().rows.is_empty());
+        assert!(app.table().title.contains("--profile.enabled true"));
+    }
+
+    #[test]
     fn keys_switch_views_pause_help_and_quit() {
         let mut app = App::new("t".into(), View::Callsites, SortKey::Rate, String::new());
         let tab = KeyEvent::new(KeyCode::Tab, KeyModifiers::NONE);
-        let seen: Vec<View> = (0..5)
+        let seen: Vec<View> = (0..6)
             .map(|_| {
                 app.on_key(tab);
                 app.view
@@ -952,11 +1064,12 @@ mod tests {
                 View::Processes,
                 View::Pages,
                 View::Vmalloc,
+                View::Live,
                 View::Callsites
             ]
         );
         app.on_key(KeyEvent::new(KeyCode::BackTab, KeyModifiers::SHIFT));
-        assert_eq!(app.view, View::Vmalloc);
+        assert_eq!(app.view, View::Live);
         app.on_key(key('3'));
         assert_eq!(app.view, View::Processes);
         app.on_key(key('p'));

@@ -112,6 +112,9 @@ pub struct Model {
     pub vmalloc_total_bytes: Option<f64>,
     /// The page size, from `memtrace_kmalloc_max_bytes >> memtrace_page_max_order`.
     pub page_size: f64,
+    /// (allocator, function) → (estimated live bytes, age of the oldest live sample in
+    /// seconds), from the heap profile.
+    pub live: BTreeMap<(Allocator, String), (f64, Option<f64>)>,
 }
 
 impl Model {
@@ -267,6 +270,16 @@ impl Model {
                             .entry((a, l("comm").to_string()))
                             .or_default()
                             .bytes += v;
+                    }
+                }
+                (names::LIVE_BYTES, "") => {
+                    if let Some(a) = allocator() {
+                        m.live.entry((a, l("function").to_string())).or_default().0 = v;
+                    }
+                }
+                (names::LIVE_OLDEST_AGE_SECONDS, "") => {
+                    if let Some(a) = allocator() {
+                        m.live.entry((a, l("function").to_string())).or_default().1 = Some(v);
                     }
                 }
                 (names::EVENTS_LOST_TOTAL, "") => {

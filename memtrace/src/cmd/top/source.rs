@@ -15,6 +15,7 @@ use crate::{
         record::{Clock, EventRecord, FAILURES_PATH, SeqRecord},
         scrape::{self, parse_exposition},
     },
+    profile::{ProfileArgs, live::Profiler},
 };
 
 /// Where the numbers come from: both give a [`Model`] from memtrace's own metrics, and the
@@ -26,6 +27,8 @@ pub(super) enum Source {
         exporter: Box<Exporter>,
         ring: RingBuf<MapData>,
         clock: Clock,
+        /// The heap profile behind the live view, and its ring buffer.
+        profile: Box<(Profiler, RingBuf<MapData>)>,
     },
     /// A daemon's `/metrics` and `/api/failures`.
     Remote {
@@ -34,6 +37,14 @@ pub(super) enum Source {
         last_seq: Option<u64>,
     },
 }
+
+/// The heap profile `top` keeps when it runs its own programs: the daemon's defaults.
+const LOCAL_PROFILE: ProfileArgs = ProfileArgs {
+    sample_bytes: 512 * 1024,
+    max_live: 65_536,
+    max_stacks: 4096,
+    max_age_secs: 86_400,
+};
 
 /// Rows of the attribution tables when `top` runs its own programs.
 const LOCAL_LABELS: LabelLimits = LabelLimits {
@@ -63,9 +74,15 @@ impl Source {
                     // Failures only: top shows the latest; large allocations are not needed.
                     notable_min_bytes: 0,
                     notable_min_order: u32::MAX,
+                    // The live view: a heap profile at the daemon's default rate.
+                    profile: Some(LOCAL_PROFILE.tracer_options()),
                     ..Default::default()
                 })?;
                 let ring = tracer.take_events()?;
+                let profile_ring = tracer.take_profile_events()?;
+                let profiler = LOCAL_PROFILE
+                    .profiler(&tracer, 2)
+                    .context("the programs were loaded without profiling")?;
                 let exporter =
                     Exporter::for_running_kernel(tracer.migratetypes().clone(), LOCAL_LABELS);
                 Ok(Source::Local {
@@ -73,6 +90,7 @@ impl Source {
                     exporter: Box::new(exporter),
                     ring,
                     clock: Clock::now(),
+                    profile: Box::new((profiler, profile_ring)),
                 })
             }
         }
@@ -93,10 +111,13 @@ impl Source {
                 exporter,
                 ring,
                 clock,
+                profile,
             } => {
                 let mut raw = Vec::new();
                 events::drain(ring, |e| raw.push(e));
-                let families = crate::export::kernel_families(tracer, exporter, None)?;
+                let (profiler, profile_ring) = &mut **profile;
+                crate::profile::drain_into(profile_ring, profiler);
+                let families = crate::export::kernel_families(tracer, exporter, Some(profiler))?;
                 let text = prometheus::TextEncoder::new().encode_to_string(&families)?;
                 let model = Model::from_samples(&parse_exposition(&text));
                 let failures = raw
