@@ -579,7 +579,10 @@ fn every_panel_query_returns_data_from_prometheus_scraping_a_loaded_daemon() {
     };
     let all = dashboards();
     // Every optional series on, so that every panel has data.
-    let daemon = Daemon::start_with(free_port(), &["--attribution.cgroups", "true"]);
+    let daemon = Daemon::start_with(
+        free_port(),
+        &["--attribution.cgroups", "true", "--profile.enabled", "true"],
+    );
     let instance = format!("127.0.0.1:{}", daemon.port);
     let server = Prometheus::start(&prometheus, std::slice::from_ref(&instance));
     let started = Instant::now();
