@@ -488,7 +488,7 @@ pub(crate) fn on_alloc_vmap_area(ctx: *mut c_void, l: &VmapAreaLayout, k: Kind) 
 /// `vmalloc:free_vmap_area_noflush`: an area is freed (its pages may be purged later).
 #[inline(always)]
 pub(crate) fn on_free_vmap_area(ctx: *mut c_void, l: &VmapFreeLayout, k: Kind) {
-    if !hooks_only() {
+    if !hooks_only() && profile::enabled() {
         profile::on_free(LiveKey {
             addr: field(ctx, l.va_start, k),
             space: SPACE_VMALLOC,
@@ -529,8 +529,11 @@ pub(crate) fn on_percpu_alloc(ctx: *mut c_void, l: &PercpuAllocLayout, k: Kind) 
         let call_site = r.get(l.call_site);
         record_size(Allocator::Percpu, t, gfp, size, bytes_alloc);
         attribute(Allocator::Percpu, t, call_site, bytes_alloc, k.typed());
-        let key = percpu_key(r.get(l.ptr));
-        profile::on_alloc(ctx, t, Allocator::Percpu, key, bytes_alloc, call_site);
+        // The pointer is read only for the profile.
+        if profile::enabled() {
+            let key = percpu_key(r.get(l.ptr));
+            profile::on_alloc(ctx, t, Allocator::Percpu, key, bytes_alloc, call_site);
+        }
     }
 }
 
@@ -545,7 +548,7 @@ fn percpu_key(ptr: u64) -> LiveKey {
 /// `percpu:percpu_free_percpu`.
 #[inline(always)]
 pub(crate) fn on_percpu_free(ctx: *mut c_void, l: &PercpuFreeLayout, k: Kind) {
-    if !hooks_only() {
+    if !hooks_only() && profile::enabled() {
         profile::on_free(percpu_key(field(ctx, l.ptr, k)));
     }
 }

@@ -162,17 +162,22 @@ fn add(counter: *mut u32, n: u32) {
     let _ = unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(counter, n) };
 }
 
-/// Ends the live sample of `key`, if there is one, with a `kind` event.
+/// Ends the live sample of `key`, if there is one, with a `kind` event. The event is
+/// reserved first: when the ring buffer is full the sample stays live on both sides (to end
+/// at its address's next allocation, or to age out), rather than live in userspace only.
 #[inline(never)]
 fn end(key: LiveKey, kind: u32, filter: *mut u32) {
-    if LIVE.remove(key).is_err() {
-        return; // another key of the same filter slot
-    }
-    add(filter, u32::MAX); // minus one
     let Some(mut entry) = PROFILE_EVENTS.reserve::<ProfileFree>(0) else {
         bump(Counter::ProfileRingFull);
         return;
     };
+    if LIVE.remove(key).is_err() {
+        // Another key of the same filter slot (or the bucket is busy: a program nested on
+        // this CPU holds it; the sample then ends at its address's next allocation).
+        entry.discard(0);
+        return;
+    }
+    add(filter, u32::MAX); // minus one
     entry.write(ProfileFree {
         kind,
         _pad: 0,

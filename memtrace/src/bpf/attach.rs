@@ -361,7 +361,7 @@ fn attach_fexit(
 
 fn attach_tp(ebpf: &mut Ebpf, spec: &ProbeSpec, attach: bool) -> Result<(), String> {
     let prog: &mut TracePoint = program_as(ebpf, spec.tp_program)?;
-    prog.load().map_err(|e| one_line(&e))?;
+    prog.load().map_err(|e| load_refused(spec.tp_program, &e))?;
     if attach {
         prog.attach(spec.category, spec.event)
             .map_err(|e| one_line(&e))?;

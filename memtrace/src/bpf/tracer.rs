@@ -13,9 +13,8 @@ use aya::{
 use memtrace_common::{
     ATTR_CGROUPS, Allocator, CACHE_OVERFLOW, CGROUP_OVERFLOW, CacheStats, CgroupKey, CommKey,
     GFP_OVERFLOW, GfpKey, LiveKey, MAP_CACHE_STATS, MAP_CALLSITES, MAP_CGROUPS, MAP_COMMS,
-    MAP_EVENTS, MAP_FAILURES, MAP_LIVE, MAP_LIVE_FILTER, MAP_PAGE_ALLOCS, MAP_PROFILE_EVENTS,
-    MAP_SIZE_STATS, MAP_STACKS, ORDER_SLOTS, PROBES, PageKey, ProbeSpec, SiteKey, SizeStats, Usage,
-    live_slot,
+    MAP_EVENTS, MAP_FAILURES, MAP_LIVE, MAP_PAGE_ALLOCS, MAP_PROFILE_EVENTS, MAP_SIZE_STATS,
+    MAP_STACKS, ORDER_SLOTS, PROBES, PageKey, ProbeSpec, SiteKey, SizeStats, Usage,
 };
 
 use super::{
@@ -292,41 +291,24 @@ impl Tracer {
         self.profile
     }
 
-    /// Removes live samples from the kernel's live map (those userspace aged out, see
-    /// [`crate::profile::live::Profiler::tick`]), with their filter counts. A counter is
-    /// read and written back, not changed atomically: a program changing the same counter
-    /// at that moment may lose its change, which costs at most a free's needless lookup or
-    /// a missed free that ages out in turn.
-    pub fn forget_live(&mut self, keys: &[LiveKey]) -> anyhow::Result<usize> {
-        let Some(p) = self.profile else {
+    /// Removes live samples from the kernel's live map: those userspace aged out (see
+    /// [`crate::profile::live::Profiler::tick`]), each with the time it was sampled, so that
+    /// a newer sample at the same address stays. Their filter counters are left as they are:
+    /// a program may change one at the same moment, and a count too high only costs a free
+    /// one needless lookup. Returns how many were removed.
+    pub fn forget_live(&mut self, samples: &[(LiveKey, u64)]) -> anyhow::Result<usize> {
+        if self.profile.is_none() {
             return Ok(0);
-        };
-        let mask = p.filter_mask();
-        let mut removed = Vec::new();
-        {
-            let mut live: aya::maps::HashMap<&mut MapData, LiveKey, u64> =
-                aya::maps::HashMap::try_from(
-                    self.ebpf.map_mut(MAP_LIVE).context("map LIVE missing")?,
-                )?;
-            for k in keys {
-                if live.remove(k).is_ok() {
-                    removed.push(*k);
-                }
+        }
+        let mut live: aya::maps::HashMap<&mut MapData, LiveKey, u64> =
+            aya::maps::HashMap::try_from(self.ebpf.map_mut(MAP_LIVE).context("map LIVE missing")?)?;
+        let mut removed = 0;
+        for (k, ts) in samples {
+            if live.get(k, 0).ok() == Some(*ts) && live.remove(k).is_ok() {
+                removed += 1;
             }
         }
-        let mut filter: aya::maps::Array<&mut MapData, u32> = aya::maps::Array::try_from(
-            self.ebpf
-                .map_mut(MAP_LIVE_FILTER)
-                .context("map LIVE_FILTER missing")?,
-        )?;
-        for k in &removed {
-            let slot = live_slot(k, mask);
-            let n = filter.get(&slot, 0).context("reading LIVE_FILTER")?;
-            filter
-                .set(slot, n.saturating_sub(1), 0)
-                .context("writing LIVE_FILTER")?;
-        }
-        Ok(removed.len())
+        Ok(removed)
     }
 
     /// Pre-inserts the overflow slots the programs count in when a map is full.

@@ -163,16 +163,24 @@ pub async fn run_profile(args: ProfileCmdArgs) -> anyhow::Result<()> {
     {
         bail!("a pprof profile is binary: write it with -o FILE, or pipe it");
     }
-    // An unwritable output is reported before anything is loaded into the kernel.
+    // An unwritable output is reported before anything is loaded into the kernel. The
+    // profile goes to a temporary file beside it, renamed at the end: a run that fails
+    // leaves an earlier file as it was.
+    let partial = format!("{}.partial", args.output);
     let mut out: Box<dyn Write> = if args.output == "-" {
         Box::new(std::io::stdout().lock())
     } else {
         Box::new(
-            std::fs::File::create(&args.output)
-                .with_context(|| format!("cannot create {}", args.output))?,
+            std::fs::File::create(&partial).with_context(|| format!("cannot create {partial}"))?,
         )
     };
-    let mut s = Session::start(&args.profile, args.pid, args.attach, 2)?;
+    let cleanup = |e: anyhow::Error| {
+        if args.output != "-" {
+            let _ = std::fs::remove_file(&partial);
+        }
+        e
+    };
+    let mut s = Session::start(&args.profile, args.pid, args.attach, 2).map_err(cleanup)?;
     let started = std::time::SystemTime::now();
     eprintln!(
         "memtrace: profiling kernel allocations for {} s (one sample per {} bytes on average)",
@@ -180,11 +188,20 @@ pub async fn run_profile(args: ProfileCmdArgs) -> anyhow::Result<()> {
     );
     s.run(args.duration, None).await;
     let report = profile::report_since(&s.profiler, s.symbols.as_ref(), started);
-    match args.format {
-        Format::Pprof => out.write_all(&pprof::encode(&report))?,
-        Format::Folded => folded::write(&report, args.value, &mut out)?,
+    let written = match args.format {
+        Format::Pprof => out.write_all(&pprof::encode(&report)),
+        Format::Folded => folded::write(&report, args.value, &mut out),
     }
-    out.flush()?;
+    .and_then(|()| out.flush());
+    drop(out);
+    written
+        .with_context(|| format!("cannot write {}", args.output))
+        .map_err(cleanup)?;
+    if args.output != "-" {
+        std::fs::rename(&partial, &args.output)
+            .with_context(|| format!("cannot write {}", args.output))
+            .map_err(cleanup)?;
+    }
     let samples: u64 = s.profiler.samples().values().sum();
     eprintln!(
         "memtrace: {samples} samples, {} still live, {} stacks{}",
@@ -204,12 +221,18 @@ pub async fn run_leaks(args: LeaksArgs, out: &mut dyn Write) -> anyhow::Result<(
     let (suspects, window) = match &args.from {
         Some(url) => {
             let url = format!("{}{}", url.trim_end_matches('/'), LEAKS_PATH);
-            let body = tokio::task::spawn_blocking({
+            let (code, body) = tokio::task::spawn_blocking({
                 let url = url.clone();
-                move || scrape::get(&url, Duration::from_secs(5))
+                move || scrape::get_response(&url, Duration::from_secs(5))
             })
             .await?
             .with_context(|| format!("no memtrace daemon answered at {url}"))?;
+            if code == 404 {
+                bail!("the daemon at {url} does not profile: start it with --profile.enabled true");
+            }
+            if code != 200 {
+                bail!("{url} answered HTTP {code}");
+            }
             let suspects: Vec<Suspect> = serde_json::from_str(&body).with_context(|| {
                 format!("{url} did not answer with leak suspects (is profiling on?)")
             })?;

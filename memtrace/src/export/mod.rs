@@ -67,6 +67,8 @@ pub struct Exporter {
     /// Memory cgroup ids become paths through this; `None` when no memory hierarchy is
     /// mounted (then every cgroup reads `cgroup="unknown"`).
     cgroup_paths: Option<crate::label::cgroup::Resolver>,
+    /// The `function` series of `memtrace_live_bytes`, per allocator.
+    live_series: BTreeMap<Allocator, profile::LiveSeries>,
 }
 
 /// Bounds of the attribution labels.
@@ -99,6 +101,7 @@ impl Exporter {
             cgroups: BTreeMap::new(),
             limits,
             cgroup_paths: None,
+            live_series: BTreeMap::new(),
         }
     }
 

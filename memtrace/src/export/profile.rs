@@ -1,7 +1,7 @@
 //! The heap profile's series: estimated live bytes per allocator and function, the samples
 //! behind them, and the samples whose free was never seen.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use memtrace_common::Allocator;
 use prometheus::proto::{MetricFamily, MetricType};
@@ -16,33 +16,21 @@ impl Exporter {
     /// The heap profile's families.
     pub(super) fn profile_families(&mut self, p: &Profiler, out: &mut Vec<MetricFamily>) {
         let by = p.by_function(self.symbols());
-        let live = by.iter().map(|(k, v)| (k.clone(), v.0)).collect();
         let now = crate::profile::monotonic_ns();
+        let max = self.limits.callsites;
         let mut metrics = Vec::new();
         let mut ages = Vec::new();
-        let tops = top_by_allocator(&live, self.limits.callsites);
-        let kept: std::collections::BTreeSet<(Allocator, &str)> = tops
-            .iter()
-            .flat_map(|(a, rows)| rows.iter().map(move |(f, _)| (*a, f.as_str())))
-            .filter(|(_, f)| *f != OTHER)
-            .collect();
-        for (allocator, rows) in &tops {
-            let allocator = *allocator;
-            for (function, bytes) in rows {
-                let bytes = *bytes;
-                let labels = [("allocator", allocator.name()), ("function", function)];
+        for a in Allocator::ALL {
+            let current: BTreeMap<&str, (f64, u64)> = by
+                .iter()
+                .filter(|((x, _), _)| *x == a)
+                .map(|((_, f), v)| (f.as_str(), *v))
+                .collect();
+            let series = self.live_series.entry(a).or_default();
+            let rows = series.apply(&current, max);
+            for (function, (bytes, oldest)) in rows {
+                let labels = [("allocator", a.name()), ("function", function.as_str())];
                 metrics.push(gauge(&labels, bytes));
-                // `other`'s oldest is the oldest of the functions it sums.
-                let oldest = by
-                    .iter()
-                    .filter(|((a, f), _)| {
-                        *a == allocator
-                            && (f == function
-                                || (function == OTHER && !kept.contains(&(*a, f.as_str()))))
-                    })
-                    .map(|(_, v)| v.1)
-                    .min()
-                    .unwrap_or(u64::MAX);
                 if oldest != u64::MAX {
                     ages.push(gauge(&labels, now.saturating_sub(oldest) as f64 / 1e9));
                 }
@@ -50,13 +38,13 @@ impl Exporter {
         }
         out.push(family(
             names::LIVE_BYTES,
-            "Estimated bytes allocated and not yet freed, by allocator and calling function, from the heap profile's samples (allocations since profiling started; the rest of an allocator's functions in function=\"other\").",
+            "Estimated bytes allocated and not yet freed, by allocator and calling function, from the heap profile's samples (allocations since profiling started; at most --callsites.max functions per allocator, the rest in function=\"other\"; a series once exported stays, at 0 when nothing of it is live).",
             MetricType::GAUGE,
             metrics,
         ));
         out.push(family(
             names::LIVE_OLDEST_AGE_SECONDS,
-            "Age of the oldest live sample behind memtrace_live_bytes, by allocator and calling function.",
+            "Age of the oldest live sample behind memtrace_live_bytes, by allocator and calling function (absent while nothing of it is live).",
             MetricType::GAUGE,
             ages,
         ));
@@ -92,34 +80,59 @@ impl Exporter {
     }
 }
 
-/// Each allocator's `max` largest functions, the rest summed in `other`, largest first.
-fn top_by_allocator(
-    live: &BTreeMap<(Allocator, String), f64>,
-    max: usize,
-) -> BTreeMap<Allocator, Vec<(String, f64)>> {
-    let mut by: BTreeMap<Allocator, Vec<(String, f64)>> = BTreeMap::new();
-    for ((a, f), v) in live {
-        by.entry(*a).or_default().push((f.clone(), *v));
-    }
-    for rows in by.values_mut() {
-        rows.sort_by(|x, y| y.1.total_cmp(&x.1).then_with(|| x.0.cmp(&y.0)));
-        let mut kept: Vec<(String, f64)> = Vec::new();
-        let mut other = 0.0;
-        let mut has_other = false;
-        for (f, v) in rows.drain(..) {
-            if f == OTHER || kept.len() >= max {
-                other += v;
-                has_other = true;
-            } else {
-                kept.push((f, v));
+/// The bounded `function` label of one allocator's `memtrace_live_bytes`: a function, once
+/// given a series, keeps it (at 0 while nothing of it is live), so series neither flap nor
+/// grow past the bound; functions that find no free series sum in `other`.
+#[derive(Debug, Default, Clone)]
+pub(super) struct LiveSeries {
+    kept: BTreeSet<String>,
+    other: bool,
+}
+
+impl LiveSeries {
+    /// The series for `current` (function → (live bytes, oldest sample time)): at most `max`
+    /// functions, the largest first admitted, then `other` (the sum of the rest, their
+    /// oldest time) once anything has gone there.
+    fn apply(
+        &mut self,
+        current: &BTreeMap<&str, (f64, u64)>,
+        max: usize,
+    ) -> Vec<(String, (f64, u64))> {
+        let mut fresh: Vec<(&str, f64)> = current
+            .iter()
+            .filter(|(f, _)| **f != OTHER && !self.kept.contains(**f))
+            .map(|(f, v)| (*f, v.0))
+            .collect();
+        fresh.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+        for (f, _) in fresh {
+            if self.kept.len() >= max {
+                break;
+            }
+            self.kept.insert(f.to_string());
+        }
+        let mut out: Vec<(String, (f64, u64))> = self
+            .kept
+            .iter()
+            .map(|f| {
+                (
+                    f.clone(),
+                    current.get(f.as_str()).copied().unwrap_or((0.0, u64::MAX)),
+                )
+            })
+            .collect();
+        let mut other = (0.0, u64::MAX);
+        for (f, v) in current {
+            if !self.kept.contains(*f) {
+                other.0 += v.0;
+                other.1 = other.1.min(v.1);
+                self.other = true;
             }
         }
-        if has_other {
-            kept.push((OTHER.to_string(), other));
+        if self.other {
+            out.push((OTHER.to_string(), other));
         }
-        *rows = kept;
+        out
     }
-    by
 }
 
 #[cfg(test)]
@@ -127,22 +140,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn live_bytes_keep_the_largest_functions_and_sum_the_rest() {
-        let mut live = BTreeMap::new();
-        for (i, f) in ["a", "b", "c", "d"].iter().enumerate() {
-            live.insert((Allocator::Kmalloc, f.to_string()), (i + 1) as f64);
-        }
-        live.insert((Allocator::Kmalloc, OTHER.to_string()), 10.0);
-        live.insert((Allocator::Page, "e".to_string()), 5.0);
-        let by = top_by_allocator(&live, 2);
+    fn live_series_are_bounded_and_stay_once_exported() {
+        let mut s = LiveSeries::default();
+        let cur: BTreeMap<&str, (f64, u64)> = [
+            ("a", (1.0, 5)),
+            ("b", (2.0, 6)),
+            ("c", (3.0, 7)),
+            ("d", (4.0, 8)),
+        ]
+        .into();
+        let rows = s.apply(&cur, 2);
         assert_eq!(
-            by[&Allocator::Kmalloc],
+            rows,
             [
-                ("d".to_string(), 4.0),
-                ("c".to_string(), 3.0),
-                (OTHER.to_string(), 13.0)
+                ("c".to_string(), (3.0, 7)),
+                ("d".to_string(), (4.0, 8)),
+                (OTHER.to_string(), (3.0, 5))
             ]
         );
-        assert_eq!(by[&Allocator::Page], [("e".to_string(), 5.0)]);
+        // d frees everything: its series stays at 0; e, new and large, goes to other.
+        let cur: BTreeMap<&str, (f64, u64)> = [("c", (3.0, 7)), ("e", (9.0, 9))].into();
+        let rows = s.apply(&cur, 2);
+        assert_eq!(
+            rows,
+            [
+                ("c".to_string(), (3.0, 7)),
+                ("d".to_string(), (0.0, u64::MAX)),
+                (OTHER.to_string(), (9.0, 9))
+            ]
+        );
+        // Nothing live at all: the same series, at 0.
+        let rows = s.apply(&BTreeMap::new(), 2);
+        assert_eq!(rows.len(), 3);
+        assert!(rows.iter().all(|r| r.1.0 == 0.0));
     }
 }

@@ -263,9 +263,9 @@ impl Profiler {
     }
 
     /// Once per tick: records each stack's live bytes in its window, and drops live samples
-    /// older than the age limit, whose keys it returns (the caller removes them from the
-    /// kernel's live map too).
-    pub fn tick(&mut self, now_ns: u64) -> Vec<LiveKey> {
+    /// older than the age limit, whose keys and sample times it returns (the caller removes
+    /// them from the kernel's live map too).
+    pub fn tick(&mut self, now_ns: u64) -> Vec<(LiveKey, u64)> {
         let start = *self.started_ns.get_or_insert(now_ns);
         let mut old = Vec::new();
         if self.limits.max_age_ns > 0 {
@@ -273,9 +273,9 @@ impl Profiler {
                 .live
                 .iter()
                 .filter(|(_, l)| now_ns.saturating_sub(l.ts_ns) > self.limits.max_age_ns)
-                .map(|(k, _)| *k)
+                .map(|(k, l)| (*k, l.ts_ns))
                 .collect();
-            for k in &old {
+            for (k, _) in &old {
                 self.end(k);
                 self.aged_out += 1;
             }
