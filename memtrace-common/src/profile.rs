@@ -21,10 +21,11 @@
 //! is an array of counters indexed by [`live_slot`] (a counting Bloom filter with one hash),
 //! which a sampled allocation increments and its free decrements. A free whose counter is 0
 //! (nearly all) costs one inlined array load; only the others look the key up in
-//! [`MAP_LIVE`], and a hit sends a [`ProfileFree`]. An allocation whose counter is not 0 looks
-//! its key up too: a live sample at the address of a new allocation was freed where no probe
-//! saw it (a free path without a tracepoint, or a free the kernel skipped because a program
-//! was already running on that CPU), and is ended with a [`PROFILE_MISSED_FREE`] event.
+//! [`MAP_LIVE`], and a hit sends a [`ProfileFree`]. A live sample whose free no probe saw (a
+//! free path without a tracepoint, or a free the kernel skipped because a program was
+//! already running on that CPU) ends at its address's next free, or, when its address is
+//! sampled again, with a [`PROFILE_MISSED_FREE`] event (only sampled allocations look at the
+//! filter: for every allocation it would cost a cache miss on a random counter).
 
 // Doc links name other modules' items.
 #[cfg(doc)]

@@ -52,9 +52,10 @@ fn filter_slot(key: &LiveKey) -> Option<*mut u32> {
     LIVE_FILTER.get_ptr_mut(live_slot(key, mask))
 }
 
-/// An allocation of `bytes` at `key`, counted in this CPU's tables `t`: ends a live sample
-/// left at the same address (its free was missed), and samples the allocation when this
-/// CPU's countdown runs out.
+/// An allocation of `bytes` at `key`, counted in this CPU's tables `t`: sampled when this
+/// CPU's countdown runs out. Only then is the filter touched (an unsampled allocation would
+/// pay a cache miss on a random counter): a live sample left at the same address (its free
+/// was missed) ends then, and otherwise at the address's next free.
 #[inline(always)]
 pub(crate) fn on_alloc(
     ctx: *mut c_void,
@@ -64,12 +65,8 @@ pub(crate) fn on_alloc(
     bytes: u64,
     call_site: u64,
 ) {
-    let Some(filter) = filter_slot(&key) else {
+    if !enabled() {
         return;
-    };
-    // SAFETY: a counter of the filter array (shared: read once, updated atomically).
-    if unsafe { core::ptr::read_volatile(filter) } != 0 {
-        end(key, PROFILE_MISSED_FREE, filter);
     }
     let Some(t) = t else {
         return;
@@ -81,7 +78,17 @@ pub(crate) fn on_alloc(
             global(&PROFILE_GAPS.gaps[i])
         })
     };
-    if sampled {
+    if !sampled {
+        return;
+    }
+    let Some(filter) = filter_slot(&key) else {
+        return;
+    };
+    // SAFETY: a counter of the filter array (shared: read once, updated atomically).
+    if unsafe { core::ptr::read_volatile(filter) } != 0 {
+        end(key, PROFILE_MISSED_FREE, filter);
+    }
+    {
         let a = Allocation {
             allocator: allocator as u32,
             key,

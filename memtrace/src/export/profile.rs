@@ -70,7 +70,7 @@ impl Exporter {
         ));
         out.push(family(
             names::PROFILE_PHANTOM_SAMPLES_TOTAL,
-            "Live samples ended without their free: reason=\"address_reused\" (their address was allocated again: a free no tracepoint reported, or one the kernel skipped while a program ran), reason=\"aged_out\" (older than --profile.max-age).",
+            "Live samples ended without their free: reason=\"address_reused\" (their address was sampled again: a free no tracepoint reported, or one the kernel skipped while a program ran), reason=\"aged_out\" (older than --profile.max-age).",
             MetricType::COUNTER,
             vec![
                 counter(&[("reason", "address_reused")], p.address_reused as f64),
