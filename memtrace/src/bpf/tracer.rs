@@ -200,6 +200,9 @@ impl Tracer {
         }
 
         drop(aya_btf);
+        if opts.profile.is_some() {
+            warn_page_key_mismatch(&probes);
+        }
         let nr_cpus = nr_cpus().map_err(|(_, e)| anyhow!("cannot count possible CPUs: {e}"))?;
         let mut tracer = Tracer {
             ebpf,
@@ -353,6 +356,32 @@ impl Tracer {
         });
         pre_insert(e, MAP_CGROUPS, cgroups, Usage::default(), n)?;
         pre_insert(e, MAP_CACHE_STATS, [CACHE_OVERFLOW], CacheStats::ZERO, n)
+    }
+}
+
+/// Classic tracepoints name a page by its frame number, BTF and raw ones by its `struct page`
+/// pointer: where the page allocation and a page free event attached differently, the heap
+/// profile's page samples cannot be matched to those frees (they end when their page is
+/// sampled again, or age out). Says so.
+fn warn_page_key_mismatch(probes: &[ProbeStatus]) {
+    let classic = |event: &str| {
+        probes
+            .iter()
+            .find(|p| p.probe == event)
+            .and_then(|p| p.mode)
+            .map(|m| m == attach::AttachMode::Tracepoint)
+    };
+    let Some(alloc) = classic("kmem:mm_page_alloc") else {
+        return;
+    };
+    for free in ["kmem:mm_page_free", "kmem:mm_page_free_batched"] {
+        if classic(free).is_some_and(|f| f != alloc) {
+            tracing::warn!(
+                "heap profile: kmem:mm_page_alloc and {free} are attached differently (page frame \
+                 numbers against struct page pointers): page samples freed there end only when \
+                 sampled again or aged out"
+            );
+        }
     }
 }
 

@@ -30,9 +30,9 @@ pub struct ProfileArgs {
         value_name = "N"
     )]
     pub max_live: u32,
-    /// Most distinct kernel stacks with their own totals; samples of further stacks count in
-    /// their allocator's `[other]` stack and in
-    /// memtrace_events_lost_total{reason="profile_stacks_full"}.
+    /// Most distinct kernel stacks with their own totals; when full, a stack with nothing
+    /// live makes room, else samples of further stacks count in their allocator's `[other]`
+    /// stack and in memtrace_events_lost_total{reason="profile_stacks_full"}.
     #[arg(
         long = "profile.max-stacks",
         env = "MEMTRACE_PROFILE_MAX_STACKS",

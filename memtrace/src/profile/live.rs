@@ -104,8 +104,13 @@ pub struct Profiler {
     /// Each allocator's `[other]` stack, once used.
     others: BTreeMap<Allocator, usize>,
     samples: BTreeMap<Allocator, u64>,
-    /// Samples that went to an `[other]` stack (the stack table was full).
+    /// Samples that went to an `[other]` stack (the stack table was full of stacks with live
+    /// samples).
     pub stacks_full: u64,
+    /// Stacks with nothing live that made room for new ones (their allocated totals went to
+    /// `[other]`).
+    pub stacks_evicted: u64,
+    evict_cursor: usize,
     /// Live samples ended because their address was allocated again (a free no probe saw).
     pub address_reused: u64,
     /// Live samples dropped for age (see [`Limits::max_age_ns`]).
@@ -130,6 +135,8 @@ impl Profiler {
             others: BTreeMap::new(),
             samples: BTreeMap::new(),
             stacks_full: 0,
+            stacks_evicted: 0,
+            evict_cursor: 0,
             address_reused: 0,
             aged_out: 0,
             live_full: 0,
@@ -204,31 +211,17 @@ impl Profiler {
         );
     }
 
-    /// The stack's index, new if need be (or its allocator's `[other]` when the table is
-    /// full).
+    /// The stack's index, new if need be. When the table is full, a stack with nothing live
+    /// makes room (its allocated totals move to its allocator's `[other]` stack, so the
+    /// profile's totals stay whole); when every stack holds live samples, the sample counts
+    /// in its allocator's `[other]` stack.
     fn stack(&mut self, key: StackKey, call_site: u64) -> usize {
         if let Some(&i) = self.index.get(&key) {
             return i;
         }
-        let (key, other) = if self.stacks.len() >= self.limits.max_stacks {
-            self.stacks_full += 1;
-            if let Some(&i) = self.others.get(&key.allocator) {
-                return i;
-            }
-            (
-                StackKey {
-                    allocator: key.allocator,
-                    frames: Vec::new(),
-                },
-                true,
-            )
-        } else {
-            (key, false)
-        };
-        let i = self.stacks.len();
-        self.stacks.push(Stack {
-            key: key.clone(),
-            call_site: if other { 0 } else { call_site },
+        let fresh = |key: StackKey, call_site: u64, other: bool| Stack {
+            key,
+            call_site,
             other,
             alloc_objects: 0.0,
             alloc_bytes: 0.0,
@@ -236,12 +229,63 @@ impl Profiler {
             live_bytes: 0.0,
             live_samples: 0,
             series: Series::default(),
-        });
-        if other {
-            self.others.insert(key.allocator, i);
-        } else {
+        };
+        if self.index.len() < self.limits.max_stacks {
+            let i = self.stacks.len();
+            self.stacks.push(fresh(key.clone(), call_site, false));
             self.index.insert(key, i);
+            return i;
         }
+        if let Some(j) = self.evictable() {
+            let old = std::mem::replace(&mut self.stacks[j], fresh(key.clone(), call_site, false));
+            self.index.remove(&old.key);
+            self.index.insert(key, j);
+            let o = self.other(old.key.allocator);
+            self.stacks[o].alloc_objects += old.alloc_objects;
+            self.stacks[o].alloc_bytes += old.alloc_bytes;
+            self.stacks_evicted += 1;
+            return j;
+        }
+        self.stacks_full += 1;
+        self.other(key.allocator)
+    }
+
+    /// A stack with nothing live, found from a rotating cursor (so that successive evictions
+    /// do not rescan the same stacks).
+    fn evictable(&mut self) -> Option<usize> {
+        let n = self.stacks.len();
+        for step in 0..n {
+            let j = (self.evict_cursor + step) % n;
+            let st = &self.stacks[j];
+            if !st.other && st.live_samples == 0 {
+                self.evict_cursor = (j + 1) % n;
+                return Some(j);
+            }
+        }
+        None
+    }
+
+    /// The index of `allocator`'s `[other]` stack, made on first use.
+    fn other(&mut self, allocator: Allocator) -> usize {
+        if let Some(&i) = self.others.get(&allocator) {
+            return i;
+        }
+        let i = self.stacks.len();
+        self.stacks.push(Stack {
+            key: StackKey {
+                allocator,
+                frames: Vec::new(),
+            },
+            call_site: 0,
+            other: true,
+            alloc_objects: 0.0,
+            alloc_bytes: 0.0,
+            live_objects: 0.0,
+            live_bytes: 0.0,
+            live_samples: 0,
+            series: Series::default(),
+        });
+        self.others.insert(allocator, i);
         i
     }
 
@@ -639,7 +683,7 @@ mod tests {
             let frames = [XATTR[1], 0xffff_ffff_8100_5000 + i, XATTR[3]];
             p.record(&bytes_of(&sample(0x1000 * i, i, &frames, 0)));
         }
-        assert_eq!((p.stacks(), p.stacks_full), (2, 3));
+        assert_eq!((p.stacks(), p.stacks_full, p.stacks_evicted), (2, 3, 0));
         let sy = symbols();
         let live = p.live_by_function(Some(&sy));
         assert!(live.contains_key(&(Allocator::Kmalloc, "pipe_write".to_string())));
@@ -647,6 +691,33 @@ mod tests {
         let r = p.report(Some(&sy), 0, 1);
         assert_eq!(r.stacks.len(), 3);
         assert_eq!(r.stacks[2].frames, ["[other]"]);
+        let total = |p: &Profiler| -> f64 {
+            p.report(None, 0, 1)
+                .stacks
+                .iter()
+                .map(|s| s.alloc_space)
+                .sum()
+        };
+        let before = total(&p);
+
+        // The first stack's sample is freed: a new stack takes its place, and its allocated
+        // bytes move to [other]: the profile's total stays whole.
+        let free = ProfileFree {
+            kind: PROFILE_FREE,
+            _pad: 0,
+            ts_ns: 9,
+            key: LiveKey {
+                addr: 0,
+                space: SPACE_SLAB,
+            },
+        };
+        p.record(&bytes_of(&free));
+        let frames = [XATTR[1], XATTR[2], XATTR[3]];
+        p.record(&bytes_of(&sample(0x9000, 10, &frames, 0)));
+        assert_eq!((p.stacks(), p.stacks_full, p.stacks_evicted), (2, 3, 1));
+        assert!((total(&p) - before - e.weight(4096).1).abs() < 1e-6);
+        let live = p.live_by_function(Some(&sy));
+        assert!(live.contains_key(&(Allocator::Kmalloc, "simple_xattr_alloc".to_string())));
     }
 
     #[test]
