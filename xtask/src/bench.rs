@@ -391,9 +391,15 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 /// Starts bpftrace with `script` and returns once it has attached its probes.
+/// The line bpftrace prints from a BEGIN probe, which it runs once every probe is attached
+/// (its "Attaching N probes..." comes before: with large preallocated maps the last probes
+/// attach seconds later, and a run measured from "Attaching" measures a tracer half on).
+const BPFTRACE_READY: &str = "memtrace-bench: every probe attached";
+
 fn start_bpftrace(script: &str, env: &[(&str, String)]) -> anyhow::Result<Tracer> {
+    let script = format!("{script}\nBEGIN {{ printf(\"{BPFTRACE_READY}\\n\"); }}\n");
     let mut child = Command::new("bpftrace")
-        .args(["-e", script])
+        .args(["-e", &script])
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -404,7 +410,7 @@ fn start_bpftrace(script: &str, env: &[(&str, String)]) -> anyhow::Result<Tracer
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.starts_with("Attaching") {
+            if line == BPFTRACE_READY {
                 let _ = tx.send(());
             }
         }
@@ -422,13 +428,11 @@ fn start_bpftrace(script: &str, env: &[(&str, String)]) -> anyhow::Result<Tracer
         }
     });
     let t = Tracer { child, port: None };
-    if rx.recv_timeout(Duration::from_secs(60)).is_err() {
+    if rx.recv_timeout(Duration::from_secs(120)).is_err() {
         std::thread::sleep(Duration::from_millis(200));
         let errors = errors.lock().unwrap_or_else(|p| p.into_inner()).join("\n");
-        bail!("bpftrace did not attach within 60 s:\n{errors}");
+        bail!("bpftrace did not attach within 120 s:\n{errors}");
     }
-    // bpftrace prints "Attaching" before the last probe is live: give it a moment.
-    std::thread::sleep(Duration::from_millis(500));
     Ok(t)
 }
 
