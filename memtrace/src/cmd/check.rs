@@ -48,6 +48,10 @@ pub struct ProbeCheck {
     /// The eBPF program it would run (`<event>_btf_fixed` where this kernel's layout of a hot
     /// event is the one that program was compiled with).
     pub program: Option<&'static str>,
+    /// Loading that way's program with heap profiling on (`--profile.enabled true`: the
+    /// profile's code is then live, and verified): `None` if it worked (or was not tried), the
+    /// reason otherwise.
+    pub heap_profile: Option<String>,
 }
 
 impl ProbeCheck {
@@ -70,6 +74,8 @@ pub struct Report {
     pub btf: Item,
     pub tracefs: Item,
     pub fentry: Item,
+    /// Whether every program the daemon would use also loads with heap profiling on.
+    pub heap_profile: Item,
     pub probes: Vec<ProbeCheck>,
     /// What will be missing or reduced on this kernel, one sentence each (empty: nothing).
     pub missing: Vec<String>,
@@ -223,8 +229,10 @@ pub fn run() -> Report {
                 .map(String::from),
             will_use,
             program: chosen.map(|(_, program)| program),
+            heap_profile: None,
         });
     }
+    let heap_profile = check_profile(&resolved, &kernel, &mut checks, tried);
     let missing = checks.iter().filter_map(missing_sentence).collect();
 
     let reason = if !privileged {
@@ -242,10 +250,92 @@ pub fn run() -> Report {
         btf: btf_item,
         tracefs: tracefs_item,
         fentry,
+        heap_profile,
         probes: checks,
         missing,
         can_run: reason.is_none(),
         reason,
+    }
+}
+
+/// Loads, in a second object with heap profiling on, the program of each probe's chosen way
+/// (with profiling off the verifier drops the profile's code: a program that loads without
+/// it may be refused with it) and records each refusal in the probe's `heap_profile`.
+fn check_profile(
+    resolved: &layout::Resolved,
+    kernel: &attach::Kernel<'_>,
+    checks: &mut [ProbeCheck],
+    tried: bool,
+) -> Item {
+    if !tried {
+        return Item {
+            ok: false,
+            detail: "not tested".into(),
+        };
+    }
+    let opts = bpf::TracerOptions {
+        profile: Some(crate::bpf::ProfileOptions {
+            sample_bytes: 512 * 1024,
+            max_live: 1024,
+        }),
+        ..Default::default()
+    };
+    let mut ebpf = match bpf::load_object(&resolved.layouts, &opts) {
+        Ok(e) => e,
+        Err(e) => {
+            return Item {
+                ok: false,
+                detail: format!("with --profile.enabled true: {e}"),
+            };
+        }
+    };
+    let mut refused = Vec::new();
+    for (spec, c) in PROBES.iter().zip(checks.iter_mut()) {
+        let Some(mode) = c.will_use else {
+            continue;
+        };
+        let Some(step) = attach::plan(spec, kernel, false)
+            .into_iter()
+            .find(|st| st.mode == mode && st.wanted)
+        else {
+            continue;
+        };
+        match step.load(&mut ebpf, spec, kernel.btf, false) {
+            Ok(program) if Some(program) == c.program => {}
+            Ok(program) => {
+                c.heap_profile = Some(format!(
+                    "{} is refused; the daemon runs {program}",
+                    c.program.unwrap_or("?")
+                ));
+                refused.push(c.probe.clone());
+            }
+            Err(why) => {
+                c.heap_profile = Some(why.join("; "));
+                refused.push(c.probe.clone());
+            }
+        }
+    }
+    let vmalloc = checks
+        .iter()
+        .any(|c| c.probe == "vmalloc:free_vmap_area_noflush" && c.will_use.is_some());
+    let unsampled = if vmalloc {
+        String::new()
+    } else {
+        "; vmalloc is not sampled (no vmalloc:free_vmap_area_noflush tracepoint, 6.2+)".into()
+    };
+    if refused.is_empty() {
+        Item {
+            ok: true,
+            detail: format!("every program loads with --profile.enabled true{unsampled}"),
+        }
+    } else {
+        Item {
+            ok: false,
+            detail: format!(
+                "with --profile.enabled true these probes run another program, another way, or none: {}{unsampled}",
+                refused.join(", ")
+            ),
+        }
     }
 }
 
@@ -345,6 +435,12 @@ pub fn print_human(r: &Report, out: &mut dyn Write) -> std::io::Result<()> {
         if r.fentry.ok { "ok  " } else { "note" },
         r.fentry.detail
     )?;
+    writeln!(
+        out,
+        "  {} profile     {}",
+        if r.heap_profile.ok { "ok  " } else { "note" },
+        r.heap_profile.detail
+    )?;
     writeln!(out)?;
     writeln!(
         out,
@@ -391,6 +487,9 @@ pub fn print_human(r: &Report, out: &mut dyn Write) -> std::io::Result<()> {
         if let Some(d) = &p.degraded {
             writeln!(out, "      degraded: {d}")?;
         }
+        if let Some(why) = &p.heap_profile {
+            writeln!(out, "      with --profile.enabled true: {why}")?;
+        }
     }
     if !r.missing.is_empty() {
         writeln!(out)?;
@@ -425,6 +524,7 @@ mod tests {
             degraded: None,
             will_use,
             program: will_use.map(|_| "x_raw"),
+            heap_profile: None,
         }
     }
 
