@@ -68,7 +68,12 @@ pub fn drain_into(ring: &mut RingBuf<MapData>, p: &mut Profiler) -> usize {
     n
 }
 
-/// Feeds the profile ring buffer into `p` whenever the kernel signals it.
+/// How often the profile ring buffer is drained: the programs wake its reader only when it
+/// is a quarter full (see the programs' `submit_flags`).
+pub const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Feeds the profile ring buffer into `p` every [`DRAIN_INTERVAL`], and whenever the kernel
+/// signals that it is filling.
 pub async fn drain(ring: RingBuf<MapData>, p: Arc<Mutex<Profiler>>) {
     let mut fd = match crate::bpf::events::poll(ring) {
         Ok(fd) => fd,
@@ -77,18 +82,28 @@ pub async fn drain(ring: RingBuf<MapData>, p: Arc<Mutex<Profiler>>) {
             return;
         }
     };
+    let mut every = tokio::time::interval(DRAIN_INTERVAL);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let mut guard = match fd.readable_mut().await {
-            Ok(g) => g,
-            Err(e) => {
-                tracing::error!("polling the profile ring buffer failed: {e}");
-                return;
+        tokio::select! {
+            _ = every.tick() => {
+                let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
+                drain_into(fd.get_mut(), &mut p);
             }
-        };
-        {
-            let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
-            drain_into(guard.get_inner_mut(), &mut p);
+            ready = fd.readable_mut() => {
+                let mut guard = match ready {
+                    Ok(g) => g,
+                    Err(e) => {
+                        tracing::error!("polling the profile ring buffer failed: {e}");
+                        return;
+                    }
+                };
+                {
+                    let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
+                    drain_into(guard.get_inner_mut(), &mut p);
+                }
+                guard.clear_ready();
+            }
         }
-        guard.clear_ready();
     }
 }
