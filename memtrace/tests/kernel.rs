@@ -1397,6 +1397,16 @@ const PROFILE_SAMPLE_BYTES: u64 = 4096;
 const HELD_XATTRS: usize = 2000;
 const HELD_VALUE: usize = 3000;
 
+/// The heap-profiling flags of the profile tests: the daemon's defaults with a smaller
+/// sampling mean (more samples, a smaller error) and no ageing.
+fn profiling(sample_bytes: u64) -> memtrace::profile::ProfileArgs {
+    memtrace::profile::ProfileArgs {
+        sample_bytes,
+        max_age_secs: 0,
+        ..memtrace::profile::ProfileArgs::DEFAULTS
+    }
+}
+
 /// kmalloc'd bytes the ftrace stream leaves live: each allocation not freed later in the
 /// stream, by its (hashed) pointer. `live` carries allocations over from an earlier window.
 fn ftrace_live(events: &[TraceEvent], live: &mut BTreeMap<String, u64>) {
@@ -1440,15 +1450,12 @@ fn profile_matches(way: Way) {
     let file = fs.0.join("held");
     std::fs::write(&file, b"x").expect("create the xattr holder");
     let worker = Worker::spawn();
-    let opts = memtrace::bpf::ProfileOptions {
-        sample_bytes: PROFILE_SAMPLE_BYTES,
-        max_live: 65_536,
-    };
+    let args = profiling(PROFILE_SAMPLE_BYTES);
     let mut tracer = Tracer::start(&TracerOptions {
         filter_tid: worker.tid,
         attach: way.pref,
         generic_btf: way.generic_btf,
-        profile: Some(opts),
+        profile: Some(args.tracer_options()),
         ..Default::default()
     })
     .unwrap_or_else(|e| panic!("memtrace could not start: {e:#}"));
@@ -1460,16 +1467,7 @@ fn profile_matches(way: Way) {
     let mut ring = tracer.take_profile_events().expect("profile ring buffer");
     let gaps = memtrace::profile::weight::gaps(PROFILE_SAMPLE_BYTES);
     let est = memtrace::profile::weight::Estimator::of(&gaps);
-    let mut p = memtrace::profile::live::Profiler::new(
-        est,
-        PROFILE_SAMPLE_BYTES,
-        memtrace::profile::live::Limits {
-            max_live: 65_536,
-            max_stacks: 4096,
-            max_age_ns: 0,
-            window: 8,
-        },
-    );
+    let mut p = args.profiler(&tracer, 8).expect("profiling is on");
     let all = kernel_events(&events);
 
     // Hold.
@@ -1585,10 +1583,7 @@ fn profile_ends_every_allocator(way: Way) {
         filter_tid: worker.tid,
         attach: way.pref,
         generic_btf: way.generic_btf,
-        profile: Some(memtrace::bpf::ProfileOptions {
-            sample_bytes: 1024,
-            max_live: 65_536,
-        }),
+        profile: Some(profiling(1024).tracer_options()),
         ..Default::default()
     })
     .unwrap_or_else(|e| panic!("memtrace could not start: {e:#}"));
@@ -1597,17 +1592,9 @@ fn profile_ends_every_allocator(way: Way) {
         return;
     }
     let mut ring = tracer.take_profile_events().expect("profile ring buffer");
-    let est = memtrace::profile::weight::Estimator::of(&memtrace::profile::weight::gaps(1024));
-    let mut p = memtrace::profile::live::Profiler::new(
-        est,
-        1024,
-        memtrace::profile::live::Limits {
-            max_live: 65_536,
-            max_stacks: 4096,
-            max_age_ns: 0,
-            window: 8,
-        },
-    );
+    let mut p = profiling(1024)
+        .profiler(&tracer, 8)
+        .expect("profiling is on");
     let dir = tempdir("profile-ends");
     let file = dir.join("opened");
     std::fs::write(&file, b"x").unwrap();

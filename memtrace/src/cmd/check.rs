@@ -274,9 +274,10 @@ fn check_profile(
         };
     }
     let opts = bpf::TracerOptions {
+        // The smallest live map: its size does not change what the verifier sees.
         profile: Some(crate::bpf::ProfileOptions {
-            sample_bytes: 512 * 1024,
             max_live: 1024,
+            ..crate::profile::ProfileArgs::DEFAULTS.tracer_options()
         }),
         ..Default::default()
     };

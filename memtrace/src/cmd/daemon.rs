@@ -415,7 +415,12 @@ async fn serve_leaks(State(state): State<Arc<AppState>>) -> Response {
         let p = profile.lock().unwrap_or_else(|p| p.into_inner());
         p.suspects(inner.1.symbols(), crate::profile::monotonic_ns())
     };
-    match serde_json::to_vec(&suspects) {
+    json(&suspects)
+}
+
+/// `value` as a JSON response (a 500 with the reason if it cannot be encoded).
+fn json(value: &impl serde::Serialize) -> Response {
+    match serde_json::to_vec(value) {
         Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -541,14 +546,7 @@ async fn serve_failures(State(state): State<Arc<AppState>>) -> Response {
             })
             .collect()
     };
-    match serde_json::to_vec(&records) {
-        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("encoding failed: {e}\n"),
-        )
-            .into_response(),
-    }
+    json(&records)
 }
 
 async fn serve_metrics(State(state): State<Arc<AppState>>) -> Response {

@@ -8,3 +8,4 @@ pub mod limits;
 pub mod profile;
 pub mod top;
 pub mod trace;
+pub mod units;

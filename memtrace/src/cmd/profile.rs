@@ -6,6 +6,7 @@ use std::{io::Write, time::Duration};
 
 use anyhow::{Context as _, bail};
 
+use super::units::{fmt_bytes, fmt_bytes_rate, parse_seconds};
 use crate::{
     bpf::{AttachPreference, Tracer, TracerOptions},
     export::scrape,
@@ -75,13 +76,6 @@ pub struct LeaksArgs {
     pub attach: AttachPreference,
     #[command(flatten)]
     pub profile: ProfileArgs,
-}
-
-fn parse_seconds(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(d) if d.is_finite() && d > 0.0 && d < 1e9 => Ok(d),
-        _ => Err(format!("{s:?} is not a positive number of seconds")),
-    }
 }
 
 /// Programs attached with profiling on, their ring buffer and the profiler it feeds.
@@ -276,7 +270,6 @@ pub fn print_suspects(
         let over = window.map_or(String::new(), |w| format!(" over {w} s"));
         return writeln!(out, "no stack's live bytes grew steadily{over}");
     }
-    let human = compact_bytes;
     writeln!(
         out,
         "{:<10} {:<32} {:>10} {:>12} {:>9} {:>10} {:>8}",
@@ -288,8 +281,8 @@ pub fn print_suspects(
             "{:<10} {:<32} {:>10} {:>12} {:>8.0}s {:>9.0}s {:>8}",
             s.allocator,
             s.function,
-            human(s.live_bytes as u64),
-            format!("{}/s", human(s.growth_bytes_per_second.max(0.0) as u64)),
+            fmt_bytes(s.live_bytes),
+            fmt_bytes_rate(s.growth_bytes_per_second),
             s.window_seconds,
             s.oldest_age_seconds,
             s.live_samples
@@ -298,22 +291,6 @@ pub fn print_suspects(
         writeln!(out, "           {}", frames.join(" < "))?;
     }
     Ok(())
-}
-
-/// `8.0 MiB`: a size in a table cell.
-fn compact_bytes(b: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = b as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
 }
 
 #[cfg(test)]

@@ -43,18 +43,11 @@ pub struct TraceArgs {
     #[arg(long)]
     pub json: bool,
     /// Stop after this many seconds (default: until Ctrl-C or SIGTERM).
-    #[arg(long, value_name = "SECONDS", value_parser = parse_duration)]
+    #[arg(long, value_name = "SECONDS", value_parser = super::units::parse_seconds)]
     pub duration: Option<f64>,
     /// How to attach probes.
     #[arg(long, value_enum, default_value_t = AttachPreference::Auto)]
     pub attach: AttachPreference,
-}
-
-fn parse_duration(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(d) if d.is_finite() && d > 0.0 && d < 1e9 => Ok(d),
-        _ => Err(format!("{s:?} is not a positive number of seconds")),
-    }
 }
 
 /// An allocator name on the command line.

@@ -15,7 +15,7 @@ pub struct ProfileArgs {
     #[arg(
         long = "profile.sample-bytes",
         env = "MEMTRACE_PROFILE_SAMPLE_BYTES",
-        default_value_t = 512 * 1024,
+        default_value_t = ProfileArgs::DEFAULTS.sample_bytes,
         value_parser = clap::value_parser!(u64).range(64..=1 << 34),
         value_name = "BYTES"
     )]
@@ -25,7 +25,7 @@ pub struct ProfileArgs {
     #[arg(
         long = "profile.max-live",
         env = "MEMTRACE_PROFILE_MAX_LIVE",
-        default_value_t = 65_536,
+        default_value_t = ProfileArgs::DEFAULTS.max_live,
         value_parser = clap::value_parser!(u32).range(1024..=1 << 22),
         value_name = "N"
     )]
@@ -36,7 +36,7 @@ pub struct ProfileArgs {
     #[arg(
         long = "profile.max-stacks",
         env = "MEMTRACE_PROFILE_MAX_STACKS",
-        default_value_t = 4096,
+        default_value_t = ProfileArgs::DEFAULTS.max_stacks,
         value_parser = clap::value_parser!(u32).range(16..=1 << 20),
         value_name = "N"
     )]
@@ -47,13 +47,21 @@ pub struct ProfileArgs {
     #[arg(
         long = "profile.max-age",
         env = "MEMTRACE_PROFILE_MAX_AGE",
-        default_value_t = 86_400,
+        default_value_t = ProfileArgs::DEFAULTS.max_age_secs,
         value_name = "SECONDS"
     )]
     pub max_age_secs: u64,
 }
 
 impl ProfileArgs {
+    /// The flags' defaults (also what `top` profiles with when it runs its own programs).
+    pub const DEFAULTS: ProfileArgs = ProfileArgs {
+        sample_bytes: 512 * 1024,
+        max_live: 65_536,
+        max_stacks: 4096,
+        max_age_secs: 86_400,
+    };
+
     /// The tracer's profiling options.
     pub fn tracer_options(&self) -> ProfileOptions {
         ProfileOptions {

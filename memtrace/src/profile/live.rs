@@ -65,6 +65,23 @@ struct Stack {
     series: Series,
 }
 
+impl Stack {
+    /// A stack with nothing counted yet.
+    fn new(key: StackKey, call_site: u64, other: bool) -> Stack {
+        Stack {
+            key,
+            call_site,
+            other,
+            alloc_objects: 0.0,
+            alloc_bytes: 0.0,
+            live_objects: 0.0,
+            live_bytes: 0.0,
+            live_samples: 0,
+            series: Series::default(),
+        }
+    }
+}
+
 /// A stack whose live bytes grow steadily (see [`super::growth`]).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Suspect {
@@ -219,25 +236,17 @@ impl Profiler {
         if let Some(&i) = self.index.get(&key) {
             return i;
         }
-        let fresh = |key: StackKey, call_site: u64, other: bool| Stack {
-            key,
-            call_site,
-            other,
-            alloc_objects: 0.0,
-            alloc_bytes: 0.0,
-            live_objects: 0.0,
-            live_bytes: 0.0,
-            live_samples: 0,
-            series: Series::default(),
-        };
         if self.index.len() < self.limits.max_stacks {
             let i = self.stacks.len();
-            self.stacks.push(fresh(key.clone(), call_site, false));
+            self.stacks.push(Stack::new(key.clone(), call_site, false));
             self.index.insert(key, i);
             return i;
         }
         if let Some(j) = self.evictable() {
-            let old = std::mem::replace(&mut self.stacks[j], fresh(key.clone(), call_site, false));
+            let old = std::mem::replace(
+                &mut self.stacks[j],
+                Stack::new(key.clone(), call_site, false),
+            );
             self.index.remove(&old.key);
             self.index.insert(key, j);
             let o = self.other(old.key.allocator);
@@ -271,20 +280,11 @@ impl Profiler {
             return i;
         }
         let i = self.stacks.len();
-        self.stacks.push(Stack {
-            key: StackKey {
-                allocator,
-                frames: Vec::new(),
-            },
-            call_site: 0,
-            other: true,
-            alloc_objects: 0.0,
-            alloc_bytes: 0.0,
-            live_objects: 0.0,
-            live_bytes: 0.0,
-            live_samples: 0,
-            series: Series::default(),
-        });
+        let key = StackKey {
+            allocator,
+            frames: Vec::new(),
+        };
+        self.stacks.push(Stack::new(key, 0, true));
         self.others.insert(allocator, i);
         i
     }
@@ -425,20 +425,26 @@ impl Profiler {
             .collect()
     }
 
+    /// The time (`bpf_ktime_get_ns`) of each stack's oldest live sample, by stack index.
+    fn oldest_by_stack(&self) -> HashMap<usize, u64> {
+        let mut oldest: HashMap<usize, u64> = HashMap::new();
+        for l in self.live.values() {
+            let e = oldest.entry(l.stack).or_insert(l.ts_ns);
+            *e = (*e).min(l.ts_ns);
+        }
+        oldest
+    }
+
     /// Estimated live bytes and the oldest live sample's time (`bpf_ktime_get_ns`) by
     /// (allocator, function).
     pub fn by_function(
         &self,
         symbols: Option<&Symbolizer>,
     ) -> BTreeMap<(Allocator, String), (f64, u64)> {
-        let mut oldest: HashMap<usize, u64> = HashMap::new();
-        for l in self.live.values() {
-            let e = oldest.entry(l.stack).or_insert(l.ts_ns);
-            *e = (*e).min(l.ts_ns);
-        }
+        let oldest = self.oldest_by_stack();
         let mut out = BTreeMap::new();
         for (i, st) in self.stacks.iter().enumerate() {
-            // Only what is live: a function's series goes when nothing of it is.
+            // Only what is live (the exporter keeps a function's series, at 0).
             if st.live_samples == 0 {
                 continue;
             }
@@ -454,11 +460,7 @@ impl Profiler {
     /// Stacks whose live bytes grew steadily over their window, fastest first.
     pub fn suspects(&self, symbols: Option<&Symbolizer>, now_ns: u64) -> Vec<Suspect> {
         let floor = 2.0 * self.sample_bytes as f64;
-        let mut oldest: HashMap<usize, u64> = HashMap::new();
-        for l in self.live.values() {
-            let e = oldest.entry(l.stack).or_insert(l.ts_ns);
-            *e = (*e).min(l.ts_ns);
-        }
+        let oldest = self.oldest_by_stack();
         let mut out: Vec<Suspect> = self
             .stacks
             .iter()

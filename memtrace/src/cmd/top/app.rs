@@ -9,6 +9,7 @@ use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use memtrace_common::Allocator;
 
 use super::model::{self, Histogram, Model, allocator_named, increase};
+pub use crate::cmd::units::{fmt_bytes, fmt_bytes_rate, scaled_bytes};
 use crate::export::record::EventRecord;
 use crate::profile::growth::Series;
 
@@ -901,30 +902,6 @@ pub fn fmt_count(v: f64) -> String {
 
 pub fn fmt_rate(v: f64) -> String {
     fmt_count(v)
-}
-
-/// `512 B`, `1.5 KiB`, `3.0 GiB`.
-pub fn fmt_bytes(v: f64) -> String {
-    match scaled_bytes(v) {
-        (v, "B") => format!("{v:.0} B"),
-        (v, unit) => format!("{v:.1} {unit}"),
-    }
-}
-
-pub fn fmt_bytes_rate(v: f64) -> String {
-    format!("{}/s", fmt_bytes(v))
-}
-
-/// `v` bytes in the largest binary unit that keeps it at 1 or more: (value, unit).
-pub fn scaled_bytes(v: f64) -> (f64, &'static str) {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = if v.is_finite() { v.max(0.0) } else { 0.0 };
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    (v, UNITS[u])
 }
 
 #[cfg(test)]

@@ -39,12 +39,7 @@ pub(super) enum Source {
 }
 
 /// The heap profile `top` keeps when it runs its own programs: the daemon's defaults.
-const LOCAL_PROFILE: ProfileArgs = ProfileArgs {
-    sample_bytes: 512 * 1024,
-    max_live: 65_536,
-    max_stacks: 4096,
-    max_age_secs: 86_400,
-};
+const LOCAL_PROFILE: ProfileArgs = ProfileArgs::DEFAULTS;
 
 /// Rows of the attribution tables when `top` runs its own programs.
 const LOCAL_LABELS: LabelLimits = LabelLimits {
