@@ -55,23 +55,17 @@ enum Command {
     Leaks(memtrace::cmd::profile::LeaksArgs),
 }
 
-/// Applies `memtrace daemon --config FILE` (or MEMTRACE_CONFIG) before clap parses, so that
-/// file values are validated like flags and flags and environment variables win.
-fn apply_config_file() -> Result<(), memtrace::cmd::config::ConfigError> {
-    let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) != Some("daemon") {
-        return Ok(());
-    }
-    let mut path = std::env::var_os("MEMTRACE_CONFIG").map(std::path::PathBuf::from);
-    for (i, a) in args.iter().enumerate() {
-        if a == "--config" {
-            path = args.get(i + 1).map(Into::into);
-        } else if let Some(p) = a.strip_prefix("--config=") {
-            path = Some(p.into());
-        }
-    }
-    let Some(path) = path else {
-        return Ok(());
+/// Parses the command line. For `memtrace daemon` with `--config FILE` (or
+/// MEMTRACE_CONFIG), the file is applied and the command line parsed again, so that file
+/// values are validated like flags and flags and environment variables win. clap finds the
+/// subcommand and the flag wherever they are (`memtrace --log-format json daemon --config F`).
+fn parse_cli() -> Result<Cli, ExitCode> {
+    let cli = try_parse()?;
+    let Command::Daemon(daemon) = &cli.command else {
+        return Ok(cli);
+    };
+    let Some(path) = daemon.config.clone() else {
+        return Ok(cli);
     };
     let cmd = <Cli as clap::CommandFactory>::command();
     let daemon = cmd
@@ -87,33 +81,38 @@ fn apply_config_file() -> Result<(), memtrace::cmd::config::ConfigError> {
             })
         })
         .collect();
-    memtrace::cmd::config::apply(&path, &known)
+    if let Err(e) = memtrace::cmd::config::apply(&path, &known) {
+        eprintln!("memtrace: {e}");
+        return Err(ExitCode::from(2));
+    }
+    try_parse()
+}
+
+/// clap's parse, with its errors as one line and exit code 2.
+fn try_parse() -> Result<Cli, ExitCode> {
+    Cli::try_parse().map_err(|e| {
+        use clap::error::ErrorKind;
+        if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+            let _ = e.print();
+            return ExitCode::from(2);
+        }
+        // One clear line instead of clap's multi-line usage dump.
+        let text = e.render().to_string();
+        let first = text.lines().next().unwrap_or("invalid arguments");
+        let first = first.trim_start_matches("error: ");
+        eprintln!("memtrace: {first} (see `memtrace --help`)");
+        ExitCode::from(2)
+    })
 }
 
 fn main() -> ExitCode {
-    if let Err(e) = apply_config_file() {
-        eprintln!("memtrace: {e}");
-        return ExitCode::from(2);
-    }
-    let cli = match Cli::try_parse() {
+    let cli = match parse_cli() {
         Ok(cli) => cli,
-        Err(e) => {
-            use clap::error::ErrorKind;
-            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
-                let _ = e.print();
-                return ExitCode::SUCCESS;
-            }
-            if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
-                let _ = e.print();
-                return ExitCode::from(2);
-            }
-            // One clear line instead of clap's multi-line usage dump.
-            let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            let first = first.trim_start_matches("error: ");
-            eprintln!("memtrace: {first} (see `memtrace --help`)");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -186,11 +185,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Daemon(args) => {
+            // Attach and drop privileges first, while this is the only thread: the runtime's
+            // threads then start with the reduced capabilities.
+            let started = memtrace::cmd::daemon::start(args)?;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
-            rt.block_on(memtrace::cmd::daemon::run(args))?;
+            rt.block_on(memtrace::cmd::daemon::serve(started))?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -213,50 +213,164 @@ fn daemon_rejects_bad_flags_in_one_line() {
     let _ = std::fs::remove_file(&bad_config);
 }
 
-/// Flags beat environment variables, which beat the configuration file.
+/// Flags beat environment variables, which beat the configuration file; the file applies
+/// wherever the command line names it: after `daemon`, after a global flag before `daemon`,
+/// or through MEMTRACE_CONFIG.
 #[test]
 fn config_file_sets_flags_and_flags_win() {
     let Some(_guard) = support::kernel::require_kernel() else {
         return;
     };
-    let port = free_port();
     let config = std::env::temp_dir().join(format!("memtrace-{}.toml", std::process::id()));
-    std::fs::write(
-        &config,
-        format!("[web]\nlisten-address = \"127.0.0.1:{port}\"\ntelemetry-path = \"/from-file\"\n[caches]\nmax = 3\n"),
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_memtrace"))
-        .args(["daemon", "--config"])
-        .arg(&config)
-        .args(["--web.telemetry-path", "/from-flag"])
-        .stderr(std::process::Stdio::null())
-        .spawn()
+    let file = config.display().to_string();
+    let ways: [(&[&str], bool); 3] = [
+        (&["daemon", "--config", &file], false),
+        (
+            &["--log-format", "json", "daemon", "--config", &file],
+            false,
+        ),
+        (&["--log-format=json", "daemon"], true),
+    ];
+    for (args, by_env) in ways {
+        let port = free_port();
+        std::fs::write(
+            &config,
+            format!("[web]\nlisten-address = \"127.0.0.1:{port}\"\ntelemetry-path = \"/from-file\"\n[caches]\nmax = 3\n"),
+        )
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let body = loop {
-        if let Ok((200, body)) = get(port, "/from-flag") {
-            break body;
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_memtrace"));
+        cmd.args(args)
+            .args(["--web.telemetry-path", "/from-flag"])
+            .env_remove("MEMTRACE_CONFIG")
+            .stderr(std::process::Stdio::null());
+        if by_env {
+            cmd.env("MEMTRACE_CONFIG", &config);
         }
-        assert!(child.try_wait().unwrap().is_none(), "daemon exited");
+        let mut child = cmd.spawn().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let body = loop {
+            if let Ok((200, body)) = get(port, "/from-flag") {
+                break body;
+            }
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "{args:?}: daemon exited"
+            );
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{args:?}: daemon never served /from-flag on the file's port"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert_eq!(get(port, "/from-file").unwrap().0, 404, "{args:?}");
+        let caches = body
+            .lines()
+            .filter(|l| l.starts_with("memtrace_kmem_cache_allocations_total{"))
+            .count();
         assert!(
-            std::time::Instant::now() < deadline,
-            "daemon never served /from-flag"
+            caches <= 4,
+            "{args:?}: caches.max = 3 from the file, plus other: {caches}"
         );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert_eq!(get(port, "/from-file").unwrap().0, 404);
-    let caches = body
-        .lines()
-        .filter(|l| l.starts_with("memtrace_kmem_cache_allocations_total{"))
-        .count();
-    assert!(
-        caches <= 4,
-        "caches.max = 3 from the file, plus other: {caches}"
-    );
-    let _ = child.kill();
-    let _ = child.wait();
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    // A bad file is refused the same way wherever it is named.
+    std::fs::write(&config, "[web]\nlisten_adress = \"127.0.0.1:1\"\n").unwrap();
+    let out = support::cli::memtrace(&["--log-format", "json", "daemon", "--config", &file]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown key `web.listen_adress`"), "{err}");
     let _ = std::fs::remove_file(&config);
+}
+
+/// A status line of /proc/PID/task/TID/status as a capability mask.
+fn cap_line(status: &str, key: &str) -> u64 {
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key} in {status}"));
+    u64::from_str_radix(line.trim(), 16).unwrap()
+}
+
+/// Every thread's (CapEff, CapPrm, CapBnd, CapAmb, NoNewPrivs) of process `pid`.
+fn thread_caps(pid: u32) -> Vec<(u64, u64, u64, u64, bool)> {
+    let mut all = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let status = std::fs::read_to_string(t.unwrap().path().join("status")).unwrap();
+        all.push((
+            cap_line(&status, "CapEff:"),
+            cap_line(&status, "CapPrm:"),
+            cap_line(&status, "CapBnd:"),
+            cap_line(&status, "CapAmb:"),
+            status.contains("NoNewPrivs:\t1"),
+        ));
+    }
+    all
+}
+
+/// Once attached, the daemon keeps only CAP_SYSLOG (root needs nothing else to read its
+/// /proc files) in every set of every thread, and keeps counting and naming call sites;
+/// `--capabilities.keep` chooses another set.
+#[test]
+fn daemon_drops_capabilities_after_attach() {
+    let Some(_guard) = require_kernel() else {
+        return;
+    };
+    const CAP_SYSLOG: u64 = 1 << 34;
+    const CAP_BPF: u64 = 1 << 39;
+    let before = thread_caps(std::process::id())[0];
+    assert_eq!(
+        before.0 & CAP_SYSLOG,
+        CAP_SYSLOG,
+        "the test runs with CAP_SYSLOG"
+    );
+
+    let d = Daemon::start(free_port());
+    let threads = thread_caps(d.child.id());
+    assert!(threads.len() > 1, "the runtime's threads are there too");
+    for t in &threads {
+        assert_eq!(
+            *t,
+            (CAP_SYSLOG, CAP_SYSLOG, CAP_SYSLOG, 0, true),
+            "{threads:x?}"
+        );
+    }
+    let file = std::env::temp_dir().join(format!("memtrace-caps-{}", std::process::id()));
+    std::fs::write(&file, b"x").unwrap();
+    for _ in 0..100 {
+        setxattr_kmalloc(&file, 3000);
+    }
+    let _ = std::fs::remove_file(&file);
+    let m = d.scrape();
+    assert_eq!(
+        metric(&m, "memtrace_collector_up{collector=\"limits\"}"),
+        1.0
+    );
+    assert!(
+        m.keys()
+            .any(|k| k.starts_with("memtrace_callsite_allocations_total{")
+                && !k.contains("function=\"unknown\"")
+                && !k.contains("function=\"other\"")),
+        "call sites are still named"
+    );
+    drop(d);
+
+    let d = Daemon::start_with(free_port(), &["--capabilities.keep", "cap_bpf"]);
+    for t in thread_caps(d.child.id()) {
+        assert_eq!((t.0, t.1, t.2), (CAP_BPF, CAP_BPF, CAP_BPF));
+    }
+    drop(d);
+    let d = Daemon::start_with(free_port(), &["--capabilities.keep", "all"]);
+    for t in thread_caps(d.child.id()) {
+        assert_eq!(t.0, before.0, "all keeps every capability");
+        assert!(!t.4, "all changes nothing");
+    }
+    drop(d);
+    let out = support::cli::memtrace(&["daemon", "--capabilities.keep", "cap_nope"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown capability \"cap_nope\""), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
 
 /// With --log-format json every log line is one JSON object (journald / log shippers).

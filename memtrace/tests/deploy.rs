@@ -94,8 +94,9 @@ fn systemd_unit_verifies() {
 }
 
 /// What a daemon run with `caps` (as an unprivileged user) manages: (every probe attached,
-/// GFP names decoded, call sites symbolized).
-fn run_with_caps(caps: &[String]) -> (bool, bool, bool) {
+/// GFP names decoded, call sites symbolized, the limits collector up), and its effective
+/// capabilities once serving.
+fn run_with_caps(caps: &[String]) -> ((bool, bool, bool, bool), Option<u64>) {
     let set: Vec<String> = caps
         .iter()
         .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_ascii_lowercase()))
@@ -118,9 +119,16 @@ fn run_with_caps(caps: &[String]) -> (bool, bool, bool) {
         .spawn()
         .expect("setpriv");
     let deadline = Instant::now() + Duration::from_secs(30);
+    let mut cap_eff = None;
     let body = loop {
         if let Ok((200, _)) = get(port, "/healthz") {
             std::thread::sleep(Duration::from_millis(300));
+            cap_eff = std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+                .ok()
+                .and_then(|s| {
+                    let l = s.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+                    u64::from_str_radix(l.trim(), 16).ok()
+                });
             break get(port, "/metrics").map(|(_, b)| b).unwrap_or_default();
         }
         if child.try_wait().unwrap().is_some() || Instant::now() > deadline {
@@ -143,7 +151,10 @@ fn run_with_caps(caps: &[String]) -> (bool, bool, bool) {
             && !l.contains("function=\"unknown\"")
             && !l.contains("function=\"other\"")
     });
-    (all_attached, gfp, symbols)
+    let limits = body
+        .lines()
+        .any(|l| l == "memtrace_collector_up{collector=\"limits\"} 1");
+    ((all_attached, gfp, symbols, limits), cap_eff)
 }
 
 #[test]
@@ -155,15 +166,23 @@ fn the_units_capabilities_are_sufficient_and_each_is_needed() {
         return;
     }
     let caps = unit_caps();
+    let (works, cap_eff) = run_with_caps(&caps);
     assert_eq!(
-        run_with_caps(&caps),
-        (true, true, true),
+        works,
+        (true, true, true, true),
         "the unit's set {caps:?} is enough"
     );
+    // Once attached, only what it reads later stays: kallsyms (CAP_SYSLOG, 34) and the
+    // root-only /proc files of the limits collector (CAP_DAC_READ_SEARCH, 2).
+    assert_eq!(cap_eff, Some((1 << 34) | (1 << 2)), "CapEff after attach");
     for drop in &caps {
         let fewer: Vec<String> = caps.iter().filter(|c| *c != drop).cloned().collect();
-        let got = run_with_caps(&fewer);
-        assert_ne!(got, (true, true, true), "{drop} is not needed: {got:?}");
+        let (got, _) = run_with_caps(&fewer);
+        assert_ne!(
+            got,
+            (true, true, true, true),
+            "{drop} is not needed: {got:?}"
+        );
     }
 }
 

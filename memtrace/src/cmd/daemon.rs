@@ -28,7 +28,7 @@ use crate::{
         self, Exporter, LabelLimits,
         record::{Clock, SeqRecord},
     },
-    kernel,
+    kernel::{self, caps},
     profile::{HEAP_PATH, LEAKS_PATH, ProfileArgs, live::Profiler},
 };
 
@@ -170,6 +170,18 @@ pub struct DaemonArgs {
     pub profile_enabled: bool,
     #[command(flatten)]
     pub profile: ProfileArgs,
+    /// Capabilities kept once the programs are attached: `needed` (CAP_SYSLOG, to name call
+    /// sites from kallsyms after a module loads; CAP_DAC_READ_SEARCH too when not uid 0, for
+    /// root-only /proc files), `all`, `none`, or a comma-separated list such as
+    /// `cap_syslog,cap_bpf`.
+    #[arg(
+        long = "capabilities.keep",
+        env = "MEMTRACE_CAPABILITIES_KEEP",
+        default_value = "needed",
+        value_parser = clap::value_parser!(caps::Keep),
+        value_name = "CAPS"
+    )]
+    pub capabilities_keep: caps::Keep,
 }
 
 fn parse_telemetry_path(s: &str) -> Result<String, String> {
@@ -196,11 +208,25 @@ struct AppState {
     clock: Clock,
 }
 
-/// Runs the daemon until SIGINT or SIGTERM; returns once programs are detached.
-pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
+/// The daemon once its programs are attached and its privileges dropped: what
+/// [`serve`] runs. Built by [`start`] on the main thread before the async runtime exists.
+pub struct Started {
+    args: DaemonArgs,
+    listener: std::net::TcpListener,
+    tracer: Tracer,
+    exporter: Exporter,
+    profile: Option<Profiler>,
+    events: RingBuf<MapData>,
+    profile_events: Option<RingBuf<MapData>>,
+}
+
+/// Binds the listener, loads and attaches the programs, reads what naming needs (GFP
+/// names, kallsyms, cgroup paths), then drops the capabilities `--capabilities.keep` does
+/// not keep. Must run before any other thread exists (capabilities are per thread).
+pub fn start(args: DaemonArgs) -> anyhow::Result<Started> {
     // Bind first: an occupied port is reported before anything is loaded into the kernel.
-    let listener = tokio::net::TcpListener::bind(args.listen_address)
-        .await
+    let listener = std::net::TcpListener::bind(args.listen_address)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
         .map_err(|e| {
             anyhow!(
                 "cannot listen on {}: {e}; choose another address with --web.listen-address",
@@ -255,23 +281,16 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         }
         (paths, _) => paths,
     };
-    let notable = Arc::new(NotableCounts::default());
-    let drain = tokio::spawn(drain_events(tracer.take_events()?, notable.clone()));
-    let profile = args
-        .profile
-        .profiler(&tracer, LEAK_WINDOW)
-        .map(|p| Arc::new(Mutex::new(p)));
-    let profile_drain = match &profile {
-        Some(p) => {
+    let events = tracer.take_events()?;
+    let profile = args.profile.profiler(&tracer, LEAK_WINDOW);
+    let profile_events = match &profile {
+        Some(_) => {
             tracing::info!(
                 sample_bytes = args.profile.sample_bytes,
                 max_live = args.profile.max_live,
                 "heap profiling on"
             );
-            Some(tokio::spawn(crate::profile::drain(
-                tracer.take_profile_events()?,
-                p.clone(),
-            )))
+            Some(tracer.take_profile_events()?)
         }
         None => None,
     };
@@ -290,12 +309,6 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
             ),
         }
     }
-
-    let registry = Registry::new();
-    registry.register(Box::new(
-        prometheus::process_collector::ProcessCollector::for_self(),
-    ))?;
-    let kernel = kernel::release();
     let exporter = Exporter::for_running_kernel(
         tracer.migratetypes().clone(),
         LabelLimits {
@@ -309,6 +322,57 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         Some(r) => exporter.with_cgroup_paths(r),
         None => exporter,
     };
+
+    // Everything privileged is done: the programs are attached and their maps open.
+    let dropped = caps::drop_to(&args.capabilities_keep)?;
+    if !dropped.not_held.is_empty() {
+        tracing::warn!(
+            capabilities = %dropped.not_held.join(","),
+            "--capabilities.keep names capabilities this process does not hold"
+        );
+    }
+    tracing::info!(
+        kept = %if dropped.kept.is_empty() { "none".to_string() } else { dropped.kept.join(",") },
+        dropped = dropped.dropped,
+        "capabilities dropped after attach"
+    );
+    Ok(Started {
+        args,
+        listener,
+        tracer,
+        exporter,
+        profile,
+        events,
+        profile_events,
+    })
+}
+
+/// Serves metrics until SIGINT or SIGTERM; returns once programs are detached.
+pub async fn serve(started: Started) -> anyhow::Result<()> {
+    let Started {
+        args,
+        listener,
+        tracer,
+        exporter,
+        profile,
+        events,
+        profile_events,
+    } = started;
+    let listener = tokio::net::TcpListener::from_std(listener)
+        .map_err(|e| anyhow!("cannot serve on {}: {e}", args.listen_address))?;
+    let notable = Arc::new(NotableCounts::default());
+    let drain = tokio::spawn(drain_events(events, notable.clone()));
+    let profile = profile.map(|p| Arc::new(Mutex::new(p)));
+    let profile_drain = match (&profile, profile_events) {
+        (Some(p), Some(ring)) => Some(tokio::spawn(crate::profile::drain(ring, p.clone()))),
+        _ => None,
+    };
+
+    let registry = Registry::new();
+    registry.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ))?;
+    let kernel = kernel::release();
     let state = Arc::new(AppState {
         inner: Mutex::new((tracer, exporter)),
         profile,
