@@ -494,7 +494,8 @@ fn test() -> anyhow::Result<()> {
         status(&mut cmd)
     };
     // Unit tests and binary smoke tests of every default member, then the kernel tests,
-    // one at a time (the kernel is shared), in both profiles.
+    // one at a time (the kernel is shared), in both profiles. The soak (ten minutes at full
+    // allocation rate, tests/soak.rs) runs once, in release, as the daemon is shipped.
     run_cargo(&[
         "test",
         "--workspace",
@@ -502,6 +503,8 @@ fn test() -> anyhow::Result<()> {
         "memtrace-ebpf",
         "--",
         "--test-threads=1",
+        "--skip",
+        "soak_at_full_rate",
     ])?;
     run_cargo(&[
         "test",
@@ -510,6 +513,8 @@ fn test() -> anyhow::Result<()> {
         "memtrace",
         "--test",
         "kernel",
+        "--test",
+        "soak",
         "--",
         "--test-threads=1",
     ])?;

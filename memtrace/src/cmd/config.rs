@@ -176,4 +176,76 @@ mod tests {
         );
         assert_eq!(e.to_string().lines().count(), 1);
     }
+
+    /// Fuzzing, bounded: any text, and documents built of the file's own shapes (known and
+    /// unknown keys, tables, dotted and quoted keys, every TOML value type, broken lines),
+    /// parse without panicking; what is accepted maps only to known variables, and every
+    /// refusal is one line naming the file.
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn key() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("attach".to_string()),
+                Just("caches.max".to_string()),
+                Just("\"caches.max\"".to_string()),
+                Just("web.listen-address".to_string()),
+                "[a-z][a-z.\\-_]{0,12}",
+                "\"[^\"\\n]{0,8}\"",
+            ]
+        }
+
+        fn value() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "\"[^\"\\\\\n]{0,16}\"".prop_map(|s| s),
+                any::<i64>().prop_map(|i| i.to_string()),
+                any::<bool>().prop_map(|b| b.to_string()),
+                any::<f64>().prop_map(|f| format!("{f:?}")),
+                Just("[1, \"a\"]".to_string()),
+                Just("{ a = 1 }".to_string()),
+                Just("1979-05-27T07:32:00Z".to_string()),
+                "[^\\n]{0,12}",
+            ]
+        }
+
+        fn line() -> impl Strategy<Value = String> {
+            prop_oneof![
+                (key(), value()).prop_map(|(k, v)| format!("{k} = {v}")),
+                key().prop_map(|k| format!("[{k}]")),
+                key().prop_map(|k| format!("[[{k}]]")),
+                "[^\\n]{0,20}",
+                Just(String::new()),
+            ]
+        }
+
+        fn check(text: &str) {
+            match parse("fuzz.toml", text, &known()) {
+                Ok(pairs) => {
+                    for (env, _) in pairs {
+                        assert!(known().iter().any(|k| k.env == env), "{env}");
+                    }
+                }
+                Err(e) => {
+                    let m = e.to_string();
+                    assert_eq!(m.lines().count(), 1, "{m:?}");
+                    assert!(m.contains("fuzz.toml"), "{m}");
+                }
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 3000, failure_persistence: None, ..ProptestConfig::default() })]
+
+            #[test]
+            fn any_text(text in "(?s).{0,200}") {
+                check(&text);
+            }
+
+            #[test]
+            fn documents_of_the_files_shapes(lines in prop::collection::vec(line(), 0..12)) {
+                check(&lines.join("\n"));
+            }
+        }
+    }
 }
