@@ -109,7 +109,7 @@ fn load(id: usize, stop: Arc<AtomicBool>, rounds: Arc<AtomicU64>) -> std::thread
                 }
                 open_close(&file, 4);
                 pipe_pages(4);
-                if n % 64 == 0 {
+                if n.is_multiple_of(64) {
                     bpf_map_create_close(BPF_MAP_TYPE_ARRAY, 4096, 16);
                     bpf_map_create_close(BPF_MAP_TYPE_PERCPU_ARRAY, 8, 4);
                 }
@@ -182,7 +182,7 @@ fn soak_at_full_rate_with_a_scrape_every_second() {
         );
         slowest = slowest.max(took);
         scrapes += 1;
-        if scrapes % 30 == 0 {
+        if scrapes.is_multiple_of(30) {
             support::assert::assert_no_addresses(&body);
             for path in ["/debug/pprof/heap", "/api/leaks", "/api/failures"] {
                 assert_eq!(get(port, path).expect(path).0, 200, "{path}");
@@ -218,7 +218,7 @@ fn soak_at_full_rate_with_a_scrape_every_second() {
             rss_after_warmup.get_or_insert(rss);
             rss_max = rss_max.max(rss);
         }
-        if scrapes % 60 == 0 {
+        if scrapes.is_multiple_of(60) {
             eprintln!(
                 "soak {:>4} s: {} rounds, RSS {:.1} MiB, slowest scrape {slowest:?}",
                 start.elapsed().as_secs(),
