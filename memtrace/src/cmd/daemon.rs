@@ -325,17 +325,27 @@ pub fn start(args: DaemonArgs) -> anyhow::Result<Started> {
 
     // Everything privileged is done: the programs are attached and their maps open.
     let dropped = caps::drop_to(&args.capabilities_keep)?;
+    if let Some(c) = &dropped.kept_for_maps {
+        tracing::info!(
+            capability = %c,
+            "kept: this kernel refuses bpf() map reads without it (kernel.unprivileged_bpf_disabled)"
+        );
+    }
     if !dropped.not_held.is_empty() {
         tracing::warn!(
             capabilities = %dropped.not_held.join(","),
             "--capabilities.keep names capabilities this process does not hold"
         );
     }
-    tracing::info!(
-        kept = %if dropped.kept.is_empty() { "none".to_string() } else { dropped.kept.join(",") },
-        dropped = dropped.dropped,
-        "capabilities dropped after attach"
-    );
+    if args.capabilities_keep == caps::Keep::All {
+        tracing::info!("capabilities kept (--capabilities.keep all)");
+    } else {
+        tracing::info!(
+            kept = %if dropped.kept.is_empty() { "none".to_string() } else { dropped.kept.join(",") },
+            dropped = dropped.dropped,
+            "capabilities dropped after attach"
+        );
+    }
     Ok(Started {
         args,
         listener,

@@ -10,7 +10,12 @@
 //!   call sites are named from them;
 //! - `CAP_DAC_READ_SEARCH`, only when not running as uid 0: the limits collector reads
 //!   root-only files (`/proc/pagetypeinfo`, `/proc/slabinfo`), which uid 0 reads as their
-//!   owner without a capability.
+//!   owner without a capability;
+//! - `CAP_BPF` (or `CAP_SYS_ADMIN` without it), only where the kernel refuses every bpf()
+//!   command, map reads included, to a process without it while
+//!   `kernel.unprivileged_bpf_disabled` is set: kernels before 5.19 did (5.10 here). This is
+//!   found by trying, not from the version: before dropping, the effective set alone is
+//!   lowered, a map made beforehand is read, and the set is restored.
 //!
 //! Everything else leaves the effective, permitted, inheritable, ambient and bounding sets,
 //! and `no_new_privs` is set, so no later `execve` can regain it. Capabilities are per
@@ -131,6 +136,10 @@ pub struct Dropped {
     pub dropped: usize,
     /// Named in `--capabilities.keep` but not held, so not kept.
     pub not_held: Vec<String>,
+    /// Kept beyond [`needed`] because this kernel refuses every bpf() command, map reads
+    /// included, to a process without it while `kernel.unprivileged_bpf_disabled` is set
+    /// (kernels before 5.19 did; later ones only refuse creating maps and programs).
+    pub kept_for_maps: Option<String>,
 }
 
 /// A failure to drop capabilities: the daemon stops rather than run with more than it said.
@@ -148,6 +157,11 @@ pub enum DropError {
     },
     #[error("cannot set no_new_privs: {0}; run with --capabilities.keep all")]
     NoNewPrivs(std::io::Error),
+    #[error(
+        "with only --capabilities.keep {0:?} this kernel refuses to read memtrace's maps \
+         (kernel.unprivileged_bpf_disabled is set and the kernel predates 5.19): add cap_bpf"
+    )]
+    MapsNeedBpf(String),
 }
 
 /// The capabilities [`Keep::Needed`] keeps for a process running as `euid`.
@@ -177,6 +191,7 @@ pub fn drop_to(keep: &Keep) -> Result<Dropped, DropError> {
                 kept: names(&effective),
                 dropped: 0,
                 not_held: Vec::new(),
+                kept_for_maps: None,
             });
         }
         Keep::Needed => needed(euid()),
@@ -186,7 +201,7 @@ pub fn drop_to(keep: &Keep) -> Result<Dropped, DropError> {
     if threads != 1 {
         return Err(DropError::Threads(threads));
     }
-    let kept: CapsHashSet = wanted
+    let mut kept: CapsHashSet = wanted
         .iter()
         .copied()
         .filter(|c| permitted.contains(c))
@@ -199,6 +214,31 @@ pub fn drop_to(keep: &Keep) -> Result<Dropped, DropError> {
             .collect(),
         _ => Vec::new(),
     };
+    // Whether the maps can still be read with only `kept`: lower the effective set alone
+    // (the permitted set can raise it again), try, and restore.
+    let probe = probe_map();
+    let effective = caps::read(None, CapSet::Effective).map_err(sys("reading"))?;
+    caps::set(None, CapSet::Effective, &kept).map_err(sys("effective set"))?;
+    let maps_readable = probe.as_ref().is_none_or(lookup_allowed);
+    caps::set(None, CapSet::Effective, &effective).map_err(sys("effective set"))?;
+    drop(probe);
+    let mut added = None;
+    if !maps_readable {
+        let bpf = [caps::Capability::CAP_BPF, caps::Capability::CAP_SYS_ADMIN]
+            .into_iter()
+            .find(|c| permitted.contains(c));
+        match (keep, bpf) {
+            (Keep::Needed, Some(c)) => {
+                kept.insert(c);
+                added = Some(c.to_string());
+            }
+            _ => {
+                return Err(DropError::MapsNeedBpf(
+                    names(&kept).join(",").to_lowercase(),
+                ));
+            }
+        }
+    }
     // The bounding set first: dropping from it needs CAP_SETPCAP, which goes next.
     if caps::has_cap(None, CapSet::Effective, caps::Capability::CAP_SETPCAP)
         .map_err(sys("reading"))?
@@ -223,7 +263,56 @@ pub fn drop_to(keep: &Keep) -> Result<Dropped, DropError> {
         kept: names(&kept),
         dropped: permitted.difference(&kept).count(),
         not_held,
+        kept_for_maps: added,
     })
+}
+
+/// A one-element array map, made while the capabilities are still held, for
+/// [`lookup_allowed`]; `None` if it cannot be made.
+fn probe_map() -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd as _;
+    let mut attr = [0u32; 8];
+    attr[0] = 2; // BPF_MAP_TYPE_ARRAY
+    attr[1] = 4; // key size
+    attr[2] = 4; // value size
+    attr[3] = 1; // max entries
+    // SAFETY: BPF_MAP_CREATE (0) with a zero-padded attr.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            0,
+            attr.as_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+    // SAFETY: a new descriptor that nothing else owns.
+    Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// Whether this thread, with its effective capabilities now, may read the map `fd` (made
+/// earlier): any answer but `EPERM` means bpf() lets it.
+fn lookup_allowed(fd: &std::os::fd::OwnedFd) -> bool {
+    use std::os::fd::AsRawFd as _;
+    let key = 0u32;
+    let mut value = 0u32;
+    let attr: [u64; 4] = [
+        fd.as_raw_fd() as u64,
+        &key as *const u32 as u64,
+        &mut value as *mut u32 as u64,
+        0,
+    ];
+    // SAFETY: BPF_MAP_LOOKUP_ELEM (1) with an attr whose pointers are valid for the map's
+    // 4-byte key and value.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            1,
+            attr.as_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EPERM)
 }
 
 /// This process's thread count, from /proc/self/status (1 if unreadable: then the sets of
