@@ -74,9 +74,9 @@ enum Task {
         #[arg(long = "baseline-binary", value_name = "FILE")]
         baseline_binary: Option<PathBuf>,
     },
-    /// Run the kernel integration tests (kernel, trace, daemon, limits) on Debian's 5.10, 6.1
-    /// and 6.12 kernels, each booted in qemu; the serial console goes to stdout and to
-    /// target/vm-test/<series>/console.log. One verdict line per kernel at the end.
+    /// Run the kernel integration tests (kernel, trace, daemon, limits, faults) on Debian's
+    /// 5.10, 6.1 and 6.12 kernels, each booted in qemu; the serial console goes to stdout and
+    /// to target/vm-test/<series>/console.log. One verdict line per kernel at the end.
     VmTest {
         /// A kernel series to test (repeatable); default: all of them.
         #[arg(long = "kernel", value_name = "SERIES",
@@ -189,7 +189,9 @@ const BPF_LINKER_LLVM: std::ops::RangeInclusive<u32> = 21..=23;
 /// which the exporter and the alerting rules are checked; `systemd` brings
 /// `systemd-analyze` for the unit; `util-linux` brings `setpriv` for the capability test;
 /// `qemu-system-x86` and `busybox-static` boot other kernels for `cargo xtask vm-test`;
-/// `golang-go` brings `go tool pprof`, which reads the heap profiles back.
+/// `golang-go` brings `go tool pprof`, which reads the heap profiles back; `bpftool` lists the
+/// kernel's programs and links, which the SIGKILL fault test checks are gone after the daemon
+/// is killed (on the host and, copied into the initramfs, in the VMs).
 const DEBIAN_PACKAGES: &[&str] = &[
     "prometheus",
     "systemd",
@@ -198,6 +200,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
     "golang-go",
+    "bpftool",
 ];
 
 fn setup() -> anyhow::Result<()> {

@@ -1,14 +1,17 @@
-//! `cargo xtask vm-test`: the kernel integration tests (`kernel`, `trace`, `daemon`, `limits`)
-//! on other kernels, each booted in qemu from a gzip'd initramfs.
+//! `cargo xtask vm-test`: the kernel integration tests (`kernel`, `trace`, `daemon`, `limits`,
+//! `faults`) on other kernels, each booted in qemu from a gzip'd initramfs.
 //!
 //! Per kernel series: Debian's newest `linux-image-*` package of that series is fetched with a
 //! private apt configuration (its own sources, lists and cache under
 //! `$XDG_CACHE_HOME/memtrace-vm`, the mirrors read from the system's sources; the system's apt
-//! state is never touched), and its `boot/vmlinuz-*` is kept there. The test binaries are built
-//! once; the initramfs holds busybox, the memtrace binary and the test binaries at the absolute
+//! state is never touched), and its `boot/vmlinuz-*` and one module without dependencies
+//! ([`TEST_MODULE`], decompressed) are kept there. The test binaries are built once; the
+//! initramfs holds busybox, bpftool, the memtrace binary and the test binaries at the absolute
 //! paths cargo built them at (the tests name the binary by its compiled-in path), their shared
 //! libraries, and an `/init` that mounts what the tests need, runs every test binary with
-//! markers around its output on the serial console, and powers off. The console goes to
+//! markers around its output on the serial console, and powers off. Each kernel's module is a
+//! second, small archive appended to that initramfs (the kernel unpacks concatenated
+//! archives), at [`MODULE_IN_VM`], named to the tests by `MEMTRACE_TEST_MODULE`. The console goes to
 //! stdout and to `target/vm-test/<series>/console.log`; the markers and libtest's summary lines
 //! give one verdict line per kernel.
 
@@ -56,7 +59,15 @@ pub const SERIES: &[Series] = &[
 /// The integration test binaries run in the VM (`memtrace/tests/<name>.rs`). The others need
 /// programs the VM does not have (prometheus, promtool, tmux, systemd-analyze,
 /// kubernetes-validate) or test no kernel.
-const TEST_BINARIES: &[&str] = &["kernel", "trace", "daemon", "limits"];
+const TEST_BINARIES: &[&str] = &["kernel", "trace", "daemon", "limits", "faults"];
+
+/// The module the fault tests load and unload in the VM (the host may have no module
+/// support): `dummy`, a network driver with no dependency, in every Debian kernel, under
+/// `lib/modules/<release>/` of the image package (compressed or not).
+const TEST_MODULE: &str = "kernel/drivers/net/dummy.ko";
+/// Where the module is in the VM (uncompressed: busybox cannot insmod an xz'd module, nor
+/// the kernel take one through `finit_module` before 6.x's in-kernel decompression).
+const MODULE_IN_VM: &str = "/lib/modules/memtrace-test/dummy.ko";
 
 /// The suites the private sources list names: 6.1 and 6.12 are in bookworm(-security), 5.10 in
 /// bullseye(-security).
@@ -102,8 +113,8 @@ pub fn run(target_dir: &Path, opts: &Options) -> anyhow::Result<()> {
     let built = build()?;
     let out = target_dir.join("vm-test");
     std::fs::create_dir_all(&out).with_context(|| format!("create {}", out.display()))?;
-    let initrd = out.join("initramfs.cpio.gz");
-    write_initramfs(&built, &opts.test_args, &initrd)?;
+    let base_initrd = out.join("initramfs.cpio.gz");
+    write_initramfs(&built, &opts.test_args, &base_initrd)?;
     let names: Vec<String> = built.tests.iter().map(|(n, _)| n.clone()).collect();
 
     let cache = cache_dir()?;
@@ -129,9 +140,16 @@ pub fn run(target_dir: &Path, opts: &Options) -> anyhow::Result<()> {
             elapsed: Duration::ZERO,
             console,
         };
-        match apt.kernel(s, &cache.join("kernels")) {
+        let fetched = apt
+            .kernel(s, &cache.join("kernels"))
+            .and_then(|(p, v, module)| {
+                let initrd = out.join(s.name).join("initramfs.cpio.gz");
+                with_module(&base_initrd, &module, &initrd)?;
+                Ok((p, v, initrd))
+            });
+        match fetched {
             Err(e) => run.outcome = Outcome::Error(format!("{e:#}")),
-            Ok((package, vmlinuz)) => {
+            Ok((package, vmlinuz, initrd)) => {
                 run.package = package;
                 eprintln!(
                     "xtask: vm-test {}: booting {} ({}), console in {}",
@@ -486,6 +504,52 @@ fn busybox() -> anyhow::Result<PathBuf> {
         .context("busybox is missing: run `cargo xtask setup` (it installs busybox-static)")
 }
 
+fn bpftool() -> anyhow::Result<PathBuf> {
+    ["/usr/sbin/bpftool", "/sbin/bpftool", "/usr/bin/bpftool"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .context("bpftool is missing: run `cargo xtask setup` (it installs bpftool)")
+}
+
+/// Writes to `dest` the initramfs `base` followed by a second archive holding `module` at
+/// [`MODULE_IN_VM`] (the kernel unpacks both, one after the other).
+fn with_module(base: &Path, module: &Path, dest: &Path) -> anyhow::Result<()> {
+    let mut cpio = Cpio::default();
+    let data = std::fs::read(module).with_context(|| format!("read {}", module.display()))?;
+    cpio.file(MODULE_IN_VM, 0o644, &data);
+    let extra = gzip(&cpio.finish())?;
+    let mut all = std::fs::read(base).with_context(|| format!("read {}", base.display()))?;
+    all.extend_from_slice(&extra);
+    if let Some(parent) = dest.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(dest, all).with_context(|| format!("write {}", dest.display()))
+}
+
+/// `data` through `gzip -1`.
+fn gzip(data: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let mut child = Command::new("gzip")
+        .arg("-1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("cannot start gzip")?;
+    let mut stdin = child.stdin.take().context("gzip's stdin")?;
+    let data = data.to_vec();
+    // Written from a thread: gzip's output fills its pipe while the input is still coming.
+    let writer = std::thread::spawn(move || stdin.write_all(&data));
+    let out = child.wait_with_output().context("gzip")?;
+    writer
+        .join()
+        .map_err(|_| anyhow!("the gzip writer panicked"))?
+        .context("write to gzip")?;
+    if !out.status.success() {
+        bail!("gzip failed with {}", out.status);
+    }
+    Ok(out.stdout)
+}
+
 /// `s` as one shell word.
 fn shell_quote(s: &str) -> String {
     if !s.is_empty()
@@ -539,6 +603,8 @@ else
 fi
 ip link set lo up
 export CI=1 RUST_BACKTRACE=1 RUST_LOG=info HOME=/root TMPDIR=/tmp
+# The fault tests: they run under emulation (looser time bounds), and load this module.
+export MEMTRACE_VM=1 MEMTRACE_TEST_MODULE={MODULE_IN_VM}
 echo "=== memtrace-vm: UNAME $(uname -r)"
 "#
     );
@@ -577,6 +643,8 @@ fn write_initramfs(built: &Built, args: &[String], dest: &Path) -> anyhow::Resul
     let busybox = busybox()?;
     let mut files: BTreeMap<PathBuf, PathBuf> = BTreeMap::new();
     files.insert("/bin/busybox".into(), busybox.clone());
+    // The SIGKILL fault test lists programs and links with it.
+    files.insert("/bin/bpftool".into(), bpftool()?);
     files.insert(built.memtrace.clone(), built.memtrace.clone());
     for (_, t) in &built.tests {
         files.insert(t.clone(), t.clone());
@@ -600,22 +668,7 @@ fn write_initramfs(built: &Built, args: &[String], dest: &Path) -> anyhow::Resul
     cpio.file("init", 0o755, init.as_bytes());
     let archive = cpio.finish();
 
-    let file = std::fs::File::create(dest).with_context(|| format!("create {}", dest.display()))?;
-    let mut gzip = Command::new("gzip")
-        .arg("-1")
-        .stdin(Stdio::piped())
-        .stdout(file)
-        .spawn()
-        .context("cannot start gzip")?;
-    gzip.stdin
-        .take()
-        .context("gzip's stdin")?
-        .write_all(&archive)
-        .context("write to gzip")?;
-    let st = gzip.wait()?;
-    if !st.success() {
-        bail!("gzip failed with {st}");
-    }
+    std::fs::write(dest, gzip(&archive)?).with_context(|| format!("write {}", dest.display()))?;
     eprintln!(
         "xtask: vm-test: wrote {} ({} MiB uncompressed)",
         dest.display(),
@@ -846,9 +899,13 @@ impl Apt {
         .collect()
     }
 
-    /// The newest image package of `series` and its vmlinuz, downloaded into `kernels` unless
-    /// it is there already.
-    fn kernel(&self, series: &Series, kernels: &Path) -> anyhow::Result<(String, PathBuf)> {
+    /// The newest image package of `series`, its vmlinuz and its [`TEST_MODULE`]
+    /// (decompressed), downloaded into `kernels` unless they are there already.
+    fn kernel(
+        &self,
+        series: &Series,
+        kernels: &Path,
+    ) -> anyhow::Result<(String, PathBuf, PathBuf)> {
         let found = crate::output(Command::new("apt-cache").args(self.options()).args([
             "search",
             "--names-only",
@@ -857,13 +914,14 @@ impl Apt {
         let package = newest_package(series, &found)
             .with_context(|| format!("no package matches {} in the archive", series.search))?;
         let dir = kernels.join(&package);
-        if let Some(v) = find_vmlinuz(&dir) {
+        let module = dir.join("dummy.ko");
+        if let (Some(v), true) = (find_vmlinuz(&dir), module.is_file()) {
             eprintln!(
                 "xtask: vm-test {}: {package} is cached in {}",
                 series.name,
                 dir.display()
             );
-            return Ok((package, v));
+            return Ok((package, v, module));
         }
         let debs = self.dir.join("debs");
         crate::status(
@@ -888,14 +946,59 @@ impl Apt {
         crate::status(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tmp))?;
         let extracted = find_vmlinuz(&tmp.join("boot"))
             .with_context(|| format!("{} has no boot/vmlinuz-*", deb.display()))?;
+        let packed =
+            find_module(&tmp).with_context(|| format!("{} has no {TEST_MODULE}", deb.display()))?;
         std::fs::create_dir_all(&dir)?;
         let dest = dir.join(extracted.file_name().context("vmlinuz has a name")?);
         std::fs::copy(&extracted, &dest)
             .with_context(|| format!("copy {} to {}", extracted.display(), dest.display()))?;
+        let data = decompress_module(&packed)?;
+        std::fs::write(&module, data).with_context(|| format!("write {}", module.display()))?;
         std::fs::remove_dir_all(&tmp)?;
         std::fs::remove_file(&deb)?;
-        Ok((package, dest))
+        Ok((package, dest, module))
     }
+}
+
+/// [`TEST_MODULE`] (perhaps `.xz` or `.zst`) under the `lib/modules/<release>/` of an
+/// extracted image package (`usr/lib/modules` on a merged /usr).
+fn find_module(root: &Path) -> Option<PathBuf> {
+    for base in ["lib/modules", "usr/lib/modules"] {
+        let Ok(releases) = std::fs::read_dir(root.join(base)) else {
+            continue;
+        };
+        for r in releases.filter_map(Result::ok) {
+            for ext in ["", ".xz", ".zst"] {
+                let p = r.path().join(format!("{TEST_MODULE}{ext}"));
+                if p.is_file() {
+                    return Some(p);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// A module file's ELF bytes: as is, or through `xz -dc` / `zstd -dc`.
+fn decompress_module(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let tool = match path.extension().and_then(|e| e.to_str()) {
+        Some("xz") => "xz",
+        Some("zst") => "zstd",
+        _ => return std::fs::read(path).with_context(|| format!("read {}", path.display())),
+    };
+    let out = Command::new(tool)
+        .arg("-dc")
+        .arg(path)
+        .output()
+        .with_context(|| format!("cannot start {tool} to decompress {}", path.display()))?;
+    if !out.status.success() || !out.stdout.starts_with(b"\x7fELF") {
+        bail!(
+            "{tool} -dc {} failed: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(out.stdout)
 }
 
 fn find_vmlinuz(dir: &Path) -> Option<PathBuf> {
@@ -1546,11 +1649,11 @@ not json"#;
             (
                 true,
                 "vm-test: 6.12.117+deb12-amd64 (6.12): ok — kernel 2 passed, trace 2 passed, \
-                 daemon 2 passed, limits 2 passed in 30 s"
+                 daemon 2 passed, limits 2 passed, faults 2 passed in 30 s"
                     .to_string()
             )
         );
-        assert_eq!(run.totals(&names), (8, 0));
+        assert_eq!(run.totals(&names), (10, 0));
     }
 
     #[test]
@@ -1574,6 +1677,9 @@ not json"#;
              echo \"=== memtrace-vm: END kernel rc=$?\"\n"
         ));
         assert!(s.ends_with("echo \"=== memtrace-vm: DONE\"\npoweroff -f\n"));
+        assert!(s.contains(&format!(
+            "export MEMTRACE_VM=1 MEMTRACE_TEST_MODULE={MODULE_IN_VM}\n"
+        )));
         assert!(s.contains("\nmount -t tmpfs tmpfs /tmp\n"));
         // A workspace under /tmp must not be hidden by a tmpfs mounted there.
         let tests = vec![(
@@ -1622,6 +1728,72 @@ not json"#;
         f.filter(b"\x1bc\x1b[?7l\x1b[2J\x1b[0mSeaBIOS\r\n\x1b[3", &mut out);
         f.filter(b"2m INFO\x1b[0m [x]\n", &mut out);
         assert_eq!(out, b"SeaBIOS\r\n INFO [x]\n");
+    }
+
+    /// A scratch directory of its own, emptied first.
+    fn scratch(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("xtask-vm-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn the_module_is_found_and_decompressed() {
+        let root = scratch("module");
+        assert!(find_module(&root).is_none());
+        let dir = root.join("lib/modules/6.1.0-9-amd64/kernel/drivers/net");
+        std::fs::create_dir_all(&dir).unwrap();
+        let elf = b"\x7fELF fake module".to_vec();
+        std::fs::write(dir.join("dummy.ko.raw"), &elf).unwrap();
+        let xz = Command::new("xz")
+            .args(["-c", "-z"])
+            .arg(dir.join("dummy.ko.raw"))
+            .output()
+            .expect("xz");
+        assert!(xz.status.success());
+        std::fs::write(dir.join("dummy.ko.xz"), &xz.stdout).unwrap();
+        let found = find_module(&root).expect("found");
+        assert!(
+            found.ends_with("kernel/drivers/net/dummy.ko.xz"),
+            "{found:?}"
+        );
+        assert_eq!(decompress_module(&found).unwrap(), elf);
+        // Not an ELF once decompressed: refused.
+        std::fs::write(dir.join("bad.xz"), &xz.stdout[..xz.stdout.len() / 2]).unwrap();
+        assert!(decompress_module(&dir.join("bad.xz")).is_err());
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn the_module_archive_follows_the_base() {
+        let dir = scratch("initrd");
+        let mut base = Cpio::default();
+        base.file("init", 0o755, b"#!/bin/sh\n");
+        std::fs::write(dir.join("base.gz"), gzip(&base.finish()).unwrap()).unwrap();
+        std::fs::write(dir.join("dummy.ko"), b"\x7fELF module bytes").unwrap();
+        with_module(
+            &dir.join("base.gz"),
+            &dir.join("dummy.ko"),
+            &dir.join("all.gz"),
+        )
+        .unwrap();
+        // gzip reads the concatenated members as the kernel does: both archives, in order.
+        let out = Command::new("gzip")
+            .arg("-dc")
+            .arg(dir.join("all.gz"))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout);
+        let init = text.find("init\0").expect("the base archive");
+        let module = text
+            .find(&format!("{}\0", MODULE_IN_VM.trim_start_matches('/')))
+            .expect("the module archive");
+        assert!(init < module);
+        assert!(text.contains("ELF module bytes"));
+        assert_eq!(text.matches("TRAILER!!!").count(), 2);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

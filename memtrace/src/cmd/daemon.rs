@@ -24,8 +24,10 @@ use crate::{
         AttachPreference, Tracer, TracerOptions,
         events::{self, Kind},
     },
+    cmd::serial::{JobError, Serial},
     export::{
         self, Exporter, LabelLimits,
+        collect::{self, Collection, Health},
         record::{Clock, SeqRecord},
     },
     kernel::{self, caps},
@@ -194,9 +196,20 @@ fn parse_telemetry_path(s: &str) -> Result<String, String> {
 }
 
 struct AppState {
-    /// The programs and the label state; one scrape at a time reads the maps. Taken before
+    /// The programs and the label state. Only jobs run through `jobs` take it (reading maps
+    /// and /proc and symbolizing block: never on the runtime's workers). Taken before
     /// `profile` where both are.
     inner: Mutex<(Tracer, Exporter)>,
+    /// Runs the handlers' blocking work on the blocking pool, one job at a time: a second
+    /// concurrent scrape waits (asynchronously) for the first to finish and then collects
+    /// afresh, so concurrent scrapes cost one blocking thread, and each scrape's figures are
+    /// its own (see [`Serial`]).
+    jobs: Serial,
+    /// Each collector's state across scrapes: a failure is logged when it starts and ends.
+    health: Mutex<Health>,
+    /// Why the last profile tick could not remove aged-out samples from the kernel (`None`
+    /// since one could): the `profile` collector is down meanwhile.
+    tick_error: Mutex<Option<String>>,
     /// The heap profile, when on.
     profile: Option<Arc<Mutex<Profiler>>>,
     /// When the daemon started: the heap profile's start.
@@ -385,6 +398,9 @@ pub async fn serve(started: Started) -> anyhow::Result<()> {
     let kernel = kernel::release();
     let state = Arc::new(AppState {
         inner: Mutex::new((tracer, exporter)),
+        jobs: Serial::default(),
+        health: Mutex::default(),
+        tick_error: Mutex::default(),
         profile,
         started: std::time::SystemTime::now(),
         notable,
@@ -429,25 +445,47 @@ const TICK_SECONDS: u64 = 10;
 /// Points of each stack's live-bytes window: ten minutes.
 const LEAK_WINDOW: usize = 60;
 
+/// How long a request waits for its turn at the shared state (see [`Serial`]) before it is
+/// answered without it: well under Prometheus' default scrape timeout (10 s).
+const TURN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `m` locked, even if a panic poisoned it (the state stays usable).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Every tick: each stack's live bytes into its window, and the aged-out samples out of the
-/// kernel's live map.
+/// kernel's live map (a blocking job: it deletes map entries). A tick whose turn does not
+/// come is skipped: the next one does its work.
 async fn tick(state: Arc<AppState>) {
-    let Some(profile) = state.profile.clone() else {
+    if state.profile.is_none() {
         return;
-    };
+    }
     let mut every = tokio::time::interval(std::time::Duration::from_secs(TICK_SECONDS));
     loop {
         every.tick().await;
-        let old = {
-            let mut p = profile.lock().unwrap_or_else(|p| p.into_inner());
-            p.tick(crate::profile::monotonic_ns())
-        };
-        if old.is_empty() {
-            continue;
-        }
-        let mut inner = state.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = inner.0.forget_live(&old) {
-            tracing::warn!("removing aged-out samples from the kernel failed: {e:#}");
+        let job = state.clone();
+        let done = state
+            .jobs
+            .run(TURN_WAIT, move || {
+                let Some(profile) = &job.profile else {
+                    return;
+                };
+                let old = lock(profile).tick(crate::profile::monotonic_ns());
+                if old.is_empty() {
+                    return;
+                }
+                let result = lock(&job.inner).0.forget_live(&old);
+                *lock(&job.tick_error) = result.err().map(|e| {
+                    format!(
+                        "removing aged-out samples from the kernel failed: {}",
+                        crate::bpf::one_line(e.as_ref())
+                    )
+                });
+            })
+            .await;
+        if let Err(e) = done {
+            tracing::debug!("profile tick skipped: {e}");
         }
     }
 }
@@ -461,35 +499,62 @@ fn profiling_off() -> Response {
         .into_response()
 }
 
+/// The reply to a request whose blocking job did not run.
+fn unavailable(e: &JobError) -> Response {
+    (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response()
+}
+
 async fn serve_heap(State(state): State<Arc<AppState>>) -> Response {
-    let Some(profile) = &state.profile else {
+    if state.profile.is_none() {
         return profiling_off();
-    };
-    let report = {
-        let mut inner = state.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let p = profile.lock().unwrap_or_else(|p| p.into_inner());
-        crate::profile::report_since(&p, inner.1.symbols(), state.started)
-    };
-    (
-        [
-            (header::CONTENT_TYPE, "application/octet-stream"),
-            (header::CONTENT_DISPOSITION, "attachment; filename=\"heap\""),
-        ],
-        crate::profile::pprof::encode(&report),
-    )
-        .into_response()
+    }
+    let job = state.clone();
+    let report = state
+        .jobs
+        .run(TURN_WAIT, move || {
+            let profile = job.profile.as_ref()?;
+            let inner = lock(&job.inner);
+            let p = lock(profile);
+            Some(crate::profile::report_since(
+                &p,
+                inner.1.symbols(),
+                job.started,
+            ))
+        })
+        .await;
+    match report {
+        Ok(Some(report)) => (
+            [
+                (header::CONTENT_TYPE, "application/octet-stream"),
+                (header::CONTENT_DISPOSITION, "attachment; filename=\"heap\""),
+            ],
+            crate::profile::pprof::encode(&report),
+        )
+            .into_response(),
+        Ok(None) => profiling_off(),
+        Err(e) => unavailable(&e),
+    }
 }
 
 async fn serve_leaks(State(state): State<Arc<AppState>>) -> Response {
-    let Some(profile) = &state.profile else {
+    if state.profile.is_none() {
         return profiling_off();
-    };
-    let suspects = {
-        let mut inner = state.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let p = profile.lock().unwrap_or_else(|p| p.into_inner());
-        p.suspects(inner.1.symbols(), crate::profile::monotonic_ns())
-    };
-    json(&suspects)
+    }
+    let job = state.clone();
+    let suspects = state
+        .jobs
+        .run(TURN_WAIT, move || {
+            let profile = job.profile.as_ref()?;
+            let inner = lock(&job.inner);
+            let p = lock(profile);
+            Some(p.suspects(inner.1.symbols(), crate::profile::monotonic_ns()))
+        })
+        .await;
+    match suspects {
+        Ok(Some(s)) => json(&s),
+        Ok(None) => profiling_off(),
+        Err(e) => unavailable(&e),
+    }
 }
 
 /// `value` as a JSON response (a 500 with the reason if it cannot be encoded).
@@ -513,9 +578,23 @@ const RECENT_FAILURES: usize = 256;
 struct NotableCounts {
     counts: Mutex<BTreeMap<(Allocator, Kind), u64>>,
     recent: Mutex<(u64, VecDeque<(u64, NotableEvent)>)>,
+    /// Why the drain of the ring buffer stopped (`None` while it runs): the `notable`
+    /// collector is down from then on.
+    stopped: Mutex<Option<String>>,
 }
 
 impl NotableCounts {
+    /// The `notable` collector: the counts, while the drain runs.
+    fn collect(&self, out: &mut Vec<prometheus::proto::MetricFamily>) -> Result<(), String> {
+        if let Some(why) = &*lock(&self.stopped) {
+            return Err(format!(
+                "the notable-event ring buffer is no longer read: {why}"
+            ));
+        }
+        out.push(self.family());
+        Ok(())
+    }
+
     fn family(&self) -> prometheus::proto::MetricFamily {
         let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         let mut all = Vec::new();
@@ -529,22 +608,23 @@ impl NotableCounts {
     }
 }
 
-/// Drains the notable-event ring buffer whenever the kernel signals it.
+/// Drains the notable-event ring buffer whenever the kernel signals it. If polling fails it
+/// stops, and says why in [`NotableCounts::stopped`] (the `notable` collector reports it).
 async fn drain_events(ring: RingBuf<MapData>, counts: Arc<NotableCounts>) {
+    let why = drain_events_until_error(ring, &counts).await;
+    *lock(&counts.stopped) = Some(why);
+}
+
+/// [`drain_events`] until polling fails: why.
+async fn drain_events_until_error(ring: RingBuf<MapData>, counts: &NotableCounts) -> String {
     let mut fd = match events::poll(ring) {
         Ok(fd) => fd,
-        Err(e) => {
-            tracing::error!("{e}");
-            return;
-        }
+        Err(e) => return e.to_string(),
     };
     loop {
         let mut guard = match fd.readable_mut().await {
             Ok(g) => g,
-            Err(e) => {
-                tracing::error!("polling the events ring buffer failed: {e}");
-                return;
-            }
+            Err(e) => return format!("polling the events ring buffer failed: {e}"),
         };
         let mut local = Vec::new();
         events::drain(guard.get_inner_mut(), |e| local.push(e));
@@ -602,52 +682,78 @@ async fn landing(State(state): State<Arc<AppState>>) -> Html<String> {
 }
 
 async fn serve_failures(State(state): State<Arc<AppState>>) -> Response {
-    let raw: Vec<(u64, NotableEvent)> = {
-        let recent = state
-            .notable
-            .recent
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        recent.1.iter().cloned().collect()
-    };
-    let records: Vec<SeqRecord> = {
-        let mut inner = state.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let exporter = &mut inner.1;
-        raw.iter()
-            .map(|(seq, e)| SeqRecord {
-                seq: *seq,
-                record: exporter.record(e, &state.clock),
-            })
-            .collect()
-    };
-    json(&records)
+    let raw: Vec<(u64, NotableEvent)> = lock(&state.notable.recent).1.iter().cloned().collect();
+    let job = state.clone();
+    let records = state
+        .jobs
+        .run(TURN_WAIT, move || {
+            let mut inner = lock(&job.inner);
+            let exporter = &mut inner.1;
+            raw.iter()
+                .map(|(seq, e)| SeqRecord {
+                    seq: *seq,
+                    record: exporter.record(e, &job.clock),
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+    match records {
+        Ok(r) => json(&r),
+        Err(e) => unavailable(&e),
+    }
 }
 
-async fn serve_metrics(State(state): State<Arc<AppState>>) -> Response {
-    let families = {
-        let mut inner = state.inner.lock().unwrap_or_else(|p| p.into_inner());
+/// Every family of one scrape, from every collector (a blocking job: see [`AppState::jobs`]).
+fn collect_all(state: &AppState) -> Vec<prometheus::proto::MetricFamily> {
+    let mut c = Collection::new();
+    {
+        let mut inner = lock(&state.inner);
         let (tracer, exporter) = &mut *inner;
-        let profile = state
-            .profile
-            .as_ref()
-            .map(|p| p.lock().unwrap_or_else(|p| p.into_inner()));
-        export::kernel_families(tracer, exporter, profile.as_deref()).map(|mut f| {
-            f.push(state.notable.family());
-            f
-        })
+        let profile = state.profile.as_deref().map(|p| {
+            let health = match (&lock(p).drain_stopped, &*lock(&state.tick_error)) {
+                (Some(why), _) => Err(format!("the profile ring buffer is no longer read: {why}")),
+                (None, Some(why)) => Err(why.clone()),
+                (None, None) => Ok(()),
+            };
+            (p, health)
+        });
+        collect::kernel(
+            &mut c,
+            collect::Kernel {
+                tracer,
+                exporter,
+                profile,
+            },
+        );
+    }
+    c.run(collect::NOTABLE, |out| state.notable.collect(out));
+    c.extend(state.registry.gather());
+    c.finish(&mut lock(&state.health))
+}
+
+/// The collectors a scrape would have run, each down for `why` (its turn did not come).
+fn collectors_down(state: &AppState, why: &JobError) -> Vec<prometheus::proto::MetricFamily> {
+    let mut c = Collection::new();
+    let mut names = vec![collect::SYMBOLIZER, collect::MAPS, collect::LIMITS];
+    if state.profile.is_some() {
+        names.push(collect::PROFILE);
+    }
+    names.push(collect::NOTABLE);
+    for name in names {
+        c.run(name, |_| Err(why.to_string()));
+    }
+    c.finish(&mut lock(&state.health))
+}
+
+/// /metrics: always 200 while the process lives. A collector that fails is left out (and
+/// says so in `memtrace_collector_up`); a scrape whose turn does not come in [`TURN_WAIT`]
+/// answers with every collector down.
+async fn serve_metrics(State(state): State<Arc<AppState>>) -> Response {
+    let job = state.clone();
+    let families = match state.jobs.run(TURN_WAIT, move || collect_all(&job)).await {
+        Ok(f) => f,
+        Err(e) => collectors_down(&state, &e),
     };
-    let mut families = match families {
-        Ok(v) => v,
-        Err(e) => {
-            tracing::error!("reading kernel maps failed: {e:#}");
-            return (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("reading kernel maps failed: {e:#}\n"),
-            )
-                .into_response();
-        }
-    };
-    families.extend(state.registry.gather());
     let encoder = TextEncoder::new();
     let mut buf = Vec::new();
     if let Err(e) = encoder.encode(&families, &mut buf) {

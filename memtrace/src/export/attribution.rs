@@ -51,12 +51,12 @@ fn usage_series(
 
 impl Exporter {
     /// The function a call site belongs to (never its address).
-    fn function(&mut self, addr: u64) -> String {
+    fn function(&self, addr: u64) -> String {
         if addr == 0 {
             return crate::label::OTHER.to_string();
         }
-        match &mut self.symbols {
-            Some(s) => s.get().function(addr),
+        match self.symbols() {
+            Some(s) => s.function(addr),
             None => crate::label::UNKNOWN.to_string(),
         }
     }

@@ -2,11 +2,13 @@
 //! aggregates are read at scrape time and emitted as constant metric families (the
 //! ebpf_exporter model), one module per topic: allocations, attribution, pages, limits and
 //! memtrace's own status; process metrics come from the prometheus crate's process
-//! collector. [`record`] is the one schema of a notable event, [`scrape`] reads an
+//! collector. [`collect`] runs a scrape's collectors (each reporting its health, none
+//! failing the scrape). [`record`] is the one schema of a notable event, [`scrape`] reads an
 //! exposition back.
 
 mod allocations;
 mod attribution;
+pub mod collect;
 mod limits;
 pub mod names;
 mod pages;
@@ -24,30 +26,7 @@ use prometheus::proto::MetricFamily;
 use crate::{
     bpf::{ProbeStatus, Snapshot},
     label::{cardinality::Limiter, gfp::GfpTable},
-    profile::live::Profiler,
 };
-
-/// Every kernel-derived family of one scrape: the maps, read now, and the limits collector
-/// (which, failing, says so in `memtrace_collector_up` instead of failing the scrape).
-pub fn kernel_families(
-    tracer: &crate::bpf::Tracer,
-    exporter: &mut Exporter,
-    profile: Option<&Profiler>,
-) -> anyhow::Result<Vec<MetricFamily>> {
-    let snap = tracer.snapshot()?;
-    let mut f = exporter.families(&snap, tracer.probes(), profile);
-    match crate::limits::collect(&crate::limits::Sources::live()) {
-        Ok(l) => {
-            f.extend(limits_families(&l));
-            f.push(collector_up("limits", true));
-        }
-        Err(e) => {
-            tracing::warn!("limits collector failed: {e}");
-            f.push(collector_up("limits", false));
-        }
-    }
-    Ok(f)
-}
 
 /// What turns raw kernel aggregates into labelled series: the running kernel's names for
 /// GFP values and migrate types, its page-block order, and the bounded `cache` label.
@@ -57,8 +36,8 @@ pub struct Exporter {
     pageblock_order: Option<u32>,
     kernel: String,
     caches: Limiter,
-    /// Call sites become function names through this; `None` when kallsyms is unreadable
-    /// (then every call site reads `function="unknown"`).
+    /// Call sites become function names through this (while it has no table, every call
+    /// site reads `function="unknown"`); `None` only where no symbolizer is wanted (tests).
     symbols: Option<crate::label::symbolize::Cached>,
     callsites: BTreeMap<Allocator, Limiter>,
     processes: BTreeMap<Allocator, Limiter>,
@@ -70,6 +49,10 @@ pub struct Exporter {
     /// The `function` series of `memtrace_live_bytes`, per allocator.
     live_series: BTreeMap<Allocator, profile::LiveSeries>,
 }
+
+/// How often the daemon checks whether the kernel's modules changed (then reloads the
+/// symbols).
+pub const SYMBOLS_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Bounds of the attribution labels.
 #[derive(Debug, Clone, Copy)]
@@ -107,7 +90,8 @@ impl Exporter {
 
     /// An exporter for the running kernel: its GFP names (from tracefs), the tracer's
     /// migrate-type names, its page-block order and `/proc/kallsyms`. What cannot be read
-    /// degrades to `other`/`unknown` labels, with a warning.
+    /// degrades to `other`/`unknown` labels: the GFP names with a warning here, the symbols
+    /// as the `symbolizer` collector's status ([`Exporter::refresh_symbols`]).
     pub fn for_running_kernel(migratetypes: BTreeMap<u32, String>, limits: LabelLimits) -> Self {
         let gfp = match GfpTable::from_kernel() {
             Ok(t) => Some(t),
@@ -116,23 +100,14 @@ impl Exporter {
                 None
             }
         };
-        let symbols = match crate::label::symbolize::Cached::new(std::time::Duration::from_secs(10))
-        {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!(
-                    "call sites cannot be symbolized ({e}); function labels read \"unknown\""
-                );
-                None
-            }
-        };
+        let symbols = crate::label::symbolize::Cached::new(SYMBOLS_CHECK_INTERVAL);
         Exporter::new(
             gfp,
             migratetypes,
             crate::kernel::pageblock_order(),
             crate::kernel::release(),
             limits,
-            symbols,
+            Some(symbols),
         )
     }
 
@@ -143,8 +118,7 @@ impl Exporter {
         e: &memtrace_common::NotableEvent,
         clock: &record::Clock,
     ) -> record::EventRecord {
-        let symbols = self.symbols.as_mut().map(|s| s.get());
-        record::EventRecord::new(e, self.gfp.as_ref(), symbols, None, clock)
+        record::EventRecord::new(e, self.gfp.as_ref(), self.symbols(), None, clock)
     }
 
     /// Names memory cgroups (the `cgroup` label) with `resolver`.
@@ -167,34 +141,49 @@ impl Exporter {
             .unwrap_or_else(|| mt.to_string())
     }
 
-    /// The kernel's symbols (reloaded when modules change), if kallsyms is readable.
-    pub fn symbols(&mut self) -> Option<&crate::label::symbolize::Symbolizer> {
-        self.symbols.as_mut().map(|s| s.get())
+    /// The kernel's symbols as last loaded, if a load has succeeded ([`refresh_symbols`]
+    /// reloads them when the modules change).
+    ///
+    /// [`refresh_symbols`]: Exporter::refresh_symbols
+    pub fn symbols(&self) -> Option<&crate::label::symbolize::Symbolizer> {
+        self.symbols.as_ref().and_then(|s| s.table())
     }
 
-    /// Builds every kernel-derived metric family from one snapshot, and the heap profile's
-    /// when profiling is on.
+    /// Reloads the symbols if the kernel's modules changed (checked at most every
+    /// [`SYMBOLS_CHECK_INTERVAL`]); `Ok` when a table is loaded and the last load succeeded,
+    /// else why not, in one line. The `symbolizer` collector: the one caller that reloads.
+    pub fn refresh_symbols(&mut self) -> Result<(), String> {
+        match &mut self.symbols {
+            Some(s) => s.refresh(),
+            None => Err("no symbolizer".to_string()),
+        }
+    }
+
+    /// How many times the symbols were reloaded after the modules changed.
+    pub fn symbol_reloads(&self) -> u64 {
+        self.symbols.as_ref().map_or(0, |s| s.reloads())
+    }
+
+    /// Builds every family of the kernel maps from one snapshot (the `maps` collector's);
+    /// `profile`, when profiling is on, adds its lost samples to `memtrace_events_lost_total`.
     pub fn families(
         &mut self,
         snap: &Snapshot,
         probes: &[ProbeStatus],
-        profile: Option<&Profiler>,
+        profile: Option<ProfileLosses>,
     ) -> Vec<MetricFamily> {
         let mut out = Vec::new();
         self.allocation_families(snap, &mut out);
         self.attribution(snap, &mut out);
         self.page_families(snap, &mut out);
         self.status_families(snap, probes, profile, &mut out);
-        if let Some(p) = profile {
-            self.profile_families(p, &mut out);
-        }
         out.retain(|f| !f.get_metric().is_empty());
         out
     }
 }
 
 pub use limits::limits_families;
-pub use status::{collector_up, notable_family};
+pub use status::{ProfileLosses, notable_family};
 
 #[cfg(test)]
 mod tests {

@@ -13,8 +13,8 @@ use super::{
 use crate::{label::OTHER, profile::live::Profiler};
 
 impl Exporter {
-    /// The heap profile's families.
-    pub(super) fn profile_families(&mut self, p: &Profiler, out: &mut Vec<MetricFamily>) {
+    /// The heap profile's families (the `profile` collector's).
+    pub fn profile_families(&mut self, p: &Profiler, out: &mut Vec<MetricFamily>) {
         let by = p.by_function(self.symbols());
         let now = crate::profile::monotonic_ns();
         let max = self.limits.callsites;

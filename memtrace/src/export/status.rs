@@ -1,5 +1,5 @@
 //! memtrace's own state: events it lost, probes attached, its build, each collector's
-//! health, and the notable events read from the kernel.
+//! health and time, symbol reloads, and the notable events read from the kernel.
 
 use memtrace_common::Counter;
 use prometheus::proto::{MetricFamily, MetricType};
@@ -13,13 +13,32 @@ use crate::{
     profile::live::Profiler,
 };
 
+/// The heap profile's own losses, read from the [`Profiler`] (a copy: its lock is not held
+/// while the maps' families are built).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProfileLosses {
+    /// [`Profiler::live_full`].
+    pub live_full: u64,
+    /// [`Profiler::stacks_full`].
+    pub stacks_full: u64,
+}
+
+impl From<&Profiler> for ProfileLosses {
+    fn from(p: &Profiler) -> Self {
+        ProfileLosses {
+            live_full: p.live_full,
+            stacks_full: p.stacks_full,
+        }
+    }
+}
+
 impl Exporter {
     /// Lost events, probes attached, build information.
     pub(super) fn status_families(
         &self,
         snap: &Snapshot,
         probes: &[ProbeStatus],
-        profile: Option<&Profiler>,
+        profile: Option<ProfileLosses>,
         out: &mut Vec<MetricFamily>,
     ) {
         // memtrace itself.
@@ -90,15 +109,42 @@ pub fn notable_family(counts: &[((&str, &str), u64)]) -> MetricFamily {
     )
 }
 
-/// `memtrace_collector_up{collector}`: whether a collector read its source on this scrape.
-pub fn collector_up(collector: &str, up: bool) -> MetricFamily {
+/// `memtrace_collector_up{collector}` and `memtrace_collector_duration_seconds{collector}` of
+/// one scrape's collectors.
+pub fn collector_families(outcomes: &[super::collect::Outcome]) -> Vec<MetricFamily> {
+    vec![
+        family(
+            names::COLLECTOR_UP,
+            "1 if the collector read its source on this scrape, 0 if it failed: its metrics are then absent from this scrape (the daemon's log says why, once, when it starts failing).",
+            MetricType::GAUGE,
+            outcomes
+                .iter()
+                .map(|o| {
+                    gauge(
+                        &[("collector", o.collector)],
+                        if o.result.is_ok() { 1.0 } else { 0.0 },
+                    )
+                })
+                .collect(),
+        ),
+        family(
+            names::COLLECTOR_DURATION_SECONDS,
+            "How long the collector took on this scrape.",
+            MetricType::GAUGE,
+            outcomes
+                .iter()
+                .map(|o| gauge(&[("collector", o.collector)], o.took.as_secs_f64()))
+                .collect(),
+        ),
+    ]
+}
+
+/// `memtrace_symbol_reloads_total`: reloads of the kernel's symbols after a module change.
+pub fn symbol_reloads_family(reloads: u64) -> MetricFamily {
     family(
-        names::COLLECTOR_UP,
-        "1 if the collector read its source on this scrape, 0 if it failed (see the daemon's log).",
-        MetricType::GAUGE,
-        vec![gauge(
-            &[("collector", collector)],
-            if up { 1.0 } else { 0.0 },
-        )],
+        names::SYMBOL_RELOADS_TOTAL,
+        "Times the kernel's symbol table (/proc/kallsyms) was reloaded because the loaded modules changed (/proc/modules).",
+        MetricType::COUNTER,
+        vec![counter(&[], reloads as f64)],
     )
 }

@@ -42,6 +42,9 @@ pub enum SymbolizeError {
     /// Every address in the file is zero: the kernel hides them from this user.
     #[error("kallsyms addresses are hidden (all zero): run as root or set kernel.kptr_restrict=0")]
     Hidden,
+    /// The file holds no text symbol (an empty file stands in for it).
+    #[error("{path} holds no text symbol")]
+    Empty { path: String },
     /// A line is not `ADDRESS TYPE NAME [\t[MODULE]]`.
     #[error("malformed {path} line {line}: {what}")]
     Malformed {
@@ -129,7 +132,9 @@ impl Symbolizer {
     }
 
     /// Fingerprints `modules` first, then reads `kallsyms`: a module loaded in between makes the
-    /// fingerprint stale, which only causes one extra reload later, never a missed one.
+    /// fingerprint stale, which only causes one extra reload later, never a missed one. A file
+    /// without a text symbol is [`SymbolizeError::Empty`]: no table at all is more honest than
+    /// one that resolves nothing.
     fn load_paths(kallsyms: &Path, modules: &Path) -> Result<Symbolizer, SymbolizeError> {
         let fingerprint = modules_fingerprint(modules);
         let bytes = std::fs::read(kallsyms).map_err(|source| SymbolizeError::Read {
@@ -141,7 +146,11 @@ impl Symbolizer {
             Ok(t) => t,
             Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
         };
-        let mut table = Self::from_kallsyms(&text, &kallsyms.display().to_string())?;
+        let path = kallsyms.display().to_string();
+        let mut table = Self::from_kallsyms(&text, &path)?;
+        if table.is_empty() {
+            return Err(SymbolizeError::Empty { path });
+        }
         table.modules_fingerprint = fingerprint;
         Ok(table)
     }
@@ -398,13 +407,17 @@ fn fingerprint_modules(bytes: &[u8]) -> u64 {
 
 /// A [`Symbolizer`] that reloads itself when kernel modules change.
 ///
-/// [`get`](Self::get) checks the modules file at most once per `min_interval`; when its
-/// fingerprint differs from the one taken before the last load attempt, kallsyms is reloaded. A
-/// failed reload keeps the previous table and logs a warning (once, until a reload succeeds);
-/// it is retried only after the modules change again, so a lasting failure costs no repeated
-/// reads of the large kallsyms file.
+/// [`refresh`](Self::refresh) checks the modules file at most once per `min_interval`; when
+/// its fingerprint differs from the one taken before the last load attempt, kallsyms is
+/// loaded again. A failed load keeps the previous table (if any) and its one-line reason
+/// ([`status`](Self::status)); it is retried only after the modules change again, so a lasting
+/// failure costs no repeated reads of the large kallsyms file. Whoever reports the status logs
+/// it (the daemon's `symbolizer` collector, once per change of state): this type logs nothing.
 pub struct Cached {
-    table: Symbolizer,
+    /// The last table loaded; `None` until a load succeeds.
+    table: Option<Symbolizer>,
+    /// Why the last load attempt failed; `None` once one succeeds.
+    error: Option<String>,
     kallsyms: PathBuf,
     modules: PathBuf,
     min_interval: Duration,
@@ -412,13 +425,13 @@ pub struct Cached {
     /// The modules fingerprint of the last load attempt, successful or not.
     attempted: u64,
     reloads: u64,
-    warned: bool,
 }
 
 impl fmt::Debug for Cached {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Cached")
             .field("table", &self.table)
+            .field("error", &self.error)
             .field("kallsyms", &self.kallsyms)
             .field("modules", &self.modules)
             .field("min_interval", &self.min_interval)
@@ -428,8 +441,10 @@ impl fmt::Debug for Cached {
 }
 
 impl Cached {
-    /// Loads `/proc/kallsyms` (which must succeed) and watches `/proc/modules`.
-    pub fn new(min_interval: Duration) -> Result<Cached, SymbolizeError> {
+    /// Loads `/proc/kallsyms` and watches `/proc/modules`. A failed load is not an error
+    /// here: it is the [`status`](Self::status), and the load is tried again when the modules
+    /// change.
+    pub fn new(min_interval: Duration) -> Cached {
         Self::with_paths(
             PathBuf::from(KALLSYMS_PATH),
             PathBuf::from(MODULES_PATH),
@@ -439,63 +454,80 @@ impl Cached {
 
     /// Like [`new`](Self::new) with other files (for tests). An unreadable modules file is not an
     /// error: it fingerprints as "unreadable" and triggers a reload only when that changes.
-    pub fn with_paths(
-        kallsyms: PathBuf,
-        modules: PathBuf,
-        min_interval: Duration,
-    ) -> Result<Cached, SymbolizeError> {
-        let table = Symbolizer::load_paths(&kallsyms, &modules)?;
-        Ok(Cached {
-            attempted: table.modules_fingerprint,
-            table,
+    pub fn with_paths(kallsyms: PathBuf, modules: PathBuf, min_interval: Duration) -> Cached {
+        let mut c = Cached {
+            table: None,
+            error: None,
             kallsyms,
             modules,
             min_interval,
             last_check: Instant::now(),
+            attempted: 0,
             reloads: 0,
-            warned: false,
-        })
+        };
+        c.attempted = modules_fingerprint(&c.modules);
+        c.load();
+        c
     }
 
-    /// The current table, reloaded first if the modules changed (checked at most once per
-    /// `min_interval`).
-    pub fn get(&mut self) -> &Symbolizer {
+    /// The current table, as last loaded (no check of the modules: see
+    /// [`refresh`](Self::refresh)); `None` if no load has succeeded.
+    pub fn table(&self) -> Option<&Symbolizer> {
+        self.table.as_ref()
+    }
+
+    /// Reloads the table if the modules changed (checked at most once per `min_interval`), and
+    /// returns the [`status`](Self::status).
+    pub fn refresh(&mut self) -> Result<(), String> {
         if self.last_check.elapsed() >= self.min_interval {
-            self.refresh();
+            self.last_check = Instant::now();
+            let fingerprint = modules_fingerprint(&self.modules);
+            if fingerprint != self.attempted {
+                self.attempted = fingerprint;
+                if self.load() {
+                    self.reloads += 1;
+                }
+            }
         }
-        &self.table
+        self.status()
     }
 
-    /// How many times the table has been reloaded since construction.
+    /// `Ok` when a table is loaded and the last load attempt succeeded; else why not, in one
+    /// line (never with an address).
+    pub fn status(&self) -> Result<(), String> {
+        match (&self.table, &self.error) {
+            (Some(_), None) => Ok(()),
+            (Some(_), Some(e)) => Err(format!(
+                "kernel modules changed but the symbol table could not be reloaded ({e}); \
+                 keeping the previous one"
+            )),
+            (None, Some(e)) => Err(format!(
+                "call sites cannot be symbolized ({e}); function labels read \"unknown\""
+            )),
+            (None, None) => Err("no symbol table loaded".to_string()),
+        }
+    }
+
+    /// How many times the table has been reloaded (after a change of the modules) since
+    /// construction.
     pub fn reloads(&self) -> u64 {
         self.reloads
     }
 
-    fn refresh(&mut self) {
-        self.last_check = Instant::now();
-        let fingerprint = modules_fingerprint(&self.modules);
-        if fingerprint == self.attempted {
-            return;
-        }
-        self.attempted = fingerprint;
+    /// One load attempt: the new table, or the reason kept. Whether it succeeded.
+    fn load(&mut self) -> bool {
         match Symbolizer::load_paths(&self.kallsyms, &self.modules) {
             Ok(table) => {
-                // The fingerprint taken just before this read; if the modules changed since
-                // `fingerprint`, the next check sees it.
+                // The fingerprint taken just before this read; if the modules changed since,
+                // the next check sees it.
                 self.attempted = table.modules_fingerprint;
-                self.table = table;
-                self.reloads += 1;
-                self.warned = false;
-            }
-            Err(e) if !self.warned => {
-                self.warned = true;
-                tracing::warn!(
-                    "kernel modules changed but the symbol table could not be reloaded ({e}); \
-                     keeping the previous one"
-                );
+                self.table = Some(table);
+                self.error = None;
+                true
             }
             Err(e) => {
-                tracing::debug!("symbol table reload failed again ({e})");
+                self.error = Some(e.to_string());
+                false
             }
         }
     }
@@ -708,10 +740,19 @@ mod tests {
     fn read_error_names_the_path() {
         let dir = TempDir::new("read-error");
         let missing = dir.path.join("missing");
-        let err = Cached::with_paths(missing.clone(), missing, Duration::ZERO).unwrap_err();
+        let err = Symbolizer::load_paths(&missing, &missing).unwrap_err();
         assert!(matches!(err, SymbolizeError::Read { .. }), "{err:?}");
         assert!(err.to_string().starts_with("cannot read /"), "{err}");
         assert!(err.to_string().contains("missing"), "{err}");
+        // The cache keeps the reason as its status, in one line.
+        let cached = Cached::with_paths(missing.clone(), missing, Duration::ZERO);
+        assert!(cached.table().is_none());
+        let status = cached.status().unwrap_err();
+        assert!(
+            status.starts_with("call sites cannot be symbolized (cannot read /"),
+            "{status}"
+        );
+        assert!(!status.contains('\n'), "{status}");
     }
 
     #[test]
@@ -725,6 +766,12 @@ mod tests {
         assert_ne!(fingerprint_modules(a), fingerprint_modules(d));
         assert_ne!(fingerprint_modules(b""), 0);
         assert_ne!(fingerprint_modules(b"x"), fingerprint_modules(b"y"));
+    }
+
+    /// The table after a refresh (which must have one).
+    fn get(c: &mut Cached) -> &Symbolizer {
+        let _ = c.refresh();
+        c.table().expect("a table is loaded")
     }
 
     /// A scratch directory removed on drop.
@@ -761,41 +808,86 @@ mod tests {
         write(&kallsyms, "ffffffff81000000 T first\n");
         write(&modules, "foo 16384 0 - Live 0xffffffffc0a01000\n");
 
-        let mut cached =
-            Cached::with_paths(kallsyms.clone(), modules.clone(), Duration::ZERO).expect("loads");
-        assert_eq!(cached.get().function(TEXT + 4), "first");
+        let mut cached = Cached::with_paths(kallsyms.clone(), modules.clone(), Duration::ZERO);
+        assert_eq!(cached.status(), Ok(()));
+        assert_eq!(get(&mut cached).function(TEXT + 4), "first");
 
         // kallsyms changes, modules don't (a use count does): no reload.
         write(&kallsyms, "ffffffff81000000 T second\n");
         write(&modules, "foo 16384 2 - Live 0xffffffffc0a01000\n");
-        assert_eq!(cached.get().function(TEXT + 4), "first");
+        assert_eq!(get(&mut cached).function(TEXT + 4), "first");
         assert_eq!(cached.reloads(), 0);
 
         // A module appears: reload.
         let two = "foo 16384 0 - Live 0xffffffffc0a01000\nbar 8192 0 - Live 0xffffffffc0b00000\n";
         write(&modules, two);
-        let before = cached.get().loaded_at();
-        assert_eq!(cached.get().function(TEXT + 4), "second");
+        let before = get(&mut cached).loaded_at();
+        assert_eq!(get(&mut cached).function(TEXT + 4), "second");
         assert_eq!(cached.reloads(), 1);
-        assert!(cached.get().loaded_at() >= before);
+        assert!(get(&mut cached).loaded_at() >= before);
         assert_eq!(cached.reloads(), 1, "no further reload while unchanged");
 
         // A failed reload keeps the old table and is not retried until the modules change.
         write(&kallsyms, "not-hex T third\n");
         write(&modules, "bar 8192 0 - Live 0xffffffffc0b00000\n");
-        assert_eq!(cached.get().function(TEXT + 4), "second");
+        assert_eq!(get(&mut cached).function(TEXT + 4), "second");
+        let status = cached.status().unwrap_err();
+        assert!(
+            status.starts_with(
+                "kernel modules changed but the symbol table could not be reloaded (malformed "
+            ),
+            "{status}"
+        );
         write(&kallsyms, "ffffffff81000000 T third\n");
-        assert_eq!(cached.get().function(TEXT + 4), "second");
+        assert_eq!(get(&mut cached).function(TEXT + 4), "second");
         assert_eq!(cached.reloads(), 1);
         write(&modules, "");
-        assert_eq!(cached.get().function(TEXT + 4), "third");
+        assert_eq!(get(&mut cached).function(TEXT + 4), "third");
         assert_eq!(cached.reloads(), 2);
+        assert_eq!(
+            cached.status(),
+            Ok(()),
+            "a successful reload clears the failure"
+        );
 
         // The modules file disappearing is a change too.
         write(&kallsyms, "ffffffff81000000 T fourth\n");
         std::fs::remove_file(&modules).unwrap();
-        assert_eq!(cached.get().function(TEXT + 4), "fourth");
+        assert_eq!(get(&mut cached).function(TEXT + 4), "fourth");
         assert_eq!(cached.reloads(), 3);
+    }
+
+    /// A table that could not be loaded at start is loaded when the modules change, and an
+    /// empty kallsyms counts as a failure.
+    #[test]
+    fn cached_loads_late_and_refuses_an_empty_file() {
+        let dir = TempDir::new("late");
+        let kallsyms = dir.path.join("kallsyms");
+        let modules = dir.path.join("modules");
+        std::fs::write(&kallsyms, "").unwrap();
+        std::fs::write(&modules, "foo 1 0 - Live 0x0\n").unwrap();
+        let mut cached = Cached::with_paths(kallsyms.clone(), modules.clone(), Duration::ZERO);
+        assert!(cached.table().is_none());
+        let status = cached.refresh().unwrap_err();
+        assert!(status.contains("holds no text symbol"), "{status}");
+        // Fixed, but the modules did not change: not retried.
+        std::fs::write(&kallsyms, "ffffffff81000000 T first\n").unwrap();
+        assert!(cached.refresh().is_err());
+        assert!(cached.table().is_none());
+        std::fs::write(&modules, "").unwrap();
+        assert_eq!(cached.refresh(), Ok(()));
+        assert_eq!(get(&mut cached).function(TEXT), "first");
+        assert_eq!(cached.reloads(), 1);
+        // Hidden addresses are a failure too, with the reason.
+        std::fs::write(&kallsyms, "0000000000000000 T first\n").unwrap();
+        std::fs::write(&modules, "bar 1 0 - Live 0x0\n").unwrap();
+        let status = cached.refresh().unwrap_err();
+        assert!(status.contains("addresses are hidden"), "{status}");
+        assert_eq!(
+            get(&mut cached).function(TEXT),
+            "first",
+            "the old table stays"
+        );
     }
 
     #[test]
@@ -806,11 +898,10 @@ mod tests {
         std::fs::write(&kallsyms, "ffffffff81000000 T first\n").unwrap();
         std::fs::write(&modules, "foo 1 0 - Live 0x0\n").unwrap();
         let mut cached =
-            Cached::with_paths(kallsyms.clone(), modules.clone(), Duration::from_secs(3600))
-                .unwrap();
+            Cached::with_paths(kallsyms.clone(), modules.clone(), Duration::from_secs(3600));
         std::fs::write(&kallsyms, "ffffffff81000000 T second\n").unwrap();
         std::fs::write(&modules, "").unwrap();
-        assert_eq!(cached.get().function(TEXT), "first");
+        assert_eq!(get(&mut cached).function(TEXT), "first");
         assert_eq!(cached.reloads(), 0);
     }
 
@@ -819,10 +910,9 @@ mod tests {
         let dir = TempDir::new("no-modules");
         let kallsyms = dir.path.join("kallsyms");
         std::fs::write(&kallsyms, BASIC).unwrap();
-        let mut cached =
-            Cached::with_paths(kallsyms, dir.path.join("absent"), Duration::ZERO).unwrap();
-        assert_eq!(cached.get().function(TEXT + 0x400), "kfree");
-        assert_eq!(cached.get().len(), 11);
+        let mut cached = Cached::with_paths(kallsyms, dir.path.join("absent"), Duration::ZERO);
+        assert_eq!(get(&mut cached).function(TEXT + 0x400), "kfree");
+        assert_eq!(get(&mut cached).len(), 11);
         assert_eq!(cached.reloads(), 0);
         let debug = format!("{cached:?}");
         assert!(!debug.contains("ffffffff"), "{debug}");
@@ -869,7 +959,8 @@ mod tests {
         assert_eq!(s.function(addr + 0x10), name);
         assert_eq!(s.resolve(addr).map(|x| x.offset), Some(0));
 
-        let mut cached = Cached::new(Duration::ZERO).expect("loads");
-        assert_eq!(cached.get().function(addr), name);
+        let mut cached = Cached::new(Duration::ZERO);
+        assert_eq!(cached.status(), Ok(()));
+        assert_eq!(get(&mut cached).function(addr), name);
     }
 }

@@ -136,6 +136,9 @@ pub struct Profiler {
     pub live_full: u64,
     /// Records that could not be decoded.
     pub malformed: u64,
+    /// Why the daemon's drain of the profile ring buffer stopped ([`crate::profile::drain`]):
+    /// nothing feeds this profile since. `None` while it runs.
+    pub drain_stopped: Option<String>,
     /// Nanoseconds (CLOCK_MONOTONIC) of the first record or tick.
     started_ns: Option<u64>,
 }
@@ -158,6 +161,7 @@ impl Profiler {
             aged_out: 0,
             live_full: 0,
             malformed: 0,
+            drain_stopped: None,
             started_ns: None,
         }
     }

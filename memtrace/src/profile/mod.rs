@@ -73,14 +73,18 @@ pub fn drain_into(ring: &mut RingBuf<MapData>, p: &mut Profiler) -> usize {
 pub const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Feeds the profile ring buffer into `p` every [`DRAIN_INTERVAL`], and whenever the kernel
-/// signals that it is filling.
+/// signals that it is filling. If polling the ring fails, it stops and says why in
+/// [`Profiler::drain_stopped`] (the daemon's `profile` collector reports it).
 pub async fn drain(ring: RingBuf<MapData>, p: Arc<Mutex<Profiler>>) {
+    let why = drain_until_error(ring, &p).await;
+    p.lock().unwrap_or_else(|e| e.into_inner()).drain_stopped = Some(why);
+}
+
+/// [`drain`] until polling fails: why.
+async fn drain_until_error(ring: RingBuf<MapData>, p: &Mutex<Profiler>) -> String {
     let mut fd = match crate::bpf::events::poll(ring) {
         Ok(fd) => fd,
-        Err(e) => {
-            tracing::error!("{e}");
-            return;
-        }
+        Err(e) => return e.to_string(),
     };
     let mut every = tokio::time::interval(DRAIN_INTERVAL);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -93,10 +97,7 @@ pub async fn drain(ring: RingBuf<MapData>, p: Arc<Mutex<Profiler>>) {
             ready = fd.readable_mut() => {
                 let mut guard = match ready {
                     Ok(g) => g,
-                    Err(e) => {
-                        tracing::error!("polling the profile ring buffer failed: {e}");
-                        return;
-                    }
+                    Err(e) => return format!("polling the profile ring buffer failed: {e}"),
                 };
                 {
                     let mut p = p.lock().unwrap_or_else(|e| e.into_inner());

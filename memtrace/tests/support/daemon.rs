@@ -23,17 +23,23 @@ impl Daemon {
 
     /// A daemon with `extra` flags.
     pub fn start_with(port: u16, extra: &[&str]) -> Daemon {
-        let child = Command::new(env!("CARGO_BIN_EXE_memtrace"))
-            .args([
-                "daemon",
-                "--web.listen-address",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start memtrace daemon");
+        Self::start_prepared(port, extra, |_| {})
+    }
+
+    /// A daemon with `extra` flags whose command `prepare` adjusts before it starts (a
+    /// `pre_exec`, another stderr).
+    pub fn start_prepared(port: u16, extra: &[&str], prepare: impl FnOnce(&mut Command)) -> Daemon {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_memtrace"));
+        cmd.args([
+            "daemon",
+            "--web.listen-address",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+        prepare(&mut cmd);
+        let child = cmd.spawn().expect("start memtrace daemon");
         let mut d = Daemon { child, port };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {

@@ -83,6 +83,71 @@ impl Memcg {
         std::fs::write(self.dir.join("cgroup.procs"), pid.to_string()).expect("cgroup.procs");
     }
 
+    /// Makes `cmd`'s process enter this cgroup before it runs, so that everything it
+    /// allocates is charged here.
+    #[allow(dead_code)] // the fault tests only
+    pub fn enter_on_exec(&self, cmd: &mut std::process::Command) {
+        use std::os::unix::process::CommandExt as _;
+        let procs = std::ffi::CString::new(
+            self.dir
+                .join("cgroup.procs")
+                .into_os_string()
+                .into_encoded_bytes(),
+        )
+        .unwrap();
+        // SAFETY: open, write and close on a buffer made before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // "0": the writing process.
+                let w = libc::write(fd, c"0".as_ptr().cast(), 1);
+                let err = std::io::Error::last_os_error();
+                libc::close(fd);
+                if w != 1 {
+                    return Err(err);
+                }
+                Ok(())
+            });
+        }
+    }
+
+    /// The memory charged to this cgroup now.
+    #[allow(dead_code)] // the fault tests only
+    pub fn usage(&self) -> u64 {
+        let file = if self.v2 {
+            "memory.current"
+        } else {
+            "memory.usage_in_bytes"
+        };
+        let text =
+            std::fs::read_to_string(self.dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        text.trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{file}: {text:?}: {e}"))
+    }
+
+    /// Processes of this cgroup the OOM killer killed (`oom_kill` of `memory.events` on v2,
+    /// of `memory.oom_control` on v1).
+    #[allow(dead_code)] // the fault tests only
+    pub fn oom_kills(&self) -> u64 {
+        let file = if self.v2 {
+            "memory.events"
+        } else {
+            "memory.oom_control"
+        };
+        let text =
+            std::fs::read_to_string(self.dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        text.lines()
+            .find_map(|l| l.strip_prefix("oom_kill "))
+            .unwrap_or_else(|| panic!("no oom_kill in {file}: {text}"))
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{file}: {e}"))
+    }
+
     pub fn set_limit(&self, bytes: u64) {
         let (file, value) = if self.v2 {
             ("memory.max", bytes.min(1 << 62).to_string())

@@ -2,7 +2,7 @@
 //! the daemon uses, or a running daemon's `/metrics` and `/api/failures`. Both give the same
 //! [`Model`] and the failures seen since the last poll.
 
-use std::time::Duration;
+use std::{sync::Mutex, time::Duration};
 
 use anyhow::{Context as _, bail};
 use aya::maps::{MapData, RingBuf};
@@ -12,6 +12,7 @@ use crate::{
     bpf::{Tracer, TracerOptions, events},
     export::{
         Exporter, LabelLimits,
+        collect::{self, Collection, Health},
         record::{Clock, EventRecord, FAILURES_PATH, SeqRecord},
         scrape::{self, parse_exposition},
     },
@@ -28,7 +29,9 @@ pub(super) enum Source {
         ring: RingBuf<MapData>,
         clock: Clock,
         /// The heap profile behind the live view, and its ring buffer.
-        profile: Box<(Profiler, RingBuf<MapData>)>,
+        profile: Box<(Mutex<Profiler>, RingBuf<MapData>)>,
+        /// The collectors' states, so that a failing one is logged once.
+        health: Box<Health>,
     },
     /// A daemon's `/metrics` and `/api/failures`.
     Remote {
@@ -85,7 +88,8 @@ impl Source {
                     exporter: Box::new(exporter),
                     ring,
                     clock: Clock::now(),
-                    profile: Box::new((profiler, profile_ring)),
+                    profile: Box::new((Mutex::new(profiler), profile_ring)),
+                    health: Box::default(),
                 })
             }
         }
@@ -107,12 +111,25 @@ impl Source {
                 ring,
                 clock,
                 profile,
+                health,
             } => {
                 let mut raw = Vec::new();
                 events::drain(ring, |e| raw.push(e));
                 let (profiler, profile_ring) = &mut **profile;
-                crate::profile::drain_into(profile_ring, profiler);
-                let families = crate::export::kernel_families(tracer, exporter, Some(profiler))?;
+                crate::profile::drain_into(
+                    profile_ring,
+                    profiler.get_mut().unwrap_or_else(|e| e.into_inner()),
+                );
+                let mut c = Collection::new();
+                collect::kernel(
+                    &mut c,
+                    collect::Kernel {
+                        tracer,
+                        exporter,
+                        profile: Some((profiler, Ok(()))),
+                    },
+                );
+                let families = c.finish(health);
                 let text = prometheus::TextEncoder::new().encode_to_string(&families)?;
                 let model = Model::from_samples(&parse_exposition(&text));
                 let failures = raw
