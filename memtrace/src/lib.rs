@@ -12,6 +12,8 @@
 //!   record, and reading an exposition back;
 //! - [`limits`]: what can be allocated now (procfs/sysfs);
 //! - [`profile`]: kernel heap profiles (the estimator, live samples, leak suspects, pprof);
+//! - [`web`]: the daemon's HTTP endpoint: the exporter-toolkit web config file (TLS, basic
+//!   auth, headers, reloads) and the accept loop that bounds connections and their timeouts;
 //! - [`cmd`]: the subcommands (`check`, `daemon`, `trace`, `limits` with what a daemon has
 //!   observed, `top` with its model, `profile`, `leaks`).
 
@@ -22,3 +24,4 @@ pub mod kernel;
 pub mod label;
 pub mod limits;
 pub mod profile;
+pub mod web;

@@ -201,6 +201,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "busybox-static",
     "golang-go",
     "bpftool",
+    "curl",
 ];
 
 fn setup() -> anyhow::Result<()> {

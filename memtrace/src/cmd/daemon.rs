@@ -184,6 +184,8 @@ pub struct DaemonArgs {
         value_name = "CAPS"
     )]
     pub capabilities_keep: caps::Keep,
+    #[command(flatten)]
+    pub web: crate::web::WebArgs,
 }
 
 fn parse_telemetry_path(s: &str) -> Result<String, String> {
@@ -226,6 +228,7 @@ struct AppState {
 pub struct Started {
     args: DaemonArgs,
     listener: std::net::TcpListener,
+    web: crate::web::Web,
     tracer: Tracer,
     exporter: Exporter,
     profile: Option<Profiler>,
@@ -246,6 +249,8 @@ pub fn start(args: DaemonArgs) -> anyhow::Result<Started> {
                 args.listen_address
             )
         })?;
+    // The web config file too (a bad one is one line at start), before anything is loaded.
+    let web = crate::web::Web::prepare(&args.web)?;
 
     // Per-cgroup counting needs the memory hierarchy to name cgroups: without one it is off.
     let cgroup_paths = if args.attribution_cgroups {
@@ -362,6 +367,7 @@ pub fn start(args: DaemonArgs) -> anyhow::Result<Started> {
     Ok(Started {
         args,
         listener,
+        web,
         tracer,
         exporter,
         profile,
@@ -375,6 +381,7 @@ pub async fn serve(started: Started) -> anyhow::Result<()> {
     let Started {
         args,
         listener,
+        web,
         tracer,
         exporter,
         profile,
@@ -427,10 +434,7 @@ pub async fn serve(started: Started) -> anyhow::Result<()> {
         path = %args.telemetry_path,
         "serving metrics"
     );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|e| anyhow!("HTTP server failed: {e}"))?;
+    crate::web::serve(listener, app, web, shutdown_signal()).await?;
     drain.abort();
     for t in [profile_drain, ticks].into_iter().flatten() {
         t.abort();

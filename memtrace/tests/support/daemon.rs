@@ -27,8 +27,25 @@ impl Daemon {
     }
 
     /// A daemon with `extra` flags whose command `prepare` adjusts before it starts (a
-    /// `pre_exec`, another stderr).
+    /// `pre_exec`, another stderr), started once `/healthz` answers.
+    #[allow(dead_code)] // the web tests start theirs through start_ready
     pub fn start_prepared(port: u16, extra: &[&str], prepare: impl FnOnce(&mut Command)) -> Daemon {
+        Self::start_ready(
+            port,
+            extra,
+            prepare,
+            |port| matches!(get(port, "/healthz"), Ok((200, body)) if body.trim() == "ok"),
+        )
+    }
+
+    /// A daemon with `extra` flags whose command `prepare` adjusts, started once
+    /// `ready(port)` holds (for a daemon plain HTTP cannot reach: TLS, basic auth).
+    pub fn start_ready(
+        port: u16,
+        extra: &[&str],
+        prepare: impl FnOnce(&mut Command),
+        ready: impl Fn(u16) -> bool,
+    ) -> Daemon {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_memtrace"));
         cmd.args([
             "daemon",
@@ -43,8 +60,7 @@ impl Daemon {
         let mut d = Daemon { child, port };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok((200, body)) = get(port, "/healthz") {
-                assert_eq!(body.trim(), "ok");
+            if ready(port) {
                 return d;
             }
             if let Some(st) = d.child.try_wait().unwrap() {
