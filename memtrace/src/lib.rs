@@ -14,6 +14,7 @@
 //! - [`profile`]: kernel heap profiles (the estimator, live samples, leak suspects, pprof);
 //! - [`web`]: the daemon's HTTP endpoint: the exporter-toolkit web config file (TLS, basic
 //!   auth, headers, reloads) and the accept loop that bounds connections and their timeouts;
+//! - [`sync`]: what every room shares: a poison-tolerant lock and one-line error messages;
 //! - [`cmd`]: the subcommands (`check`, `daemon`, `trace`, `limits` with what a daemon has
 //!   observed, `top` with its model, `profile`, `leaks`).
 
@@ -24,4 +25,5 @@ pub mod kernel;
 pub mod label;
 pub mod limits;
 pub mod profile;
+pub mod sync;
 pub mod web;

@@ -128,7 +128,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("memtrace: {}", memtrace::bpf::one_line(e.as_ref()));
+            eprintln!("memtrace: {}", memtrace::sync::one_line(e.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -12,7 +12,8 @@ use aya::{
 use memtrace_common::{Layouts, ProbeSpec};
 use serde::Serialize;
 
-use super::{EBPF_OBJECT, layout, one_line, redact_addresses};
+use super::{EBPF_OBJECT, layout, redact_addresses};
+use crate::sync::one_line;
 
 /// How a probe is attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]

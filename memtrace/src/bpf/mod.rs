@@ -121,23 +121,6 @@ pub fn redact_addresses(text: &str) -> String {
     out
 }
 
-/// A short, one-line description of an error chain (aya's load errors embed the whole
-/// verifier log; the first line of each cause is what a person needs).
-pub fn one_line(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = Vec::new();
-    let mut cur = Some(err);
-    while let Some(e) = cur {
-        let s = e.to_string();
-        let first = s.lines().next().unwrap_or("").trim();
-        let first = first.split(". Verifier output").next().unwrap_or(first);
-        if !first.is_empty() && !parts.iter().any(|p: &String| p.contains(first)) {
-            parts.push(first.to_string());
-        }
-        cur = e.source();
-    }
-    parts.join(": ")
-}
-
 /// Loads (creates maps, relocates) the embedded object with its load-time globals.
 pub(crate) fn load_object(layouts: &Layouts, opts: &TracerOptions) -> anyhow::Result<Ebpf> {
     // With profiling off the maps are as small as the kernel allows and the programs' profile
@@ -193,7 +176,7 @@ pub(crate) fn load_object(layouts: &Layouts, opts: &TracerOptions) -> anyhow::Re
         .map_err(|e| {
             anyhow!(
                 "the kernel refused memtrace's eBPF object: {}",
-                one_line(&e)
+                crate::sync::one_line(&e)
             )
         })
 }

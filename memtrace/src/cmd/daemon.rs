@@ -453,10 +453,7 @@ const LEAK_WINDOW: usize = 60;
 /// answered without it: well under Prometheus' default scrape timeout (10 s).
 const TURN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// `m` locked, even if a panic poisoned it (the state stays usable).
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::sync::lock;
 
 /// Every tick: each stack's live bytes into its window, and the aged-out samples out of the
 /// kernel's live map (a blocking job: it deletes map entries). A tick whose turn does not
@@ -483,7 +480,7 @@ async fn tick(state: Arc<AppState>) {
                 *lock(&job.tick_error) = result.err().map(|e| {
                     format!(
                         "removing aged-out samples from the kernel failed: {}",
-                        crate::bpf::one_line(e.as_ref())
+                        crate::sync::one_line(e.as_ref())
                     )
                 });
             })

@@ -61,7 +61,7 @@ impl Collection {
     ) {
         let started = Instant::now();
         let mut families = Vec::new();
-        let result = f(&mut families).map_err(|e| one_line(&e));
+        let result = f(&mut families).map_err(|e| crate::sync::collapse(&e));
         if result.is_ok() {
             self.families.extend(families);
         }
@@ -177,7 +177,7 @@ pub fn kernel(c: &mut Collection, k: Kernel<'_>) {
     c.run(MAPS, |out| {
         let snap = tracer
             .snapshot()
-            .map_err(|e| crate::bpf::one_line(e.as_ref()))?;
+            .map_err(|e| crate::sync::one_line(e.as_ref()))?;
         let losses = profile
             .as_ref()
             .map(|(p, _)| super::ProfileLosses::from(&*lock(p)));
@@ -186,7 +186,7 @@ pub fn kernel(c: &mut Collection, k: Kernel<'_>) {
     });
     c.run(LIMITS, |out| {
         let l = crate::limits::collect(&crate::limits::Sources::live())
-            .map_err(|e| crate::bpf::one_line(&e))?;
+            .map_err(|e| crate::sync::one_line(&e))?;
         out.extend(limits_families(&l));
         Ok(())
     });
@@ -199,21 +199,7 @@ pub fn kernel(c: &mut Collection, k: Kernel<'_>) {
     }
 }
 
-fn lock(p: &Mutex<Profiler>) -> std::sync::MutexGuard<'_, Profiler> {
-    p.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// `s` on one line: a reason is logged and compared as one.
-fn one_line(s: &str) -> String {
-    if !s.contains('\n') {
-        return s.to_string();
-    }
-    s.split('\n')
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
-}
+use crate::sync::lock;
 
 #[cfg(test)]
 mod tests {
@@ -371,7 +357,7 @@ mod tests {
 
     #[test]
     fn reasons_are_one_line() {
-        assert_eq!(one_line("a\n b\n\nc"), "a b c");
-        assert_eq!(one_line("plain"), "plain");
+        assert_eq!(crate::sync::collapse("a\n b\n\nc"), "a b c");
+        assert_eq!(crate::sync::collapse("plain"), "plain");
     }
 }

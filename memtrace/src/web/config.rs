@@ -47,7 +47,7 @@ impl ConfigError {
     /// `problem` (one line; newlines are folded) about the file at `path`.
     pub fn new(path: &Path, problem: impl fmt::Display) -> ConfigError {
         let text = format!("web config file {}: {problem}", path.display());
-        ConfigError(one_line(&text))
+        ConfigError(crate::sync::collapse(&text))
     }
 }
 
@@ -58,15 +58,6 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
-
-/// `s` with every run of line breaks and the whitespace around them turned into one space.
-fn one_line(s: &str) -> String {
-    s.split(['\n', '\r'])
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
-}
 
 /// What the file configures, checked.
 #[derive(Debug, Clone, Default)]

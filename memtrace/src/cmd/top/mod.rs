@@ -177,7 +177,7 @@ fn refresh(source: &mut Source, app: &mut App, last: &mut Instant) {
             app.update(model, now.duration_since(*last).as_secs_f64(), failures);
             *last = now;
         }
-        Err(e) => app.error = Some(crate::bpf::one_line(e.as_ref())),
+        Err(e) => app.error = Some(crate::sync::one_line(e.as_ref())),
     }
     app.clamp_selection();
 }
