@@ -192,7 +192,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
-            rt.block_on(memtrace::cmd::daemon::serve(started))?;
+            let served = rt.block_on(memtrace::cmd::daemon::serve(started));
+            // A blocking job stuck in the kernel must not hold the exit: wait for it, but
+            // only so long; the process's exit closes whatever it still holds.
+            rt.shutdown_timeout(std::time::Duration::from_secs(5));
+            served?;
+            tracing::info!("stopped; programs detached");
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -10,6 +10,16 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// `m` locked if no one holds it now (even if a panic poisoned it): for async code that
+/// must not wait on a lock a blocking job holds.
+pub fn try_lock<T>(m: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
+    match m.try_lock() {
+        Ok(g) => Some(g),
+        Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    }
+}
+
 /// A short, one-line description of an error chain: the first line of each cause, without
 /// repeats (aya's load errors embed the whole verifier log; its first line is what a person
 /// needs).
@@ -62,5 +72,9 @@ mod tests {
         assert!(m.is_poisoned());
         *lock(&m) += 1;
         assert_eq!(*lock(&m), 2);
+        let held = lock(&m);
+        assert!(try_lock(&m).is_none());
+        drop(held);
+        assert_eq!(try_lock(&m).map(|g| *g), Some(2));
     }
 }

@@ -495,3 +495,46 @@ fn daemon_counts_per_memory_cgroup_when_asked() {
     }
     d.terminate();
 }
+
+/// The web config file is read again with the capabilities the daemon keeps: a file only a
+/// dropped capability could read (root's CAP_DAC_OVERRIDE, here a file of another user with
+/// mode 0600) stops it at start with one line, instead of failing every later reload.
+#[test]
+fn web_config_must_stay_readable_after_capabilities_drop() {
+    let Some(_guard) = require_kernel() else {
+        return;
+    };
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = std::env::temp_dir().join(format!("memtrace-webcaps-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("web.yml");
+    let hash = bcrypt::hash("secret", 4).unwrap();
+    std::fs::write(&file, format!("basic_auth_users:\n  alice: {hash}\n")).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::chown(&file, Some(65534), Some(65534)).unwrap();
+    let path = file.to_str().unwrap();
+    let out = support::cli::memtrace(&[
+        "daemon",
+        "--web.listen-address",
+        &format!("127.0.0.1:{}", free_port()),
+        "--web.config.file",
+        path,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.trim().lines().last().unwrap_or("");
+    assert!(
+        last.contains(path) && last.contains("once capabilities are dropped"),
+        "{err}"
+    );
+    // Kept, the capability reads it, and the daemon serves (behind basic auth).
+    let port = free_port();
+    let d = Daemon::start_ready(
+        port,
+        &["--web.config.file", path, "--capabilities.keep", "all"],
+        |_| {},
+        |port| matches!(get(port, "/healthz"), Ok((401, _))),
+    );
+    drop(d);
+    let _ = std::fs::remove_dir_all(&dir);
+}

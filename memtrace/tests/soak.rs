@@ -165,7 +165,7 @@ fn soak_at_full_rate_with_a_scrape_every_second() {
     let start = Instant::now();
     let deadline = start + Duration::from_secs(secs);
     let mut prev: Option<HashMap<String, f64>> = None;
-    let mut counters: Vec<String> = Vec::new();
+    let mut counters: std::collections::BTreeSet<String> = Default::default();
     let mut rss_after_warmup = None;
     let mut rss_max: f64 = 0.0;
     let (mut scrapes, mut slowest) = (0u64, Duration::ZERO);
@@ -195,12 +195,13 @@ fn soak_at_full_rate_with_a_scrape_every_second() {
         {
             assert_eq!(now[k], 1.0, "{k} at scrape {scrapes}");
         }
-        if counters.is_empty() {
-            counters = counter_names(&body);
+        // Every scrape's counters: families that first appear later are checked from then on.
+        for c in counter_names(&body) {
+            counters.insert(c);
         }
         if let Some(prev) = &prev {
             for (k, v) in prev {
-                if !counters.iter().any(|c| c == name_of(k)) {
+                if !counters.contains(name_of(k)) {
                     continue;
                 }
                 let cur = now

@@ -364,6 +364,20 @@ pub fn start(args: DaemonArgs) -> anyhow::Result<Started> {
             "capabilities dropped after attach"
         );
     }
+    // The web config and the files it names are read again on every change, from now on
+    // with the reduced capabilities: read them so once now, so that a file only a dropped
+    // capability could read is an error at start, not a reload that fails later.
+    let web = if args.web.config_file.is_some() {
+        crate::web::Web::prepare(&args.web).map_err(|e| {
+            anyhow!(
+                "{} once capabilities are dropped; make the files readable by the daemon's \
+                 user, or keep cap_dac_read_search with --capabilities.keep",
+                crate::sync::one_line(e.as_ref())
+            )
+        })?
+    } else {
+        web
+    };
     Ok(Started {
         args,
         listener,
@@ -439,8 +453,9 @@ pub async fn serve(started: Started) -> anyhow::Result<()> {
     for t in [profile_drain, ticks].into_iter().flatten() {
         t.abort();
     }
-    drop(state); // detaches every program
-    tracing::info!("stopped; programs detached");
+    // Detaches every program, unless a blocking job still holds the state: then the runtime's
+    // shutdown (bounded, in main) ends it, or the process's exit does.
+    drop(state);
     Ok(())
 }
 
@@ -661,6 +676,13 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+    }
+    // A second SIGINT or SIGTERM while the server drains stops the process at once: the
+    // kernel detaches the programs as it closes their descriptors.
+    // SAFETY: resetting two signals to their default action touches no memory.
+    unsafe {
+        libc::signal(libc::SIGTERM, libc::SIG_DFL);
+        libc::signal(libc::SIGINT, libc::SIG_DFL);
     }
 }
 

@@ -17,8 +17,9 @@
 //!   found by trying, not from the version: before dropping, the effective set alone is
 //!   lowered, a map made beforehand is read, and the set is restored.
 //!
-//! Everything else leaves the effective, permitted, inheritable, ambient and bounding sets,
-//! and `no_new_privs` is set, so no later `execve` can regain it. Capabilities are per
+//! Everything else leaves the effective, permitted, inheritable and ambient sets (and the
+//! bounding set where `CAP_SETPCAP` allows it, as root has), and `no_new_privs` is set, so no
+//! later `execve` can regain it. Capabilities are per
 //! thread: the daemon drops them while its main thread is its only thread, before the async
 //! runtime starts its workers, which then inherit the reduced sets.
 

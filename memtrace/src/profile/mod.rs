@@ -77,7 +77,7 @@ pub const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis
 /// [`Profiler::drain_stopped`] (the daemon's `profile` collector reports it).
 pub async fn drain(ring: RingBuf<MapData>, p: Arc<Mutex<Profiler>>) {
     let why = drain_until_error(ring, &p).await;
-    p.lock().unwrap_or_else(|e| e.into_inner()).drain_stopped = Some(why);
+    crate::sync::lock(&p).drain_stopped = Some(why);
 }
 
 /// [`drain`] until polling fails: why.
@@ -88,19 +88,22 @@ async fn drain_until_error(ring: RingBuf<MapData>, p: &Mutex<Profiler>) -> Strin
     };
     let mut every = tokio::time::interval(DRAIN_INTERVAL);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The profiler is locked only if free: a blocking job (a heap report symbolizing its
+    // stacks) may hold it for a while, and this task runs on a runtime worker. The records
+    // wait in the ring meanwhile, and the next tick takes them.
     loop {
         tokio::select! {
             _ = every.tick() => {
-                let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
-                drain_into(fd.get_mut(), &mut p);
+                if let Some(mut p) = crate::sync::try_lock(p) {
+                    drain_into(fd.get_mut(), &mut p);
+                }
             }
             ready = fd.readable_mut() => {
                 let mut guard = match ready {
                     Ok(g) => g,
                     Err(e) => return format!("polling the profile ring buffer failed: {e}"),
                 };
-                {
-                    let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(mut p) = crate::sync::try_lock(p) {
                     drain_into(guard.get_inner_mut(), &mut p);
                 }
                 guard.clear_ready();
