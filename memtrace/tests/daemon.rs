@@ -11,6 +11,7 @@ mod support {
     pub mod daemon;
     pub mod http;
     pub mod kernel;
+    pub mod procfs;
     pub mod tracefs;
     pub mod workload;
     pub mod xattr;
@@ -283,26 +284,19 @@ fn config_file_sets_flags_and_flags_win() {
     let _ = std::fs::remove_file(&config);
 }
 
-/// A status line of /proc/PID/task/TID/status as a capability mask.
-fn cap_line(status: &str, key: &str) -> u64 {
-    let line = status
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .unwrap_or_else(|| panic!("no {key} in {status}"));
-    u64::from_str_radix(line.trim(), 16).unwrap()
-}
-
 /// Every thread's (CapEff, CapPrm, CapBnd, CapAmb, NoNewPrivs) of process `pid`.
 fn thread_caps(pid: u32) -> Vec<(u64, u64, u64, u64, bool)> {
+    use support::procfs::{cap_mask, field, status};
     let mut all = Vec::new();
     for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let status = std::fs::read_to_string(t.unwrap().path().join("status")).unwrap();
+        let s = status(t.unwrap().path().join("status"));
+        let cap = |key| cap_mask(&s, key).unwrap_or_else(|| panic!("no {key} in {s}"));
         all.push((
-            cap_line(&status, "CapEff:"),
-            cap_line(&status, "CapPrm:"),
-            cap_line(&status, "CapBnd:"),
-            cap_line(&status, "CapAmb:"),
-            status.contains("NoNewPrivs:\t1"),
+            cap("CapEff"),
+            cap("CapPrm"),
+            cap("CapBnd"),
+            cap("CapAmb"),
+            field(&s, "NoNewPrivs") == Some("1"),
         ));
     }
     all

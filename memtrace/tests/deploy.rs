@@ -10,6 +10,7 @@
 mod support {
     pub mod http;
     pub mod kernel;
+    pub mod procfs;
     pub mod tools;
 }
 
@@ -123,12 +124,8 @@ fn run_with_caps(caps: &[String]) -> ((bool, bool, bool, bool), Option<u64>) {
     let body = loop {
         if let Ok((200, _)) = get(port, "/healthz") {
             std::thread::sleep(Duration::from_millis(300));
-            cap_eff = std::fs::read_to_string(format!("/proc/{}/status", child.id()))
-                .ok()
-                .and_then(|s| {
-                    let l = s.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
-                    u64::from_str_radix(l.trim(), 16).ok()
-                });
+            let status = support::procfs::status(format!("/proc/{}/status", child.id()));
+            cap_eff = support::procfs::cap_mask(&status, "CapEff");
             break get(port, "/metrics").map(|(_, b)| b).unwrap_or_default();
         }
         if child.try_wait().unwrap().is_some() || Instant::now() > deadline {

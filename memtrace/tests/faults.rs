@@ -15,6 +15,7 @@ mod support {
     #[allow(dead_code)]
     pub mod memcg;
     pub mod mountns;
+    pub mod procfs;
     pub mod tools;
     #[allow(dead_code)]
     pub mod worker;
@@ -369,14 +370,8 @@ fn module_load_and_unload_reloads_symbols() {
 /// charged to its memory cgroup; `VmRSS` also counts the pages of files it maps, such as its
 /// own binary, charged to whoever read them first), in bytes.
 fn rss_anon(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("RssAnon:"))
-        .and_then(|v| v.trim().strip_suffix("kB"))
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .expect("RssAnon")
-        * 1024
+    let status = support::procfs::status(format!("/proc/{pid}/status"));
+    support::procfs::kib_bytes(&status, "RssAnon").expect("RssAnon")
 }
 
 /// Headroom of the daemon's memory cgroup above its usage after start.

@@ -14,6 +14,7 @@ mod support {
     pub mod ftrace;
     pub mod http;
     pub mod kernel;
+    pub mod procfs;
     pub mod tracefs;
     pub mod worker;
     pub mod workload;
@@ -122,13 +123,8 @@ fn load(id: usize, stop: Arc<AtomicBool>, rounds: Arc<AtomicU64>) -> std::thread
 }
 
 fn rss_of(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS");
-    kb * 1024.0
+    let status = support::procfs::status(format!("/proc/{pid}/status"));
+    support::procfs::kib_bytes(&status, "VmRSS").expect("VmRSS") as f64
 }
 
 #[test]
