@@ -38,7 +38,7 @@ use support::{
     http::{free_port, get},
     kernel::require_kernel,
     memcg::Memcg,
-    mountns::{in_mount_namespace_of, mount_points, private_mounts, unmount},
+    mountns::{bind, in_mount_namespace_of, mount_points, private_mounts, unmount},
     tools::need,
     xattr::setxattr_kmalloc,
 };
@@ -312,7 +312,10 @@ fn await_reload(d: &Daemon, than: f64, what: &str) -> HashMap<String, f64> {
 
 /// A kernel module loaded and unloaded under a running daemon: each change reloads its
 /// symbols (`memtrace_symbol_reloads_total`), the symbolizer stays up, and it keeps serving.
-/// Needs a kernel with modules: the kernel matrix's VMs; elsewhere it says why it returns.
+/// Then kallsyms becomes unreadable while it runs: the next module change's reload fails, the
+/// symbolizer is down (call sites keep their names from the table in use), and once kallsyms
+/// is back the change after that brings it up again. Needs a kernel with modules: the kernel
+/// matrix's VMs; elsewhere it says why it returns.
 #[test]
 fn module_load_and_unload_reloads_symbols() {
     let Some(_guard) = require_kernel() else {
@@ -343,7 +346,7 @@ fn module_load_and_unload_reloads_symbols() {
         !loaded_modules().contains(&name),
         "{name} is loaded already: the test cannot load it"
     );
-    let d = Daemon::start(free_port());
+    let d = Daemon::start_prepared(free_port(), &[], |cmd| private_mounts(cmd, &[]));
     let before = scrape(&d);
     assert_eq!(collector_up(&before, "symbolizer"), Some(1.0));
     let reloads = metric(&before, "memtrace_symbol_reloads_total").expect("a reload counter");
@@ -363,7 +366,46 @@ fn module_load_and_unload_reloads_symbols() {
         assert_eq!(collector_up(&unloaded, c), Some(1.0), "{c}");
     }
     assert_monotonic(&loaded, &unloaded);
+
+    // kallsyms unreadable while running, in the daemon's namespace only.
+    let empty = std::env::temp_dir().join(format!("memtrace-nokallsyms-{}", std::process::id()));
+    std::fs::write(&empty, b"").unwrap();
+    let empty_path = empty.to_str().unwrap().to_string();
+    let pid = d.child.id();
+    in_mount_namespace_of(pid, || bind(&empty_path, "/proc/kallsyms"));
+    load_module(&module);
+    let down = await_symbolizer(&d, 0.0, "a module change with kallsyms unreadable");
+    assert!(
+        down.keys()
+            .any(|k| k.starts_with("memtrace_callsite_allocations_total{")
+                && !k.contains("function=\"unknown\"")
+                && !k.contains("function=\"other\"")),
+        "call sites keep their names from the table in use"
+    );
+    in_mount_namespace_of(pid, || unmount("/proc/kallsyms"));
+    unload_module(&name);
+    let up = await_symbolizer(&d, 1.0, "a module change with kallsyms readable again");
+    for c in ["maps", "limits", "notable"] {
+        assert_eq!(collector_up(&up, c), Some(1.0), "{c}");
+    }
+    let _ = std::fs::remove_file(&empty);
     d.terminate();
+}
+
+/// Scrapes until `memtrace_collector_up{collector="symbolizer"}` is `want` (60 s at most).
+fn await_symbolizer(d: &Daemon, want: f64, what: &str) -> HashMap<String, f64> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let m = scrape(d);
+        if collector_up(&m, "symbolizer") == Some(want) {
+            return m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "symbolizer not {want} 60 s after {what}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 /// The anonymous resident memory of process `pid` (`RssAnon`: its heap and stacks, all

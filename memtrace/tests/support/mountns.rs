@@ -94,6 +94,27 @@ pub fn mount_points(fstype: &str) -> Vec<String> {
     points
 }
 
+/// Bind-mounts `source` over `target` (in the calling thread's namespace).
+pub fn bind(source: &str, target: &str) {
+    let (s, t) = (c(source), c(target));
+    // SAFETY: valid C strings; a bind mount takes no data.
+    let rc = unsafe {
+        libc::mount(
+            s.as_ptr(),
+            t.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "bind {source} over {target}: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
 /// Unmounts `target` (lazily: a file still open there does not keep it).
 pub fn unmount(target: &str) {
     let t = c(target);
