@@ -93,11 +93,30 @@ fn name_of(series: &str) -> &str {
     series.split('{').next().unwrap_or(series)
 }
 
+/// Pins the calling thread to `cpu`. The kernel side counts a task name in a small table of
+/// the CPU it runs on, then in a shared map; on a busy machine both fill up with other names
+/// (the rest counts under `other`), so a thread that keeps its CPU keeps the slot it took
+/// first.
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t with one bit set, for the calling thread (pid 0).
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 /// A load thread: every allocator, as fast as the syscalls go, until `stop`.
 fn load(id: usize, stop: Arc<AtomicBool>, rounds: Arc<AtomicU64>) -> std::thread::JoinHandle<()> {
     std::thread::Builder::new()
         .name(format!("mt-soak-{id}"))
         .spawn(move || {
+            pin_to_cpu(id);
             let dir =
                 std::env::temp_dir().join(format!("memtrace-soak-{}-{id}", std::process::id()));
             std::fs::create_dir_all(&dir).unwrap();
@@ -149,7 +168,10 @@ fn soak_at_full_rate_with_a_scrape_every_second() {
         std::env::temp_dir().join(format!("memtrace-soak-check-{}", std::process::id()));
     std::fs::write(&check_file, b"x").unwrap();
     let f = check_file.clone();
-    worker.run(move || setxattr_kmalloc(&f, 3000));
+    worker.run(move || {
+        pin_to_cpu(0);
+        setxattr_kmalloc(&f, 3000);
+    });
 
     let stop = Arc::new(AtomicBool::new(false));
     let rounds = Arc::new(AtomicU64::new(0));
@@ -250,8 +272,9 @@ fn soak_at_full_rate_with_a_scrape_every_second() {
     // Nothing aggregated was lost: the load threads' own kmallocs (at least one per setxattr:
     // its copy of the value) are all counted under their names. (`reason="map_full"` counts
     // allocations of task names or call sites that found the kernel's table full, counted
-    // under `other`: every thread and compiler job of a busy machine has its own name, and
-    // keys made early, as these, keep their slot. `reason="recursion"` counts allocations in
+    // under `other`: every thread and compiler job of a busy machine has its own name; a
+    // name counted early on a CPU keeps its slot there, and the load threads and the worker
+    // are pinned to theirs. `reason="recursion"` counts allocations in
     // interrupts that came while a memtrace program ran on that CPU: the kernel runs no
     // program then, and says how many.)
     let m = series(&d.scrape_text());
