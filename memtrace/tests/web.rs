@@ -2,8 +2,8 @@
 //! and reloads from an exporter-toolkit web config file (curl against a real daemon, with
 //! certificates made here), a bad file refused at start in one line, the timeouts and size
 //! limits exactly, the connection cap's eviction, and the issue's load test: 2000 idle
-//! connections and hundreds of slow partial headers do not delay a scrape. The web config
-//! parser is fuzzed for a bounded number of cases.
+//! connections opened (most of them evicted by the cap) and hundreds of slow partial headers
+//! do not delay a scrape. The web config parser is fuzzed for a bounded number of cases.
 
 // The shared helpers in tests/support/. Dead code is linted per test binary, so each binary
 // declares only the support modules it uses.
@@ -51,7 +51,9 @@ fn start(port: u16, config: &Path, log: &Path, extra: &[&str], ready: &[&str]) -
         port,
         &flags,
         |cmd| {
-            cmd.stderr(stderr);
+            // The debug log of the accept loop shows when a request has been read.
+            cmd.stderr(stderr)
+                .env("RUST_LOG", "info,memtrace::web::server=debug");
         },
         |_| curl(&args).status == 200,
     )
@@ -333,6 +335,21 @@ fn tls_basic_auth_headers_and_reloads() {
         "{:?}",
         log_lines(&log, "not reloaded")
     );
+    // And one that would turn basic auth off (a file cut short after its TLS part, as an
+    // in-place edit can be seen half-written): every request still needs a password.
+    dir.write("web.yml", TLS);
+    let r = curl(&["--cacert", &ca_file, &https("/healthz")]);
+    assert_eq!(r.status, 401, "basic auth stays on: {r:?}");
+    let r = curl(&[
+        "--cacert",
+        &ca_file,
+        "-u",
+        "bob:builder",
+        &https("/healthz"),
+    ]);
+    assert_eq!(r.status, 200, "{r:?}");
+    let off = log_lines(&log, "it would turn basic auth off");
+    assert_eq!(off.len(), 1, "{:?}", log_lines(&log, "not reloaded"));
 
     // SIGHUP reloads; the daemon keeps serving.
     dir.write(
@@ -387,17 +404,39 @@ fn tls_basic_auth_headers_and_reloads() {
     assert_eq!(r.status, 0, "the old CA no longer verifies it: {r:?}");
 
     // SIGTERM lets a request in flight finish: a wrong password for a user whose bcrypt cost
-    // (13) keeps the request in flight for a while still gets its 401, then the daemon exits 0.
-    let slow = bcrypt::hash("x", 13).unwrap();
+    // (11: about half a second in a debug build, a few times that on a loaded machine, well
+    // within the 5 s drain) keeps the request in flight for a while still gets its 401, then
+    // the daemon exits 0. SIGTERM is sent once the daemon's debug log shows it has read the
+    // request: before that (a TLS handshake, headers still arriving) shutdown closes the
+    // connection by design.
+    let slow = bcrypt::hash("x", 11).unwrap();
     dir.write(
         "web.yml",
         &format!("{TLS}basic_auth_users:\n  slow: '{slow}'\n"),
     );
+    let read = || {
+        log_lines(&log, "request read")
+            .iter()
+            .filter(|l| l.contains("/metrics"))
+            .count()
+    };
+    let before = read();
     let in_flight = {
         let (ca2_file, url) = (ca2_file.clone(), https("/metrics"));
         std::thread::spawn(move || curl(&["--cacert", &ca2_file, "-u", "slow:wrong", &url]))
     };
-    std::thread::sleep(Duration::from_millis(400));
+    let waited = Instant::now();
+    while read() == before {
+        // (Finished between the two looks, on a stalled machine: it was read.)
+        if in_flight.is_finished() && read() > before {
+            break;
+        }
+        assert!(
+            !in_flight.is_finished() && waited.elapsed() < Duration::from_secs(30),
+            "the daemon never read the request"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let took = d.terminate();
     let r = in_flight.join().unwrap();
     assert_eq!(
@@ -660,9 +699,11 @@ fn timeouts_sizes_and_eviction() {
     assert!(took < Duration::from_secs(1), "stopped after {took:?}");
 }
 
-/// The issue's load test: 2000 idle connections and 300 clients dribbling partial headers
-/// a byte at a time do not keep a scrape from answering within a second, and the daemon
-/// holds no more connections than its cap.
+/// The issue's load test: 2000 idle connections opened (the daemon closes the idlest beyond
+/// its cap of 512 as they arrive; this side keeps them open) and 300 clients dribbling
+/// partial headers a byte at a time (reconnecting when closed) do not keep a scrape from
+/// answering within a second, and the daemon's descriptors, counted after every scrape while
+/// the connections arrive and after, stay within its cap.
 #[test]
 fn idle_and_slow_clients_do_not_starve_scrapes() {
     let Some(_guard) = require_kernel() else {
@@ -701,13 +742,23 @@ fn idle_and_slow_clients_do_not_starve_scrapes() {
         })
     };
     let mut worst = Duration::ZERO;
+    let mut most_fds = 0;
+    // A scrape, and the daemon's descriptors counted after it: the cap (512) bounds them, one
+    // connection accepted and waiting for room beyond it.
     let mut scrape = || {
         let (status, body, took) = timed_get(port, "/metrics");
         assert_eq!(status, "HTTP/1.1 200 OK");
         assert!(String::from_utf8_lossy(&body).contains("memtrace_build_info{"));
         worst = worst.max(took);
+        let fds = open_fds(pid);
+        most_fds = most_fds.max(fds);
+        assert!(
+            fds <= baseline + 512 + 4,
+            "the daemon holds {fds} descriptors, {baseline} before the load (cap 512)"
+        );
     };
-    // Scrapes while 2000 idle connections arrive, and while they are held.
+    // Scrapes while 2000 idle connections arrive (the daemon closes the idlest beyond its cap
+    // as they come; the client keeps its ends open), and afterwards.
     let opener = std::thread::spawn(move || {
         let t = Instant::now();
         let idle: Vec<_> = (0..2000).map(|_| connect(port)).collect();
@@ -722,14 +773,12 @@ fn idle_and_slow_clients_do_not_starve_scrapes() {
     eprintln!("2000 idle connections opened in {opened:?}, {during} scrapes meanwhile");
     for _ in 0..5 {
         scrape();
-        let fds = open_fds(pid);
-        assert!(
-            fds <= baseline + 512 + 4,
-            "the daemon holds {fds} descriptors, {baseline} before the load (cap 512)"
-        );
         std::thread::sleep(Duration::from_millis(200));
     }
-    eprintln!("slowest scrape under load: {worst:?}");
+    eprintln!(
+        "slowest scrape under load: {worst:?}; at most {most_fds} daemon descriptors, \
+         {baseline} before"
+    );
     assert!(worst < Duration::from_secs(1), "a scrape took {worst:?}");
 
     stop.store(true, Ordering::Relaxed);

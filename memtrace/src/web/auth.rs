@@ -21,6 +21,7 @@ use base64::Engine as _;
 use subtle::ConstantTimeEq as _;
 
 use super::config::User;
+use crate::sync::lock;
 
 /// bcrypt checks running at once (on blocking threads).
 pub const PARALLEL: usize = 2;
@@ -109,12 +110,12 @@ impl Users {
     }
 
     fn cached(&self, d: &[u8; 32]) -> bool {
-        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let cache = lock(&self.cache);
         cache.iter().any(|c| bool::from(c.ct_eq(d)))
     }
 
     fn remember(&self, d: [u8; 32]) {
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cache = lock(&self.cache);
         if cache.iter().any(|c| bool::from(c.ct_eq(&d))) {
             return;
         }

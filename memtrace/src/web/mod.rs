@@ -27,7 +27,12 @@ pub mod reload;
 pub mod server;
 pub mod tls;
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    io::{self, Read as _},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use crate::cmd::units::parse_seconds;
 
@@ -89,18 +94,21 @@ pub struct WebArgs {
 pub struct Web {
     pub options: Options,
     pub config: Option<Arc<reload::Watched>>,
+    /// The soft open-file limit in force once raised (0 if unknown).
+    pub open_file_limit: u64,
 }
 
 impl Web {
     /// Loads and checks the web config file (one-line error naming the file and the
-    /// problem), raises the open-file limit for the connection cap, and keeps SIGHUP from
-    /// killing the daemon until [`serve`] handles it (reloading). Needs no runtime.
+    /// problem), raises the open-file limit for the connection cap (here only: [`serve`]
+    /// warns with the limit found here), and keeps SIGHUP from killing the daemon until
+    /// [`serve`] handles it (reloading). Needs no runtime.
     pub fn prepare(args: &WebArgs) -> anyhow::Result<Web> {
         let config = match &args.config_file {
             Some(path) => Some(Arc::new(reload::Watched::load(path)?)),
             None => None,
         };
-        raise_open_file_limit();
+        let open_file_limit = raise_open_file_limit();
         // SAFETY: setting a signal's disposition to ignored; serve() installs the handler.
         unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
         Ok(Web {
@@ -111,13 +119,34 @@ impl Web {
                 max_header_bytes: args.max_header_bytes as usize,
             },
             config,
+            open_file_limit,
         })
     }
 }
 
+/// The largest file the endpoint reads: the web config file, and each PEM file it names (a
+/// few KiB each).
+const MAX_FILE_BYTES: u64 = 1 << 20;
+
+/// The file at `path`, read whole if it holds at most 1 MiB; a larger one is an error of
+/// kind `FileTooLarge` ("larger than 1 MiB"), after reading no more than 1 MiB and a byte.
+fn read_bounded(path: &Path) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut buf)?;
+    if buf.len() as u64 > MAX_FILE_BYTES {
+        return Err(io::Error::new(
+            io::ErrorKind::FileTooLarge,
+            "larger than 1 MiB",
+        ));
+    }
+    Ok(buf)
+}
+
 /// Raises this process' soft RLIMIT_NOFILE to its hard limit, so that the connection cap
 /// can be reached; returns the soft limit in force.
-pub fn raise_open_file_limit() -> u64 {
+fn raise_open_file_limit() -> u64 {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,

@@ -65,6 +65,7 @@ use super::{
     auth::{self, Verdict},
     reload::{Loaded, Watched},
 };
+use crate::sync::lock;
 
 /// The accept queue asked of the kernel (which caps it at `net.core.somaxconn`).
 pub const ACCEPT_BACKLOG: i32 = 4096;
@@ -90,8 +91,12 @@ struct Shared {
 }
 
 impl Shared {
-    fn current(&self) -> Option<Arc<Loaded>> {
-        self.config.as_ref().map(|w| w.current())
+    /// The web config in force, after a look at its files (see [`Watched::current`]).
+    async fn current(&self) -> Option<Arc<Loaded>> {
+        match &self.config {
+            Some(w) => Some(w.current().await),
+            None => None,
+        }
     }
 }
 
@@ -118,13 +123,9 @@ struct Slot {
 }
 
 impl Slot {
-    fn lock(&self) -> std::sync::MutexGuard<'_, ConnState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Bytes arrived from the client.
     fn on_read(&self) {
-        let mut s = self.lock();
+        let mut s = lock(&self.state);
         if s.busy > 0 {
             s.read_while_busy = true;
         } else if s.head_since.is_none() {
@@ -138,8 +139,8 @@ impl Slot {
     fn begin(self: &Arc<Self>) -> Busy {
         {
             // The registry first, then the state: the order `end` and eviction take them in.
-            let mut index = self.registry.lock();
-            let mut s = self.lock();
+            let mut index = lock(&self.registry.index);
+            let mut s = lock(&self.state);
             if s.busy == 0 {
                 index.idle.remove(&(s.quiet_since, self.id));
             }
@@ -153,8 +154,8 @@ impl Slot {
 
     fn end(&self) {
         {
-            let mut index = self.registry.lock();
-            let mut s = self.lock();
+            let mut index = lock(&self.registry.index);
+            let mut s = lock(&self.state);
             s.busy = s.busy.saturating_sub(1);
             if s.busy == 0 {
                 let now = Instant::now();
@@ -172,13 +173,13 @@ impl Slot {
     /// Whether the connection is waiting for the rest of a request's headers (or, new, for
     /// its first bytes): nothing to finish at shutdown.
     fn reading_head(&self) -> bool {
-        let s = self.lock();
+        let s = lock(&self.state);
         s.busy == 0 && s.head_since.is_some()
     }
 
     /// When the connection is to be closed unless something happens, and why.
     fn deadline(&self, o: &Options) -> Option<(Instant, &'static str)> {
-        let s = self.lock();
+        let s = lock(&self.state);
         if s.busy > 0 {
             return None;
         }
@@ -230,13 +231,9 @@ struct Registry {
 }
 
 impl Registry {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
-        self.index.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Open connections, and how many of them are evicted but not closed yet.
     fn open(&self) -> (usize, usize) {
-        let index = self.lock();
+        let index = lock(&self.index);
         (index.open, index.open - index.conns.len())
     }
 
@@ -256,7 +253,7 @@ impl Registry {
             evicted: AtomicBool::new(false),
             registry: self.clone(),
         });
-        let mut index = self.lock();
+        let mut index = lock(&self.index);
         index.conns.insert(id, slot.clone());
         index.idle.insert((now, id));
         index.open += 1;
@@ -266,10 +263,10 @@ impl Registry {
     /// The connection's socket is closed.
     fn remove(&self, slot: &Slot) {
         {
-            let mut index = self.lock();
+            let mut index = lock(&self.index);
             index.open = index.open.saturating_sub(1);
             if index.conns.remove(&slot.id).is_some() {
-                let s = slot.lock();
+                let s = lock(&slot.state);
                 if s.busy == 0 {
                     index.idle.remove(&(s.quiet_since, slot.id));
                 }
@@ -281,7 +278,7 @@ impl Registry {
     /// Closes the connection with no request in flight that has been idle longest; false if
     /// every connection has a request in flight.
     fn evict_idlest(&self) -> bool {
-        let mut index = self.lock();
+        let mut index = lock(&self.index);
         let Some((_, id)) = index.idle.pop_first() else {
             return false;
         };
@@ -474,7 +471,8 @@ async fn handle(
     slot: Arc<Slot>,
 ) -> Result<Response<TrackedBody>, Infallible> {
     let busy = slot.begin();
-    let loaded = shared.current();
+    tracing::debug!(method = %req.method(), path = req.uri().path(), "request read");
+    let loaded = shared.current().await;
     let mut response = respond(req, &shared, loaded.as_deref()).await;
     if let Some(l) = &loaded {
         for (name, value) in &l.config.headers {
@@ -549,8 +547,17 @@ async fn connection(
         inner: stream,
         slot: slot.clone(),
     };
-    let tls = shared.current().and_then(|l| l.tls.clone());
-    let Some(tls) = tls else {
+    // A reload this look starts runs on a blocking thread; the connection's bounds and
+    // shutdown still apply while it waits for it.
+    let loaded = tokio::select! {
+        l = shared.current() => l,
+        why = watch(&slot, &shared.options) => {
+            tracing::debug!(%peer, "connection closed: {why}");
+            return;
+        }
+        _ = stop.wait_for(|s| *s) => return,
+    };
+    let Some(tls) = loaded.and_then(|l| l.tls.clone()) else {
         return http(io, slot, shared.clone(), stop).await;
     };
     let handshake = tokio_rustls::TlsAcceptor::from(tls).accept(io);
@@ -604,7 +611,7 @@ pub async fn serve(
     let hangups = tokio::spawn(hangups(shared.config.clone()));
 
     if let Some(w) = &shared.config {
-        let l = w.current();
+        let l = w.in_force();
         tracing::info!(
             file = %w.path().display(),
             tls = l.tls.is_some(),
@@ -612,7 +619,7 @@ pub async fn serve(
             "web config file loaded"
         );
     }
-    let limit = super::raise_open_file_limit();
+    let limit = web.open_file_limit;
     let open = open_descriptors().unwrap_or(0);
     if options.max_connections as u64 + open + 16 > limit {
         tracing::warn!(
@@ -682,7 +689,8 @@ pub async fn serve(
                     tracing::warn!(
                         max_connections = options.max_connections,
                         evicted,
-                        "--web.max-connections reached: closing the connections idle longest to                          make room (evicted counts since start)"
+                        "--web.max-connections reached: closing the connections idle longest to \
+                         make room (evicted counts since start)"
                     );
                     last_cap_warning = Some(Instant::now());
                 }
@@ -772,7 +780,7 @@ mod tests {
         r.remove(&c);
         r.remove(&a);
         assert_eq!(r.open(), (0, 0));
-        assert!(r.lock().idle.is_empty());
+        assert!(lock(&r.index).idle.is_empty());
     }
 
     #[tokio::test(start_paused = true)]

@@ -6,7 +6,7 @@
 //! Every file is read here, at each (re)load, never per connection: a reload is what picks
 //! up a renewed certificate (see [`reload`](super::reload)).
 
-use std::{fmt, io::Read as _, path::Path, sync::Arc};
+use std::{fmt, sync::Arc};
 
 use rustls::{
     DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
@@ -21,33 +21,21 @@ use rustls::{
 
 use super::config::{ClientAuth, Pem, TlsSettings, TlsVersion};
 
-/// The largest PEM file read: certificate chains and keys are a few KiB.
-const MAX_PEM_BYTES: u64 = 1 << 20;
-
 /// Reads `pem` (a file, or the config file's inline text): the bytes and how to name it.
 fn read(pem: &Pem, key: &str) -> Result<(Vec<u8>, String), String> {
     match pem {
         Pem::Inline(text) => Ok((text.as_bytes().to_vec(), format!("tls_server_config.{key}"))),
         Pem::File(path) => {
             let name = format!("{key}_file {}", path.display());
-            Ok((
-                read_bounded(path).map_err(|e| format!("cannot read {name}: {e}"))?,
-                name,
-            ))
+            let bytes = super::read_bounded(path).map_err(|e| match e.kind() {
+                std::io::ErrorKind::FileTooLarge => {
+                    format!("cannot read {name}: {e}, not a PEM file")
+                }
+                _ => format!("cannot read {name}: {e}"),
+            })?;
+            Ok((bytes, name))
         }
     }
-}
-
-/// At most [`MAX_PEM_BYTES`] of the file at `path`.
-fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
-    let mut buf = Vec::new();
-    std::fs::File::open(path)?
-        .take(MAX_PEM_BYTES + 1)
-        .read_to_end(&mut buf)?;
-    if buf.len() as u64 > MAX_PEM_BYTES {
-        return Err(std::io::Error::other("larger than 1 MiB, not a PEM file"));
-    }
-    Ok(buf)
 }
 
 fn certificates(pem: &Pem, key: &str) -> Result<Vec<CertificateDer<'static>>, String> {
