@@ -31,7 +31,7 @@ use std::{
 };
 
 use support::{
-    daemon::Daemon,
+    daemon::{Daemon, series},
     ftrace::{Ftrace, kernel_events},
     http::{free_port, get},
     kernel::require_kernel,
@@ -55,17 +55,6 @@ fn soak_seconds() -> u64 {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(600)
-}
-
-/// The series of one exposition: name{labels} → value.
-fn series(text: &str) -> HashMap<String, f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_string(), v.parse().ok()?))
-        })
-        .collect()
 }
 
 /// The counter series of an exposition's `# TYPE` lines: counters and the cumulative parts
@@ -277,7 +266,7 @@ fn soak_at_full_rate_with_a_scrape_every_second() {
     // are pinned to theirs. `reason="recursion"` counts allocations in
     // interrupts that came while a memtrace program ran on that CPU: the kernel runs no
     // program then, and says how many.)
-    let m = series(&d.scrape_text());
+    let m = d.scrape();
     for reason in ["map_full", "recursion"] {
         let k = format!("memtrace_events_lost_total{{reason=\"{reason}\"}}");
         eprintln!("{k} {}", m.get(&k).copied().unwrap_or(0.0));
@@ -334,7 +323,7 @@ fn soak_at_full_rate_with_a_scrape_every_second() {
     );
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let m = series(&d.scrape_text());
+        let m = d.scrape();
         let got = (
             m.get(key).copied().unwrap_or(0.0) - before.0,
             m.get(bytes_key).copied().unwrap_or(0.0) - before.1,

@@ -8,6 +8,18 @@ use std::{
 
 use super::{assert::assert_no_addresses, http::get};
 
+/// The series of an exposition: `name{labels}` → value.
+#[allow(dead_code)] // dashboards, prometheus and top use the raw text or none
+pub fn series(text: &str) -> HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
 pub struct Daemon {
     pub child: Child,
     pub port: u16,
@@ -83,14 +95,7 @@ impl Daemon {
     /// /metrics as series → value.
     #[allow(dead_code)] // dashboards, prometheus and top use the raw text or none
     pub fn scrape(&self) -> HashMap<String, f64> {
-        self.scrape_text()
-            .lines()
-            .filter(|l| !l.starts_with('#') && !l.is_empty())
-            .filter_map(|l| {
-                let (k, v) = l.rsplit_once(' ')?;
-                Some((k.to_string(), v.parse().ok()?))
-            })
-            .collect()
+        series(&self.scrape_text())
     }
 
     /// Sends SIGTERM and returns how long the daemon took to exit, asserting exit status 0.
